@@ -1,0 +1,17 @@
+"""bdia: exact diffusion inversion (BDIA, Zhang, Lewis & Kleijn, ECCV 2024) and its baselines.
+
+    schedule = bdia.Schedule.from_config(cfg); grid = schedule.grid(50)
+    inv = bdia.BDIA(gamma=1.0).invert(eps_model, x0, grid)
+    x0_again = bdia.BDIA(gamma=1.0).sample(eps_model, inv, grid)
+"""
+
+from .models import ClassifierFreeGuidance, model_dtype, to_eps
+from .schedule import Grid, Schedule
+from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
+                      belm_gammas, ddim_transition)
+
+__version__ = "0.1.0"
+__all__ = [
+    "BDIA", "DDIM", "EDICT", "SOLVERS", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
+    "NonFiniteError", "Schedule", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
+]

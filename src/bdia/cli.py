@@ -1,0 +1,51 @@
+"""The ``bdia`` command line. Each subcommand lives in its own module and registers itself here.
+
+A command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a
+function taking the parsed arguments and returning an exit code. Modules import their heavy
+dependencies (diffusers, matplotlib...) inside that function, so ``bdia --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# Command modules, in the order `bdia --help` lists them.
+COMMAND_MODULES: list[str] = []
+
+
+class CommandError(Exception):
+    """An error the user can fix; printed as one line without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="bdia", description="Exact diffusion inversion (BDIA) and its baselines.")
+    parser.add_argument("--version", action="version", version=f"bdia {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CommandError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"bdia {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Samplers with their inverses. Each declares ``order``, ``nfe_per_step`` and ``exact_inversion``."""
+
+from .base import Inversion, InversionPrecisionWarning, NonFiniteError, Solver, ddim_transition
+from .bdia import BDIA, belm_gammas
+from .ddim import DDIM
+from .edict import EDICT
+
+SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT}
+
+__all__ = ["BDIA", "DDIM", "EDICT", "Inversion", "InversionPrecisionWarning", "NonFiniteError", "Solver",
+           "SOLVERS", "belm_gammas", "ddim_transition"]
