@@ -23,10 +23,11 @@ import torch
 
 from ..schedule import Grid
 from .base import Callback, InversionPrecisionWarning, Solver, _Evaluator, amplification, ddim_transition
-from .onestep import get_integrator
+from .onestep import get_backward_integrator, get_integrator
 
-# Warn when prod(1/gamma) times the state's machine epsilon exceeds this relative error.
-AMPLIFIED_ROUNDING_WARN = 1e-6
+# Warn when prod(1/gamma) times the state dtype's machine epsilon exceeds this relative error
+# (float32: gamma 0.9 at 50 steps stays below it; 0.8 does not. float64: gamma 0.5 beyond ~40 steps).
+AMPLIFIED_ROUNDING_WARN = 1e-4
 
 
 def belm_gammas(grid: Grid) -> list[float]:
@@ -50,6 +51,9 @@ class BDIA(Solver):
             Inversion needs every gamma_i > 0. Default 1.0: it keeps the inverted noise closest to
             the true ODE's (MATH.md section 4) and loses the fewest digits.
         forward: the forward integrator F, ``"euler"`` (DDIM) or ``"heun"`` (EDM's Heun, +1 NFE).
+        backward: the backward integrator B; only ``"euler"``, the DDIM step back to point i-1
+            reusing the slope already evaluated at z_i (no NFE). On a Karras grid
+            (:func:`bdia.edm.karras_grid`) ``BDIA(forward="heun")`` is the paper's BDIA-EDM.
 
     State: the pair (z_{i-1}, z_i); ``Inversion.latents`` is (z_0, z_1). Generation from noise
     starts with one plain forward step. Inversion starts with one DDIM-inversion step from the
@@ -60,15 +64,21 @@ class BDIA(Solver):
     exact_inversion: ClassVar[bool] = True
     num_latents: ClassVar[int] = 2
 
-    def __init__(self, gamma: float | Sequence[float] | str = 1.0, *, forward: str = "euler", **kwargs: Any):
+    def __init__(self, gamma: float | Sequence[float] | str = 1.0, *, forward: str = "euler", backward: str = "euler",
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self._integrator = get_integrator(forward)
-        self.forward = forward
+        self._backward = get_backward_integrator(backward)
+        self.forward, self.backward = forward, backward
         self.gamma = _validate_gamma(gamma)
 
     @property
     def order(self) -> int:  # type: ignore[override]
-        return 2 if self.gamma == "belm" or self.forward == "heun" else 1
+        # With forward="heun" the Euler backward move's local error, gamma * h^2 / 2 * xbar'', enters
+        # every step, so BDIA-EDM is first order for any gamma > 0 (measured in benchmarks/edm_section.py).
+        if self.forward == "heun":
+            return 2 if self.gamma == 0.0 else 1
+        return 2 if self.gamma == "belm" else 1
 
     @property
     def nfe_per_step(self) -> int:  # type: ignore[override]
@@ -105,12 +115,15 @@ class BDIA(Solver):
                 f"exactly{hint}; use gamma > 0 (e.g. 1.0) or bdia.DDIM() for approximate inversion"
             )
         amp = amplification(gammas)
-        if amp * torch.finfo(self.state_dtype).eps > AMPLIFIED_ROUNDING_WARN:
+        expected = amp * torch.finfo(self.state_dtype).eps
+        if expected > AMPLIFIED_ROUNDING_WARN:
+            fix = "gamma closer to 1 or fewer steps"
+            if self.state_dtype != torch.float64:
+                fix += ", or state_dtype=torch.float64"
             warnings.warn(
                 f"BDIA inversion with these gammas amplifies rounding error by at least {amp:.3g}x over "
-                f"{grid.num_steps} steps; with {self.state_dtype} state expect a round-trip error around "
-                f"{amp * torch.finfo(self.state_dtype).eps:.1e} relative. Use gamma closer to 1, fewer steps, "
-                "or state_dtype=torch.float64",
+                f"{grid.num_steps} steps; with {self.state_dtype} state expect a relative round-trip error "
+                f"around {expected:.1e}. Use {fix}",
                 InversionPrecisionWarning,
                 stacklevel=4,
             )
@@ -118,7 +131,7 @@ class BDIA(Solver):
     def _moves(self, ev: _Evaluator, z: torch.Tensor, grid: Grid, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(F_{i->i+1}(z_i), B_{i->i-1}(z_i)) from one evaluation at (z_i, tau_i)."""
         eps = ev(z, i)
-        return self._integrator.step(ev, z, eps, grid, i), ddim_transition(z, eps, grid, i, i - 1)
+        return self._integrator.step(ev, z, eps, grid, i), self._backward.step(ev, z, eps, grid, i)
 
     def _init_from_noise(self, ev: _Evaluator, noise: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, ...]:
         z1 = self._integrator.step(ev, noise, ev(noise, 0), grid, 0)
