@@ -11,7 +11,24 @@ from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Inversion, InversionPrecisionW
                       belm_gammas, ddim_transition)
 
 __version__ = "0.1.0"
+
+# Integrations with heavy dependencies load on first use, so `import bdia` needs only torch/numpy.
+_LAZY = {
+    "BDIAScheduler": ("bdia.pipelines.scheduler", "BDIAScheduler"),
+    "pipelines": ("bdia.pipelines", None),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module 'bdia' has no attribute {name!r}")
+
 __all__ = [
     "BDIA", "DDIM", "EDICT", "SOLVERS", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
-    "NonFiniteError", "Schedule", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
+    "NonFiniteError", "Schedule", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
 ]

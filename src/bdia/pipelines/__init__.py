@@ -1,0 +1,41 @@
+"""Stable Diffusion integration (needs the ``diffusers`` extra): real-image inversion and editing,
+saved inversions, a diffusers-compatible BDIA scheduler, and the image commands of the CLI.
+
+    editor = bdia.pipelines.Editor.from_pretrained("path/or/hub-id", torch_dtype=torch.float16)
+    inv = editor.invert("cat.png", "a photo of a cat", num_steps=50)
+    editor.edit(inv, "a photo of a dog").images[0].save("dog.png")
+
+Names are imported on first use, so ``import bdia.pipelines`` does not import diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Editor": ".editor",
+    "EditResult": ".editor",
+    "make_solver": ".editor",
+    "ImageInversion": ".saved",
+    "save_inversion": ".saved",
+    "load_inversion": ".saved",
+    "BDIAScheduler": ".scheduler",
+    "UNetModel": ".diffusers_model",
+    "encode_prompts": ".diffusers_model",
+    "ImageSizeWarning": ".images",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,169 @@
+"""The edge between diffusers' Stable Diffusion pipelines and the core's model contract.
+
+:class:`UNetModel` turns a ``UNet2DConditionModel`` into ``model(x, t, cond) -> prediction`` with
+``cond`` a flat dict of tensors (``encoder_hidden_states``; for SDXL also ``text_embeds`` and
+``time_ids``), which ``bdia.to_eps`` and ``bdia.ClassifierFreeGuidance`` compose with.
+:func:`encode_prompts` builds the (cond, uncond) pair for SD 1.x/2.x and SDXL pipelines with the
+pipeline's own ``encode_prompt``, so prompt weighting conventions (clip skip, SDXL's zeroed empty
+negative prompt, two text encoders) stay those of diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl", "pipeline_fingerprint"]
+
+
+def is_sdxl(pipe: Any) -> bool:
+    """True for UNets with SDXL's added conditioning (pooled text embeddings and size/crop ids)."""
+    return getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+
+
+def check_pipeline(pipe: Any) -> None:
+    """Refuse pipelines this module cannot drive, with a message saying what is supported."""
+    missing = [name for name in ("unet", "vae", "scheduler") if getattr(pipe, name, None) is None]
+    if missing or not hasattr(pipe, "encode_prompt"):
+        raise ValueError(
+            f"{type(pipe).__name__} is not a Stable Diffusion pipeline (missing {missing or ['encode_prompt']}); "
+            "bdia supports StableDiffusionPipeline (SD 1.x/2.x) and StableDiffusionXLPipeline checkpoints"
+        )
+    if type(pipe.unet).__name__ != "UNet2DConditionModel":
+        raise ValueError(f"expected a UNet2DConditionModel, the pipeline has a {type(pipe.unet).__name__}")
+    addition = getattr(pipe.unet.config, "addition_embed_type", None)
+    if addition not in (None, "text_time"):
+        raise ValueError(f"UNet addition_embed_type {addition!r} is not supported (only SD and SDXL's 'text_time')")
+    if dict(getattr(pipe, "config", None) or {}).get("requires_aesthetics_score", False):
+        raise ValueError("SDXL refiner checkpoints (aesthetic-score conditioning) are not supported; use a base model")
+    if pipe.unet.config.in_channels != pipe.vae.config.latent_channels:
+        raise ValueError(
+            f"the UNet takes {pipe.unet.config.in_channels} channels but the VAE makes "
+            f"{pipe.vae.config.latent_channels}: inpainting and depth checkpoints are not supported"
+        )
+
+
+class UNetModel(torch.nn.Module):
+    """``model(x, t, cond)``: a UNet2DConditionModel called with a condition dict.
+
+    Declares the UNet's dtype, so the solver keeps its state in float64/float32 and feeds the UNet
+    its own dtype; the output is returned in float32 so guidance and the v->eps conversion are not
+    done in half precision. Raw prediction (eps, v or x0, as the checkpoint was trained): wrap with
+    ``bdia.to_eps`` for the eps contract.
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        dt = self.unet.dtype
+        added = None
+        if "text_embeds" in cond:
+            added = {"text_embeds": cond["text_embeds"].to(dt), "time_ids": cond["time_ids"].to(dt)}
+        out = self.unet(
+            x.to(dt), t, encoder_hidden_states=cond["encoder_hidden_states"].to(dt),
+            added_cond_kwargs=added, return_dict=False,
+        )[0]
+        return out.float()
+
+
+def _as_list(prompt: str | Sequence[str], batch: int, what: str) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"{what} must be a string or a list of strings")
+    if len(prompts) == 1:
+        prompts = prompts * batch
+    if len(prompts) != batch:
+        raise ValueError(f"got {len(prompts)} {what}s for {batch} images; give one, or one per image")
+    return prompts
+
+
+def encode_prompts(pipe: Any, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None,
+                   batch: int, height: int, width: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(cond, uncond) dicts for ``UNetModel`` with batch ``batch`` (one prompt, or one per image).
+
+    ``negative_prompt`` None means the pipeline's default unconditional branch ("" for SD; zeros
+    for SDXL checkpoints with ``force_zeros_for_empty_prompt``). ``height, width`` are the image's
+    pixel size, used for SDXL's size conditioning (original = target size, no crop).
+    """
+    prompts = _as_list(prompt, batch, "prompt")
+    negatives = None if negative_prompt is None else _as_list(negative_prompt, batch, "negative prompt")
+    device = pipe.unet.device
+    with torch.no_grad():
+        if is_sdxl(pipe):
+            c, u, pooled_c, pooled_u = pipe.encode_prompt(
+                prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                negative_prompt=negatives,
+            )
+            if pipe.text_encoder_2 is None:
+                proj_dim = int(pooled_c.shape[-1])
+            else:
+                proj_dim = pipe.text_encoder_2.config.projection_dim
+            ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=c.dtype,
+                                         text_encoder_projection_dim=proj_dim)
+            ids = ids.to(device).repeat(batch, 1)
+            cond = {"encoder_hidden_states": c, "text_embeds": pooled_c, "time_ids": ids}
+            uncond = {"encoder_hidden_states": u, "text_embeds": pooled_u, "time_ids": ids}
+        else:
+            c, u = pipe.encode_prompt(
+                prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                negative_prompt=negatives,
+            )
+            cond, uncond = {"encoder_hidden_states": c}, {"encoder_hidden_states": u}
+    return cond, uncond
+
+
+# Parameters sampled for the weights probe: present in every UNet2DConditionModel.
+_PROBE_PARAMS = ("conv_in.weight", "time_embedding.linear_1.weight", "conv_out.weight")
+_PROBE_SIZE = 64
+
+
+def _plain_config(config: Any) -> dict[str, Any]:
+    """A module's config as JSON-ready data, without private keys (name, diffusers version)."""
+    cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    return json.loads(json.dumps(cfg, sort_keys=True, default=str))
+
+
+def pipeline_fingerprint(pipe: Any) -> dict[str, Any]:
+    """What a saved inversion records to refuse being used with another model.
+
+    The UNet and VAE configs (architecture), and a probe of a few UNet weights (values at
+    a fixed stride, compared with a tolerance that admits float16/bfloat16 copies of the same
+    checkpoint). Hashing every weight would cost seconds on a real checkpoint; this catches a
+    different checkpoint of the same architecture in practice, not adversarially.
+    """
+    state = dict(pipe.unet.named_parameters())
+    probe = {}
+    for name in _PROBE_PARAMS:
+        flat = state[name].detach().flatten()
+        stride = max(1, flat.numel() // _PROBE_SIZE)
+        probe[name] = [float(v) for v in flat[::stride][:_PROBE_SIZE].float().cpu()]
+    return {
+        "unet_config": _plain_config(pipe.unet.config),
+        "vae_config": _plain_config(pipe.vae.config),
+        "unet_probe": probe,
+        "pipeline_class": type(pipe).__name__,
+    }
+
+
+def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """A sentence naming what differs between two fingerprints, or None when they match."""
+    for key, what in (("unet_config", "UNet architecture"), ("vae_config", "VAE architecture")):
+        mine, theirs = current.get(key, {}), saved.get(key, {})
+        # Keys only one side has come from another diffusers version's defaults, not another model.
+        differing = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+        if differing:
+            return f"the {what} differs ({', '.join(differing[:3])})"
+    for name, values in saved.get("unet_probe", {}).items():
+        mine = torch.tensor(current["unet_probe"].get(name, []), dtype=torch.float64)
+        theirs = torch.tensor(values, dtype=torch.float64)
+        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-4):
+            return f"the UNet weights differ ({name})"
+    return None
