@@ -52,23 +52,14 @@ class EDICT(Solver):
     def _swapped(self, i: int) -> bool:
         return self.alternate and i % 2 == 1
 
-    def _step(self, ev: _Evaluator, x: torch.Tensor, y: torch.Tensor, grid: Grid, i: int):
-        """Grid point i -> i+1."""
+    def _step(self, ev: _Evaluator, x: torch.Tensor, y: torch.Tensor, grid: Grid, i: int, inverse: bool = False):
+        """Grid point i -> i+1, or with ``inverse`` its exact inverse i+1 -> i."""
         a, b = self._coefficients(grid, i)
-        p = self.p
+        move = self._unstep_unswapped if inverse else self._step_unswapped
         if self._swapped(i):
-            y, x = self._step_unswapped(ev, y, x, a, b, p, i)
+            y, x = move(ev, y, x, a, b, self.p, i)
             return x, y
-        return self._step_unswapped(ev, x, y, a, b, p, i)
-
-    def _unstep(self, ev: _Evaluator, x: torch.Tensor, y: torch.Tensor, grid: Grid, i: int):
-        """Grid point i+1 -> i: the exact inverse of :meth:`_step`."""
-        a, b = self._coefficients(grid, i)
-        p = self.p
-        if self._swapped(i):
-            y, x = self._unstep_unswapped(ev, y, x, a, b, p, i)
-            return x, y
-        return self._unstep_unswapped(ev, x, y, a, b, p, i)
+        return move(ev, x, y, a, b, self.p, i)
 
     @staticmethod
     def _step_unswapped(ev, x, y, a, b, p, i):
@@ -104,7 +95,7 @@ class EDICT(Solver):
         x, y = x0, x0
         n = grid.num_steps
         for i in range(n - 1, -1, -1):
-            x, y = self._unstep(ev, x, y, grid, i)
+            x, y = self._step(ev, x, y, grid, i, inverse=True)
             self._check_state(x, i, "inversion"), self._check_state(y, i, "inversion")
             if callback is not None:
                 callback(n - i, n, (x, y))
