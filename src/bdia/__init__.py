@@ -5,9 +5,11 @@
     x0_again = bdia.BDIA(gamma=1.0).sample(eps_model, inv, grid)
 """
 
+from . import edm
+from .edm import from_denoiser, karras_grid, karras_grid_for, to_denoiser
 from .models import ClassifierFreeGuidance, model_dtype, to_eps
 from .schedule import Grid, Schedule
-from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
+from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Heun, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
                       belm_gammas, ddim_transition)
 
 __version__ = "0.1.0"
@@ -29,6 +31,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'bdia' has no attribute {name!r}")
 
 __all__ = [
-    "BDIA", "DDIM", "EDICT", "SOLVERS", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
+    "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
     "NonFiniteError", "Schedule", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
 ]

@@ -4,8 +4,9 @@ from .base import Inversion, InversionPrecisionWarning, NonFiniteError, Solver, 
 from .bdia import BDIA, belm_gammas
 from .ddim import DDIM
 from .edict import EDICT
+from .heun import Heun
 
-SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT}
+SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun}
 
-__all__ = ["BDIA", "DDIM", "EDICT", "Inversion", "InversionPrecisionWarning", "NonFiniteError", "Solver",
+__all__ = ["BDIA", "DDIM", "EDICT", "Heun", "Inversion", "InversionPrecisionWarning", "NonFiniteError", "Solver",
            "SOLVERS", "belm_gammas", "ddim_transition"]
