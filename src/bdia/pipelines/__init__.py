@@ -15,6 +15,8 @@ from typing import Any
 
 _EXPORTS = {
     "Editor": ".editor",
+    "BaseEditor": ".editor",
+    "DigitsEditor": ".digits_editor",
     "EditResult": ".editor",
     "make_solver": ".editor",
     "ImageInversion": ".saved",

@@ -1,12 +1,20 @@
-"""``bdia invert | reconstruct | edit | generate``: Stable Diffusion pipelines on the command line.
+"""``bdia invert | reconstruct | edit | generate``: real-image inversion and editing on the command line.
+
+The default ``--model digits`` is the embedded 16x16 digits model, whose prompts are class labels::
+
+    bdia invert three.png --prompt 3 -o three.safetensors
+    bdia reconstruct three.safetensors -o three_again.png
+    bdia edit three.safetensors --prompt 8 -o eight.png
+    bdia generate --prompt 7 -o seven.png
+
+and ``--model PATH_OR_ID`` a Stable Diffusion pipeline with text prompts::
 
     bdia invert cat.png --model PATH_OR_ID --prompt "a photo of a cat" -o cat.safetensors
-    bdia reconstruct cat.safetensors -o cat_again.png
     bdia edit cat.safetensors --prompt "a photo of a dog" -o dog.png
-    bdia generate --model PATH_OR_ID --prompt "a photo of a dog" -o dog.png
 
 Every model is loaded through :func:`load_editor`. Outputs are checked before any work is done
-(``--overwrite`` to replace) and written atomically. diffusers is imported inside the commands.
+(``--overwrite`` to replace) and written atomically. diffusers is imported inside the commands, and
+only for Stable Diffusion models.
 """
 
 from __future__ import annotations
@@ -23,15 +31,28 @@ from typing import Any, Iterator, Sequence
 from ..io import atomic_path, check_writable
 
 METHODS = ("bdia", "edict", "ddim")
+DEFAULT_MODEL = "digits"  # the embedded digits model (bdia.pipelines.digits_editor); needs no diffusers
 
 
 def load_editor(model: str, *, dtype: str | None = None, device: str | None = None, revision: str | None = None,
                 progress: bool = True, **kwargs: Any):
-    """The one place the CLI turns ``--model`` into an :class:`~bdia.pipelines.Editor`.
+    """The one place the CLI turns ``--model`` into an editor.
 
-    ``dtype`` "auto" (or None) is float16 on CUDA and float32 elsewhere.
+    ``"digits"`` is the embedded digits model (a :class:`~bdia.pipelines.digits_editor.DigitsEditor`,
+    float32 unless ``dtype`` says otherwise); anything else a Stable Diffusion folder or hub id (an
+    :class:`~bdia.pipelines.Editor`; ``dtype`` "auto" (or None) is float16 on CUDA, float32 elsewhere).
     """
     import torch
+
+    if model == DEFAULT_MODEL:
+        from .digits_editor import DigitsEditor
+
+        if revision is not None:
+            raise ValueError("--revision applies to hub models; the digits model ships with bdia")
+        # The 16x16 UNet is dominated by per-op overhead: more CPU threads mostly spin-wait (as in
+        # `bdia demo --threads 1`). The commands restore the thread count when they finish.
+        torch.set_num_threads(1)
+        return DigitsEditor.load(device=device, dtype=dtype, progress=progress, **kwargs)
 
     from .editor import Editor
 
@@ -44,15 +65,18 @@ def load_editor(model: str, *, dtype: str | None = None, device: str | None = No
 
 
 # ----- argument groups ---------------------------------------------------------------------------------
-def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
+_MODEL_HELP = ("'digits' (the embedded 16x16 digits model: prompts are class labels 0..9) or a diffusers "
+               "Stable Diffusion folder or hub id (text prompts)")
+
+
+def _model_args(p: argparse.ArgumentParser, default: str) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=required, metavar="PATH_OR_ID",
-                   help="diffusers Stable Diffusion folder or hub id" +
-                        ("" if required else " (default: the one the inversion was made with)"))
+    g.add_argument("--model", default=None, metavar="PATH_OR_ID", help=f"{_MODEL_HELP} (default: {default})")
     g.add_argument("--revision", help="hub revision (branch, tag or commit)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps... (default: cuda when available)")
     g.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
-                   help="UNet/VAE dtype (default: float16 on CUDA, else float32; for a saved inversion, its own)")
+                   help="UNet/VAE dtype (default: float16 on CUDA for SD, else float32; for a saved inversion, "
+                        "its own)")
 
 
 def _solver_args(p: argparse.ArgumentParser, gamma: float, title: str = "solver") -> None:
@@ -92,17 +116,19 @@ def _size(value: str) -> tuple[int, int]:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("invert", help="invert real images with a Stable Diffusion model",
-                              description="Invert images to latents (saved as .safetensors) under a prompt.")
+    p = subparsers.add_parser("invert", help="invert real images (digits model by default, or Stable Diffusion)",
+                              description="Invert images to latents (saved as .safetensors) under a prompt: "
+                                          "with the default --model digits, the prompt is the digit's class (\"3\").")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s); a batch must share one size")
-    p.add_argument("--prompt", default="", help="the source prompt describing the image (default: empty)")
+    p.add_argument("--prompt", default="", help="the source prompt describing the image: a class 0..9 for digits "
+                   "(default: empty, the unconditional model)")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (the unconditional branch)")
     p.add_argument("--guidance", type=float, default=1.0, help="guidance scale for inversion (default 1.0)")
     p.add_argument("--strength", type=float, default=1.0, help="invert only this fraction of the grid (BDIA's "
                    "authors edit with 0.8; default 1.0)")
     p.add_argument("--size", type=_size, help="resize to WIDTHxHEIGHT (default: keep, cropped to the VAE factor)")
     p.add_argument("--check", action="store_true", help="also reconstruct and print the round-trip errors")
-    _model_args(p, required=True)
+    _model_args(p, DEFAULT_MODEL)
     _solver_args(p, gamma=1.0)
     _output_args(p, "the inversion file to write (.safetensors)")
     p.set_defaults(func=cmd_invert)
@@ -111,14 +137,14 @@ def register(subparsers: Any) -> None:
                               description="Regenerate the inverted images with the inversion's own prompt.")
     p.add_argument("inversion", metavar="INV", help="a .safetensors file written by `bdia invert`")
     p.add_argument("--image", nargs="+", help="the original image(s), to report pixel errors")
-    _model_args(p, required=False)
+    _model_args(p, "the one the inversion was made with")
     _output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...")
     p.set_defaults(func=cmd_reconstruct)
 
     p = subparsers.add_parser("edit", help="edit a saved inversion, or an image, under a new prompt",
                               description="Regenerate an inversion (or an image, inverted first) under a new prompt.")
     p.add_argument("source", metavar="INV_OR_IMAGE", help="a saved inversion, or an image file to invert first")
-    p.add_argument("--prompt", required=True, help="the target prompt")
+    p.add_argument("--prompt", required=True, help="the target prompt (a class 0..9 for digits)")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the inversion's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale of the edit "
                    "(default: the inversion's)")
@@ -127,21 +153,23 @@ def register(subparsers: Any) -> None:
     g.add_argument("--invert-guidance", type=float, default=1.0, help="guidance scale for inversion (default 1.0)")
     g.add_argument("--strength", type=float, default=1.0, help="fraction of the grid to invert (default 1.0)")
     g.add_argument("--size", type=_size, help="resize to WIDTHxHEIGHT")
-    _model_args(p, required=False)
+    _model_args(p, f"the inversion's; for an image, {DEFAULT_MODEL}")
     _solver_args(p, gamma=1.0, title="solver for inverting an image (a saved inversion keeps its own)")
     _output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...")
     p.set_defaults(func=cmd_edit)
 
-    p = subparsers.add_parser("generate", help="text to image with BDIA, EDICT or DDIM",
-                              description="Generate images from a prompt with a float64 solver state.")
-    p.add_argument("--prompt", required=True)
+    p = subparsers.add_parser("generate", help="generate images from a prompt (a class 0..9 for digits) with "
+                              "BDIA, EDICT or DDIM",
+                              description="Generate images from a prompt with a float64 solver state: with the "
+                                          "default --model digits, the prompt is a class (\"7\").")
+    p.add_argument("--prompt", required=True, help="the prompt (a class 0..9 for digits)")
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default 2.0 for digits, 7.5 for SD)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's native size)")
     p.add_argument("--width", type=int, default=None)
-    _model_args(p, required=True)
+    _model_args(p, DEFAULT_MODEL)
     _solver_args(p, gamma=0.5)
     _output_args(p, "output image (.png); several images write NAME_0.png, NAME_1.png...")
     p.set_defaults(func=cmd_generate)
@@ -150,13 +178,17 @@ def register(subparsers: Any) -> None:
 # ----- helpers ----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Warnings as one-line notes; non-finite latents and dtype problems as user errors."""
+    """Warnings as one-line notes; non-finite latents and dtype problems as user errors; torch's thread
+    count restored (:func:`load_editor` sets it for the digits model)."""
+    import torch
+
     from ..cli import CommandError
     from ..solvers import NonFiniteError
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"bdia: warning: {message}", file=sys.stderr)
 
+    threads = torch.get_num_threads()
     with warnings.catch_warnings():
         warnings.showwarning = show
         try:
@@ -167,6 +199,8 @@ def _user_errors() -> Iterator[None]:
             if "Half" in str(e) or "BFloat16" in str(e):
                 raise CommandError(f"{e}; this device cannot run that dtype, try --dtype float32") from None
             raise
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _outputs(path: str, n: int, overwrite: bool) -> list[Path]:
@@ -204,18 +238,27 @@ def _editor_for(inv: Any, args: argparse.Namespace):
     model = args.model or inv.model.get("id")
     if not model:
         raise ValueError("the inversion does not record its model; pass --model")
-    dtype = args.dtype or inv.model.get("dtype")
-    revision = args.revision or inv.model.get("revision")
+    own = model == inv.model.get("id")  # the inversion's dtype and revision apply to its own model only
+    dtype = args.dtype or (inv.model.get("dtype") if own else None)
+    revision = args.revision or (inv.model.get("revision") if own else None)
     return load_editor(model, dtype=dtype, device=args.device, revision=revision, progress=not args.quiet)
 
 
 def _round_trip_report(editor: Any, images: Any, inv: Any, rec: Any, size: Any) -> str:
-    line = f"max latent error {rec.latent_error:.3g}" if rec.latent_error is not None else ""
+    parts = []
+    if rec.latent_error is not None:
+        parts.append(f"max {getattr(editor, 'latent_name', 'latent')} error {rec.latent_error:.3g}")
+    if "identical" in rec.info:
+        parts.append(f"8-bit pixels identical to the inverted image: {100 * rec.info['identical']:.1f}%")
     if images is not None:
         pe = editor.pixel_errors(images, rec, inv, size=size)
-        line += (f"; pixel MAE {pe['reconstruction']:.4f} (the VAE's own round trip: {pe['vae_roundtrip']:.4f}, "
-                 f"difference from it {pe['vs_vae']:.2g})")
-    return line
+        if "vae_roundtrip" in pe:
+            parts.append(f"pixel MAE {pe['reconstruction']:.4f} (the VAE's own round trip: {pe['vae_roundtrip']:.4f}, "
+                         f"difference from it {pe['vs_vae']:.2g})")
+        else:
+            parts.append(f"against the image file: pixel MAE {pe['reconstruction']:.4f}, max error "
+                         f"{pe['max_error']}/255, {100 * pe['identical']:.1f}% of pixels identical")
+    return "; ".join(parts)
 
 
 def _invert(editor: Any, images: Sequence[str], args: argparse.Namespace, prompt: str, guidance: float):
@@ -239,8 +282,10 @@ def cmd_invert(args: argparse.Namespace) -> int:
         if not os.path.isfile(im):
             raise FileNotFoundError(f"no image file at {im!r}")
     with _user_errors():
-        editor = load_editor(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
-                             progress=not args.quiet)
+        editor = load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device,
+                             revision=args.revision, progress=not args.quiet)
+        editor.validate_prompt(args.prompt)
+        editor.validate_prompt(args.negative_prompt)
         inv = _invert(editor, args.images, args, args.prompt, args.guidance)
         if args.check:
             rec = editor.reconstruct(inv, progress=not args.quiet)
@@ -276,12 +321,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
             inv = load_inversion(args.source)
             paths = _outputs(args.output, inv.batch_size, args.overwrite)
             editor = _editor_for(inv, args)
+            editor.validate_prompt(args.prompt)
+            editor.validate_prompt(args.negative_prompt)
         else:
-            if not args.model:
-                raise ValueError("editing an image file needs --model (and --source-prompt describing the image)")
             paths = _outputs(args.output, 1, args.overwrite)
-            editor = load_editor(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
-                                 progress=not args.quiet)
+            editor = load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device,
+                                 revision=args.revision, progress=not args.quiet)
+            for prompt in (args.prompt, args.source_prompt, args.negative_prompt):
+                editor.validate_prompt(prompt)
             inv = _invert(editor, [args.source], args, args.source_prompt, args.invert_guidance)
         negative = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
         res = editor.edit(inv, args.prompt, guidance_scale=args.guidance, progress=not args.quiet, **negative)
@@ -298,11 +345,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--num-images must be at least 1")
     paths = _outputs(args.output, args.num_images, args.overwrite)
     with _user_errors():
-        editor = load_editor(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
-                             progress=not args.quiet)
+        editor = load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device,
+                             revision=args.revision, progress=not args.quiet)
+        editor.validate_prompt(args.prompt)
+        editor.validate_prompt(args.negative_prompt)
+        guidance = editor.default_guidance if args.guidance is None else args.guidance
         start = time.perf_counter()
         res = editor.generate(
-            args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance, num_steps=args.steps,
+            args.prompt, negative_prompt=args.negative_prompt, guidance_scale=guidance, num_steps=args.steps,
             method=args.method, gamma=args.gamma, p=args.p, height=args.height, width=args.width,
             num_images=args.num_images, seed=args.seed, progress=not args.quiet,
         )
@@ -310,6 +360,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     w, h = res.images[0].size
     solver = args.method + (f"(gamma={args.gamma})" if args.method == "bdia" else "")
     print(f"generated {len(res.images)} image(s) {w}x{h} with {solver}, {args.steps} steps, guidance "
-          f"{args.guidance}, seed {args.seed}: NFE {res.nfe}, {time.perf_counter() - start:.2f} s")
+          f"{guidance}, seed {args.seed}: NFE {res.nfe}, {time.perf_counter() - start:.2f} s")
     print("wrote " + ", ".join(map(str, paths)))
     return 0

@@ -31,7 +31,7 @@ from .diffusers_model import (UNetModel, _as_list, check_pipeline, encode_prompt
 from .images import pixel_errors, to_pil, to_pixels
 from .saved import ImageInversion, dtype_from_name, dtype_name
 
-__all__ = ["Editor", "EditResult", "make_solver", "resolve_dtype"]
+__all__ = ["BaseEditor", "Editor", "EditResult", "make_solver", "resolve_dtype"]
 
 Prompt = str | Sequence[str]
 SAME = type("Same", (), {"__repr__": lambda self: "SAME"})()  # edit(): keep the inversion's negative prompt
@@ -138,7 +138,242 @@ def _quiet_loading(progress: bool) -> Iterator[None]:
             tlog.enable_progress_bar()
 
 
-class Editor:
+class BaseEditor:
+    """What every editor shares: inversion, reconstruction, editing and generation with a core solver.
+
+    A subclass supplies the model: ``schedule``, ``state_dtype``, ``progress``, ``device``/``dtype``,
+    latents (``preprocess``, ``encode``, ``decode``, ``to_images``, ``latent_shape``,
+    ``default_size``), prompts (``encode_prompt``, ``eps_model``) and the record saved with an
+    inversion (``_model_record``, ``check_model``). :class:`Editor` is Stable Diffusion (VAE
+    latents, text prompts); :class:`~bdia.pipelines.digits_editor.DigitsEditor` is the embedded
+    digits model (pixels, class labels).
+    """
+
+    latent_name = "latent"  # what the round-trip error is measured on, for reports
+    default_guidance = 7.5  # generate()'s guidance scale when none is given
+
+    schedule: Schedule
+    state_dtype: torch.dtype
+    progress: bool
+    eps_model: Any
+
+    # ----- what a subclass supplies -------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        raise NotImplementedError
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def preprocess(self, image: Any, size: int | Sequence[int] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_prompt(self, prompt: Prompt, negative_prompt: Prompt | None, batch: int,
+                      height: int, width: int) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        """The latents' shape for ``batch`` images of ``width`` x ``height`` pixels (ValueError if unsupported)."""
+        raise NotImplementedError
+
+    def default_size(self) -> tuple[int, int]:
+        """(width, height) that ``generate`` makes by default."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _model_record(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check_model(self, inv: ImageInversion) -> None:
+        """Refuse an inversion made with another model (ValueError naming both)."""
+        raise NotImplementedError
+
+    def validate_prompt(self, prompt: Prompt | None) -> None:
+        """Refuse a prompt this model cannot take, before any work is done (any text is fine by default)."""
+
+    def to_images(self, pixels: torch.Tensor) -> list:
+        """PIL images from decoded pixels in [-1, 1]."""
+        return to_pil(pixels)
+
+    # ----- shared ---------------------------------------------------------------------------------------
+    def grid(self, num_steps: int, strength: float = 1.0) -> Grid:
+        """The grid of ``num_steps`` steps, keeping the last ``strength`` fraction of it."""
+        grid = self.schedule.grid(int(num_steps))
+        return grid if float(strength) == 1.0 else grid.truncated(strength)
+
+    def guided(self, cond: Any, uncond: Any, guidance_scale: float) -> ClassifierFreeGuidance:
+        return ClassifierFreeGuidance(self.eps_model, cond, uncond, guidance_scale)
+
+    # ----- inversion, reconstruction, editing -------------------------------------------------------
+    @torch.no_grad()
+    def invert(self, image: Any, prompt: Prompt = "", *, negative_prompt: Prompt | None = None,
+               guidance_scale: float = 1.0, num_steps: int = 50, strength: float = 1.0,
+               method: str | Solver = "bdia", gamma: float | Sequence[float] | str = 1.0, p: float = 0.93,
+               size: int | Sequence[int] | None = None, progress: bool | None = None) -> ImageInversion:
+        """Invert real images under ``prompt`` (one, or one per image) with classifier-free guidance.
+
+        ``strength`` < 1 inverts only the last part of the grid (the BDIA authors edit with 0.8):
+        the result sits at an intermediate noise level, and edits keep more of the image.
+        ``method`` is "bdia" (with ``gamma``), "edict" (mixing ``p``), "ddim" (approximate), or a
+        Solver. ``size=(width, height)`` resizes the images; without it, :class:`Editor` center-crops
+        images that are not multiples of the VAE factor (with a warning).
+        """
+        solver = make_solver(method, gamma=gamma, p=p, state_dtype=self.state_dtype)
+        grid = self.grid(num_steps, strength)
+        pixels = self.preprocess(image, size)
+        batch, _, height, width = pixels.shape
+        start = time.perf_counter()
+        clean = self.encode(pixels)
+        cond, uncond = self.encode_prompt(prompt, negative_prompt, batch, height, width)
+        model = self.guided(cond, uncond, guidance_scale)
+        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} inversion")
+        try:
+            core = solver.invert(model, clean.to(self.state_dtype), grid, callback=bar)
+        finally:
+            bar.close()
+        prompts = _as_list(prompt, batch, "prompt")
+        negatives = None if negative_prompt is None else _as_list(negative_prompt, batch, "negative prompt")
+        return ImageInversion(
+            inversion=core, prompt=prompts, negative_prompt=negatives, guidance_scale=float(guidance_scale),
+            num_steps=int(num_steps), strength=float(strength), image_size=(int(width), int(height)),
+            schedule=_plain(self.schedule.config), model=self._model_record(), state_dtype=self.state_dtype,
+            clean=clean, info={"seconds": time.perf_counter() - start},
+        )
+
+    @torch.no_grad()
+    def reconstruct(self, inv: ImageInversion, *, progress: bool | None = None) -> EditResult:
+        """Regenerate the inverted images with the same prompt and guidance (exact for BDIA and EDICT)."""
+        result = self._regenerate(inv, inv.prompt, inv.negative_prompt, inv.guidance_scale, progress, "reconstruction")
+        if inv.clean is not None:
+            result.latent_error = float((result.latents - inv.clean.to(result.latents)).abs().max())
+        return result
+
+    @torch.no_grad()
+    def edit(self, inv: ImageInversion, prompt: Prompt, *, negative_prompt: Any = SAME,
+             guidance_scale: float | None = None, progress: bool | None = None) -> EditResult:
+        """Regenerate the inverted images under ``prompt``: an edit.
+
+        ``guidance_scale`` and ``negative_prompt`` default to the inversion's (None: the pipeline's
+        default unconditional branch).
+        """
+        negative = inv.negative_prompt if negative_prompt is SAME else negative_prompt
+        scale = inv.guidance_scale if guidance_scale is None else float(guidance_scale)
+        return self._regenerate(inv, prompt, negative, scale, progress, "edit")
+
+    @torch.no_grad()
+    def generate(self, prompt: Prompt, *, negative_prompt: Prompt | None = None, guidance_scale: float | None = None,
+                 num_steps: int = 50, method: str | Solver = "bdia", gamma: float | Sequence[float] | str = 0.5,
+                 p: float = 0.93, height: int | None = None, width: int | None = None, num_images: int = 1,
+                 generator: torch.Generator | None = None, seed: int | None = None,
+                 progress: bool | None = None) -> EditResult:
+        """Text to image with a core solver from Gaussian noise (float64 state, like inversion).
+
+        ``gamma`` defaults to 0.5, the BDIA authors' choice for text-to-image at few steps;
+        ``guidance_scale`` to the editor's ``default_guidance`` (7.5 for Stable Diffusion).
+        """
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance
+        solver = make_solver(method, gamma=gamma, p=p, state_dtype=self.state_dtype)
+        grid = self.grid(num_steps)
+        default_w, default_h = self.default_size()
+        height, width = int(height or default_h), int(width or default_w)
+        prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+        shape = self.latent_shape(len(prompts), height, width)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device).to(self.device)
+        start = time.perf_counter()
+        cond, uncond = self.encode_prompt(prompts, negative_prompt, len(prompts), height, width)
+        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} sampling")
+        counter = _CountingModel(self.guided(cond, uncond, guidance_scale))
+        try:
+            latents = solver.sample(counter, noise.to(self.state_dtype), grid, callback=bar)
+        finally:
+            bar.close()
+        images = self.to_images(self.decode(latents))
+        return EditResult(images, latents, counter.nfe, time.perf_counter() - start)
+
+    def pixel_errors(self, image: Any, result: EditResult | torch.Tensor, inv: ImageInversion | None = None,
+                     size: int | Sequence[int] | None = None) -> dict[str, float]:
+        """Pixel errors of a reconstruction against ``image``, beside the VAE's own round trip.
+
+        Mean absolute errors in [0, 1] units (see :func:`bdia.pipelines.images.pixel_errors`).
+        Pass the inversion's size if it was resized (``size=``).
+        """
+        pixels = self.preprocess(image, size if size is not None else (inv.image_size if inv else None))
+        latents = result.latents if isinstance(result, EditResult) else result
+        rec = self.decode(latents)
+        vae = self.decode(inv.clean if inv is not None and inv.clean is not None else self.encode(pixels))
+        return pixel_errors(pixels, vae, rec)
+
+    def check(self, inv: ImageInversion) -> Grid:
+        """Refuse an inversion made with another model, schedule, grid or latent shape; return its grid."""
+        self.check_model(inv)
+        saved_schedule = Schedule.from_config(inv.schedule)
+        if not torch.equal(saved_schedule.alphas_cumprod, self.schedule.alphas_cumprod):
+            raise ValueError("this inversion was made with another noise schedule (betas) than this pipeline's; "
+                             "load the model it was inverted with")
+        if saved_schedule.prediction_type != self.schedule.prediction_type:
+            raise ValueError(
+                f"this inversion was made with a {saved_schedule.prediction_type!r}-prediction model and this "
+                f"pipeline predicts {self.schedule.prediction_type!r}; load the model it was inverted with"
+            )
+        grid = self.grid(inv.num_steps, inv.strength)
+        if not grid.matches(inv.inversion.grid):
+            raise ValueError(
+                f"this inversion's grid ({inv.num_steps} steps, strength {inv.strength}, "
+                f"{saved_schedule.timestep_spacing} spacing) differs from this pipeline's "
+                f"({self.schedule.timestep_spacing} spacing, steps_offset {self.schedule.steps_offset}); "
+                "pass the scheduler settings used for inversion"
+            )
+        shape = tuple(inv.inversion.latents[0].shape)
+        w, h = inv.image_size
+        expected = tuple(self.latent_shape(shape[0], h, w))
+        if shape != expected:
+            raise ValueError(f"this inversion's latents have shape {shape}, but this model makes {expected} "
+                             f"for {w}x{h} images")
+        if inv.model.get("dtype") not in (None, dtype_name(self.dtype)):
+            warnings.warn(
+                f"this inversion was made with the UNet in {inv.model['dtype']} and it now runs in "
+                f"{dtype_name(self.dtype)}: the reconstruction is exact only with the same dtype",
+                stacklevel=3,
+            )
+        return grid
+
+    def _regenerate(self, inv: ImageInversion, prompt: Prompt, negative_prompt: Prompt | None,
+                    guidance_scale: float, progress: bool | None, what: str) -> EditResult:
+        if not isinstance(inv, ImageInversion):
+            raise TypeError(f"expected an ImageInversion (from invert or load_inversion), got {type(inv).__name__}")
+        grid = self.check(inv)
+        solver = inv.make_solver()
+        w, h = inv.image_size
+        start = time.perf_counter()
+        cond, uncond = self.encode_prompt(prompt, negative_prompt, inv.batch_size, h, w)
+        model = self.guided(cond, uncond, guidance_scale)
+        core = inv.inversion
+        if any(z.device != self.device for z in core.latents):
+            core = type(core)(tuple(z.to(self.device) for z in core.latents), core.nfe, core.solver, core.grid,
+                              core.input_dtype, core.metadata)
+        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} {what}")
+        counter = _CountingModel(model)
+        try:
+            latents = solver.sample(counter, core, grid, callback=bar)
+        finally:
+            bar.close()
+        images = self.to_images(self.decode(latents))
+        return EditResult(images, latents, counter.nfe, time.perf_counter() - start)
+
+
+class Editor(BaseEditor):
     """Exact inversion, reconstruction and editing of real images with a diffusers SD pipeline.
 
     Args:
@@ -239,14 +474,6 @@ class Editor:
             self._fingerprint = pipeline_fingerprint(self.pipe)
         return self._fingerprint
 
-    def grid(self, num_steps: int, strength: float = 1.0) -> Grid:
-        """The grid of ``num_steps`` steps, keeping the last ``strength`` fraction of it."""
-        grid = self.schedule.grid(int(num_steps))
-        return grid if float(strength) == 1.0 else grid.truncated(strength)
-
-    def guided(self, cond: dict, uncond: dict, guidance_scale: float) -> ClassifierFreeGuidance:
-        return ClassifierFreeGuidance(self.eps_model, cond, uncond, guidance_scale)
-
     def encode_prompt(self, prompt: Prompt, negative_prompt: Prompt | None, batch: int,
                       height: int, width: int) -> tuple[dict, dict]:
         return encode_prompts(self.pipe, prompt, negative_prompt, batch, height, width)
@@ -280,107 +507,29 @@ class Editor:
         """Images (PIL, path, tensor in [0, 1], or a list) to a batch in [-1, 1], sized for the VAE."""
         return to_pixels(image, self.vae_factor, size)
 
-    # ----- inversion, reconstruction, editing -------------------------------------------------------
-    @torch.no_grad()
-    def invert(self, image: Any, prompt: Prompt = "", *, negative_prompt: Prompt | None = None,
-               guidance_scale: float = 1.0, num_steps: int = 50, strength: float = 1.0,
-               method: str | Solver = "bdia", gamma: float | Sequence[float] | str = 1.0, p: float = 0.93,
-               size: int | Sequence[int] | None = None, progress: bool | None = None) -> ImageInversion:
-        """Invert real images under ``prompt`` (one, or one per image) with classifier-free guidance.
-
-        ``strength`` < 1 inverts only the last part of the grid (the BDIA authors edit with 0.8):
-        the result sits at an intermediate noise level, and edits keep more of the image.
-        ``method`` is "bdia" (with ``gamma``), "edict" (mixing ``p``), "ddim" (approximate), or a
-        Solver. Images that are not multiples of the VAE factor are center-cropped (with a warning)
-        unless ``size=(width, height)`` resizes them.
-        """
-        solver = make_solver(method, gamma=gamma, p=p, state_dtype=self.state_dtype)
-        grid = self.grid(num_steps, strength)
-        pixels = self.preprocess(image, size)
-        batch, _, height, width = pixels.shape
-        start = time.perf_counter()
-        clean = self.encode(pixels)
-        cond, uncond = self.encode_prompt(prompt, negative_prompt, batch, height, width)
-        model = self.guided(cond, uncond, guidance_scale)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} inversion")
-        try:
-            core = solver.invert(model, clean.to(self.state_dtype), grid, callback=bar)
-        finally:
-            bar.close()
-        prompts = _as_list(prompt, batch, "prompt")
-        negatives = None if negative_prompt is None else _as_list(negative_prompt, batch, "negative prompt")
-        return ImageInversion(
-            inversion=core, prompt=prompts, negative_prompt=negatives, guidance_scale=float(guidance_scale),
-            num_steps=int(num_steps), strength=float(strength), image_size=(int(width), int(height)),
-            schedule=_plain(self.schedule.config), model=self._model_record(), state_dtype=self.state_dtype,
-            clean=clean, info={"seconds": time.perf_counter() - start},
-        )
-
-    @torch.no_grad()
-    def reconstruct(self, inv: ImageInversion, *, progress: bool | None = None) -> EditResult:
-        """Regenerate the inverted images with the same prompt and guidance (exact for BDIA and EDICT)."""
-        result = self._regenerate(inv, inv.prompt, inv.negative_prompt, inv.guidance_scale, progress, "reconstruction")
-        if inv.clean is not None:
-            result.latent_error = float((result.latents - inv.clean.to(result.latents)).abs().max())
-        return result
-
-    @torch.no_grad()
-    def edit(self, inv: ImageInversion, prompt: Prompt, *, negative_prompt: Any = SAME,
-             guidance_scale: float | None = None, progress: bool | None = None) -> EditResult:
-        """Regenerate the inverted images under ``prompt``: an edit.
-
-        ``guidance_scale`` and ``negative_prompt`` default to the inversion's (None: the pipeline's
-        default unconditional branch).
-        """
-        negative = inv.negative_prompt if negative_prompt is SAME else negative_prompt
-        scale = inv.guidance_scale if guidance_scale is None else float(guidance_scale)
-        return self._regenerate(inv, prompt, negative, scale, progress, "edit")
-
-    @torch.no_grad()
-    def generate(self, prompt: Prompt, *, negative_prompt: Prompt | None = None, guidance_scale: float = 7.5,
-                 num_steps: int = 50, method: str | Solver = "bdia", gamma: float | Sequence[float] | str = 0.5,
-                 p: float = 0.93, height: int | None = None, width: int | None = None, num_images: int = 1,
-                 generator: torch.Generator | None = None, seed: int | None = None,
-                 progress: bool | None = None) -> EditResult:
-        """Text to image with a core solver from Gaussian noise (float64 state, like inversion).
-
-        ``gamma`` defaults to 0.5, the BDIA authors' choice for text-to-image at few steps.
-        """
-        solver = make_solver(method, gamma=gamma, p=p, state_dtype=self.state_dtype)
-        grid = self.grid(num_steps)
-        default = int(self.pipe.unet.config.sample_size) * self.vae_factor
-        height, width = int(height or default), int(width or default)
-        if height % self.vae_factor or width % self.vae_factor:
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        if height % self.vae_factor or width % self.vae_factor or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be multiples of the VAE factor {self.vae_factor}, "
                              f"got {width}x{height}")
-        prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
-        if generator is None:
-            generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        shape = (len(prompts), self.pipe.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device).to(self.device)
-        start = time.perf_counter()
-        cond, uncond = self.encode_prompt(prompts, negative_prompt, len(prompts), height, width)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} sampling")
-        counter = _CountingModel(self.guided(cond, uncond, guidance_scale))
-        try:
-            latents = solver.sample(counter, noise.to(self.state_dtype), grid, callback=bar)
-        finally:
-            bar.close()
-        images = to_pil(self.decode(latents))
-        return EditResult(images, latents, counter.nfe, time.perf_counter() - start)
+        return (batch, self.pipe.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
 
-    def pixel_errors(self, image: Any, result: EditResult | torch.Tensor, inv: ImageInversion | None = None,
-                     size: int | Sequence[int] | None = None) -> dict[str, float]:
-        """Pixel errors of a reconstruction against ``image``, beside the VAE's own round trip.
+    def default_size(self) -> tuple[int, int]:
+        size = int(self.pipe.unet.config.sample_size) * self.vae_factor
+        return size, size
 
-        Mean absolute errors in [0, 1] units (see :func:`bdia.pipelines.images.pixel_errors`).
-        Pass the inversion's size if it was resized (``size=``).
-        """
-        pixels = self.preprocess(image, size if size is not None else (inv.image_size if inv else None))
-        latents = result.latents if isinstance(result, EditResult) else result
-        rec = self.decode(latents)
-        vae = self.decode(inv.clean if inv is not None and inv.clean is not None else self.encode(pixels))
-        return pixel_errors(pixels, vae, rec)
+    def check_model(self, inv: ImageInversion) -> None:
+        saved = inv.model.get("fingerprint", {})
+        if "unet_config" not in saved:
+            raise ValueError(
+                f"this inversion was made with model {inv.model.get('id')!r} ({inv.model.get('class')}), not a "
+                f"Stable Diffusion pipeline; load that model (bdia: --model {inv.model.get('id')}, or no --model)"
+            )
+        mismatch = fingerprint_mismatch(saved, self.fingerprint())
+        if mismatch:
+            raise ValueError(
+                f"this inversion was made with model {inv.model.get('id')!r} ({inv.model.get('class')}) and "
+                f"{mismatch} in the loaded model {self.model_id!r}; load the model it was inverted with"
+            )
 
     # ----- helpers ---------------------------------------------------------------------------------
     def _model_record(self) -> dict[str, Any]:
@@ -388,70 +537,6 @@ class Editor:
             "id": self.model_id, "revision": self.revision, "class": type(self.pipe).__name__,
             "dtype": dtype_name(self.dtype), "fingerprint": self.fingerprint(),
         }
-
-    def check(self, inv: ImageInversion) -> Grid:
-        """Refuse an inversion made with another model, schedule, grid or latent shape; return its grid."""
-        mismatch = fingerprint_mismatch(inv.model.get("fingerprint", {}), self.fingerprint())
-        if mismatch:
-            raise ValueError(
-                f"this inversion was made with model {inv.model.get('id')!r} ({inv.model.get('class')}) and "
-                f"{mismatch} in the loaded model {self.model_id!r}; load the model it was inverted with"
-            )
-        saved_schedule = Schedule.from_config(inv.schedule)
-        if not torch.equal(saved_schedule.alphas_cumprod, self.schedule.alphas_cumprod):
-            raise ValueError("this inversion was made with another noise schedule (betas) than this pipeline's; "
-                             "load the model it was inverted with")
-        if saved_schedule.prediction_type != self.schedule.prediction_type:
-            raise ValueError(
-                f"this inversion was made with a {saved_schedule.prediction_type!r}-prediction model and this "
-                f"pipeline predicts {self.schedule.prediction_type!r}; load the model it was inverted with"
-            )
-        grid = self.grid(inv.num_steps, inv.strength)
-        if not grid.matches(inv.inversion.grid):
-            raise ValueError(
-                f"this inversion's grid ({inv.num_steps} steps, strength {inv.strength}, "
-                f"{saved_schedule.timestep_spacing} spacing) differs from this pipeline's "
-                f"({self.schedule.timestep_spacing} spacing, steps_offset {self.schedule.steps_offset}); "
-                "pass the scheduler settings used for inversion"
-            )
-        shape = tuple(inv.inversion.latents[0].shape)
-        channels = self.pipe.unet.config.in_channels
-        w, h = inv.image_size
-        expected = (shape[0], channels, h // self.vae_factor, w // self.vae_factor)
-        if shape != expected:
-            raise ValueError(f"this inversion's latents have shape {shape}, but this model makes {expected} "
-                             f"for {w}x{h} images")
-        if inv.model.get("dtype") not in (None, dtype_name(self.dtype)):
-            warnings.warn(
-                f"this inversion was made with the UNet in {inv.model['dtype']} and it now runs in "
-                f"{dtype_name(self.dtype)}: the reconstruction is exact only with the same dtype",
-                stacklevel=3,
-            )
-        return grid
-
-    def _regenerate(self, inv: ImageInversion, prompt: Prompt, negative_prompt: Prompt | None,
-                    guidance_scale: float, progress: bool | None, what: str) -> EditResult:
-        if not isinstance(inv, ImageInversion):
-            raise TypeError(f"expected an ImageInversion (from Editor.invert or load_inversion), got {type(inv).__name__}")
-        grid = self.check(inv)
-        solver = inv.make_solver()
-        w, h = inv.image_size
-        start = time.perf_counter()
-        cond, uncond = self.encode_prompt(prompt, negative_prompt, inv.batch_size, h, w)
-        model = self.guided(cond, uncond, guidance_scale)
-        core = inv.inversion
-        if any(z.device != self.device for z in core.latents):
-            core = type(core)(tuple(z.to(self.device) for z in core.latents), core.nfe, core.solver, core.grid,
-                              core.input_dtype, core.metadata)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} {what}")
-        counter = _CountingModel(model)
-        try:
-            latents = solver.sample(counter, core, grid, callback=bar)
-        finally:
-            bar.close()
-        images = to_pil(self.decode(latents))
-        return EditResult(images, latents, counter.nfe, time.perf_counter() - start)
-
 
 class _CountingModel:
     """Counts model evaluations (NFE; with guidance each is one UNet call on a doubled batch)."""
