@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 # Command modules, in the order `bdia --help` lists them.
-COMMAND_MODULES: list[str] = ["bdia.demo", "bdia.pipelines.cli"]
+COMMAND_MODULES: list[str] = ["bdia.demo", "bdia.pipelines.cli", "bdia.bench"]
 
 
 class CommandError(Exception):
