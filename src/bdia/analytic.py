@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .edm import t_to_sigma
 from .schedule import Grid, Schedule
 
 __all__ = ["Gaussian", "GaussianMixture", "PointSet"]
@@ -36,9 +37,6 @@ class _AnalyticModel:
 
     def __init__(self, schedule: Schedule | None = None):
         self.schedule = schedule
-        if schedule is not None:
-            abar = schedule.alphas_cumprod
-            self._log_lambda = 0.5 * (torch.log1p(-abar) - torch.log(abar))
 
     # -- noise level of a model time ---------------------------------------------------------------
     def lambda_of(self, t: torch.Tensor) -> torch.Tensor:
@@ -46,11 +44,7 @@ class _AnalyticModel:
         t = t.to(torch.float64)
         if self.schedule is None:
             return t
-        ll = self._log_lambda.to(t.device)
-        lo = t.floor().clamp(0, ll.numel() - 1).long()
-        hi = (lo + 1).clamp(max=ll.numel() - 1)
-        w = t - lo.to(torch.float64)
-        return torch.exp(ll[lo] * (1 - w) + ll[hi] * w)
+        return t_to_sigma(self.schedule, t.cpu()).to(t.device)  # lambda is EDM's sigma
 
     # -- the eps contract -------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from ..models import to_eps
 from ..schedule import Schedule
 from ..solvers import BDIA
+from ..solvers.bdia import bdia_step
 from ..solvers.base import ddim_transition
 
 __all__ = ["BDIAScheduler"]
@@ -121,10 +122,10 @@ class BDIAScheduler(SchedulerMixin, ConfigMixin):
         z = sample.to(work)
         t = grid.timesteps[i].to(sample.device).expand(sample.shape[0])
         eps = to_eps(lambda x, t_: model_output.to(work), self.schedule)(z, t)  # v / x0 -> eps
-        z_next = ddim_transition(z, eps, grid, i, i + 1)
+        z_next = ddim_transition(z, eps, grid, i, i + 1)  # F: the DDIM step forward
         if self._prev_sample is not None and self._last_index == i - 1 and i >= 1:
-            gamma = self._gammas[i - 1]
-            z_next = gamma * (self._prev_sample - ddim_transition(z, eps, grid, i, i - 1)) + z_next
+            z_back = ddim_transition(z, eps, grid, i, i - 1)  # B: the DDIM step back, same eps
+            z_next = bdia_step(self._prev_sample, z_next, z_back, self._gammas[i - 1])
         self._prev_sample, self._last_index = z, i
         x0 = (z - float(grid.sigmas[i]) * eps) / float(grid.alphas[i])
         prev, pred = z_next.to(sample.dtype), x0.to(sample.dtype)

@@ -30,6 +30,16 @@ from .onestep import get_backward_integrator, get_integrator
 AMPLIFIED_ROUNDING_WARN = 1e-4
 
 
+def bdia_step(z_prev: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Generation: z_{i+1} = gamma (z_{i-1} - B(z_i)) + F(z_i), given F(z_i) = ``fwd`` and B(z_i) = ``bwd``."""
+    return gamma * (z_prev - bwd) + fwd
+
+
+def bdia_unstep(z_next: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Inversion, the exact inverse of :func:`bdia_step`: z_{i-1} = (z_{i+1} - F(z_i)) / gamma + B(z_i)."""
+    return (z_next - fwd) / gamma + bwd
+
+
 def belm_gammas(grid: Grid) -> list[float]:
     """gamma_i = (alpha_{i+1} / alpha_{i-1}) (h_{i+1} / h_i)^2, i = 1..N-1: BDIA-DDIM becomes O-BELM."""
     al, lam = grid.alphas.tolist(), grid.lambdas.tolist()
@@ -144,7 +154,7 @@ class BDIA(Solver):
         n = grid.num_steps
         for i in range(1, n):
             fwd, bwd = self._moves(ev, z, grid, i)
-            z_prev, z = z, self._check_state(gammas[i - 1] * (z_prev - bwd) + fwd, i + 1, "sampling")
+            z_prev, z = z, self._check_state(bdia_step(z_prev, fwd, bwd, gammas[i - 1]), i + 1, "sampling")
             if callback is not None:
                 callback(i, n - 1, (z_prev, z))
         return z
@@ -158,7 +168,7 @@ class BDIA(Solver):
             callback(1, n, (z, z_next))
         for i in range(n - 1, 0, -1):
             fwd, bwd = self._moves(ev, z, grid, i)
-            z_next, z = z, self._check_state((z_next - fwd) / gammas[i - 1] + bwd, i - 1, "inversion")
+            z_next, z = z, self._check_state(bdia_unstep(z_next, fwd, bwd, gammas[i - 1]), i - 1, "inversion")
             if callback is not None:
                 callback(n - i + 1, n, (z, z_next))
         return z, z_next
