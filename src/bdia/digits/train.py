@@ -83,6 +83,16 @@ def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
     return torch.stack([pad[b, :, dy[b] : dy[b] + H, dx[b] : dx[b] + W] for b in range(B)])
 
 
+def _setup(defaults: dict[str, Any], overrides: dict[str, Any], seed: int):
+    """Settings (refusing unknown keys), a seeded generator, and the training split."""
+    cfg = {**defaults, **overrides}
+    unknown = set(cfg) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown training settings: {sorted(unknown)}")
+    torch.manual_seed(seed)
+    return cfg, torch.Generator().manual_seed(seed), load_digits("train")
+
+
 def train_unet(
     seed: int = 0, log: Log | None = _print, log_every: int = 100, **overrides: Any
 ) -> tuple[DigitsUNet, dict[str, Any]]:
@@ -91,13 +101,7 @@ def train_unet(
     Loss: mean squared error of the noise prediction at uniform training timesteps (DDPM), with
     labels replaced by the null class with probability ``class_dropout`` (classifier-free guidance).
     """
-    cfg = {**UNET_DEFAULTS, **overrides}
-    unknown = set(cfg) - set(UNET_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown training settings: {sorted(unknown)}")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    data = load_digits("train")
+    cfg, gen, data = _setup(UNET_DEFAULTS, overrides, seed)
     x_all, y_all = data.as_model_input(), data.labels
     model = DigitsUNet(channels=cfg["channels"], emb_dim=cfg["emb_dim"], num_classes=NUM_CLASSES)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -153,13 +157,7 @@ def train_classifier(
     seed: int = 0, log: Log | None = _print, log_every: int = 100, **overrides: Any
 ) -> tuple[DigitsClassifier, dict[str, Any]]:
     """Train the judge classifier on the training split (cross-entropy, shifts of up to 1 pixel)."""
-    cfg = {**CLASSIFIER_DEFAULTS, **overrides}
-    unknown = set(cfg) - set(CLASSIFIER_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown training settings: {sorted(unknown)}")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    data = load_digits("train")
+    cfg, gen, data = _setup(CLASSIFIER_DEFAULTS, overrides, seed)
     x_all, y_all = data.as_model_input(), data.labels
     model = DigitsClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
