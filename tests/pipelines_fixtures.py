@@ -142,17 +142,3 @@ def editor(kind: str):
 
         _EDITORS[kind] = Editor.from_pretrained(model_dir(kind), device="cpu", progress=False)
     return _EDITORS[kind]
-
-
-def one_thread():
-    """Module fixture body: run torch on one thread, then restore.
-
-    The tiny UNet is dominated by per-op overhead; with several threads on a busy 2-core CI machine
-    each call can take 100x longer (threads spin-waiting for each other).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

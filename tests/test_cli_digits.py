@@ -17,12 +17,7 @@ from bdia.digits import load_classifier, load_digits, to_model
 from bdia.pipelines.saved import load_inversion, save_inversion
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from pipelines_fixtures import make_image, model_dir, one_thread  # noqa: E402
+from pipelines_fixtures import make_image, model_dir  # noqa: E402
 
 import bdia.cli  # noqa: E402
 from bdia.pipelines import load_inversion  # noqa: E402
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -15,13 +15,7 @@ pytest.importorskip("tqdm")
 from bdia.cli import build_parser, main  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models are tiny: one thread is faster, and far faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SMALL = ["--num-images", "2", "--steps", "8", "--quiet"]

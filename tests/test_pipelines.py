@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from pipelines_fixtures import editor, make_image, model_dir, one_thread  # noqa: E402
+from pipelines_fixtures import editor, make_image, model_dir  # noqa: E402
 
 from bdia.pipelines import Editor, ImageInversion, load_inversion, save_inversion  # noqa: E402
 from bdia.pipelines.images import ImageSizeWarning  # noqa: E402
@@ -26,7 +26,7 @@ STEPS = 5
 EXACT = 1e-9  # float64 state: the round trip loses a few digits of 1e-16 (core tolerance)
 
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from pipelines_fixtures import SD_SCHEDULER, editor, model_dir, one_thread  # noqa: E402
+from pipelines_fixtures import SD_SCHEDULER, editor, model_dir  # noqa: E402
 
 from bdia import BDIA, Schedule  # noqa: E402
 from bdia.pipelines import BDIAScheduler  # noqa: E402
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _pipe(kind: str):

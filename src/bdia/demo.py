@@ -148,16 +148,12 @@ def _figure(path: Path, originals, source, target, rows: list[dict[str, Any]], o
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from .runtime import torch_threads
 
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(args: argparse.Namespace) -> int:

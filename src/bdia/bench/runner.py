@@ -246,19 +246,16 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, overwrite: bool = False, lo
     """Run every workload of ``cfg`` and write report.md, results.json and the plots into ``out_dir``."""
     import torch
 
+    from ..runtime import torch_threads
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     for name in OUTPUTS:
         check_writable(out / name, overwrite)
     torch.manual_seed(cfg.seed)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         run = run_workloads(cfg, log)
-    finally:
-        torch.set_num_threads(threads)
     results = {"config": cfg.to_dict(), "environment": environment(), **run}
     made = _plots(results, out, overwrite)
     clean = finite_or_none(results)

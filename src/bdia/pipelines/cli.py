@@ -180,16 +180,14 @@ def register(subparsers: Any) -> None:
 def _user_errors() -> Iterator[None]:
     """Warnings as one-line notes; non-finite latents and dtype problems as user errors; torch's thread
     count restored (:func:`load_editor` sets it for the digits model)."""
-    import torch
-
     from ..cli import CommandError
+    from ..runtime import torch_threads
     from ..solvers import NonFiniteError
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"bdia: warning: {message}", file=sys.stderr)
 
-    threads = torch.get_num_threads()
-    with warnings.catch_warnings():
+    with torch_threads(None), warnings.catch_warnings():
         warnings.showwarning = show
         try:
             yield
@@ -199,8 +197,6 @@ def _user_errors() -> Iterator[None]:
             if "Half" in str(e) or "BFloat16" in str(e):
                 raise CommandError(f"{e}; this device cannot run that dtype, try --dtype float32") from None
             raise
-        finally:
-            torch.set_num_threads(threads)
 
 
 def _outputs(path: str, n: int, overwrite: bool) -> list[Path]:
