@@ -1,6 +1,6 @@
 """Benchmark report, EDM section (issue 6): Euler, EDM's Heun and BDIA over both, at equal NFE.
 
-Measured, never assumed (MATH.md sections 6 and 8):
+Measured, never assumed (docs/math.md sections 6 and 8):
 
 1. Sampling error against the exact probability-flow ODE from the same noise, on an analytic
    Gaussian mixture (:class:`bdia.analytic.GaussianMixture`, exact eps), on two Karras grids:
@@ -199,7 +199,7 @@ def _fmt(v: float) -> str:
 def _markdown(res: dict[str, Any]) -> str:
     a = res["analytic"]
     lines = ["## EDM: Heun and BDIA-EDM on Karras grids", "",
-             "BDIA as a combinator (MATH.md section 6): `bdia.BDIA(gamma, forward=\"heun\", backward=\"euler\")` is "
+             "BDIA as a combinator (docs/math.md section 6): `bdia.BDIA(gamma, forward=\"heun\", backward=\"euler\")` is "
              "BDIA-EDM (EDM's Heun forward, the Euler step back reusing the slope at z_i: no extra NFE); "
              "`bdia.Heun()` is EDM's deterministic Algorithm 1 (2N-1 NFE for N steps). EDM/k-diffusion denoisers "
              "enter through `bdia.edm.from_denoiser`, discrete VP models run on `bdia.edm.karras_grid_for`.", "",

@@ -1,4 +1,4 @@
-"""EDM / k-diffusion convention, Karras grids, EDM's Heun and BDIA-EDM (issue 6; MATH.md section 6)."""
+"""EDM / k-diffusion convention, Karras grids, EDM's Heun and BDIA-EDM (issue 6; docs/math.md section 6)."""
 
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ def test_bdia_heun_round_trip_float32():
     On a VE grid z is EDM's x itself, so BDIA's gamma acts on xbar undamped and the parasitic mode of
     the two-step recurrence grows in generation by about sigma_max / (data scale); rounding of a state
     of size 80 then reaches ~1e-3. On a VP grid the same gamma acts on z = alpha xbar, i.e. on xbar with
-    gamma * alpha_{i-1} / alpha_{i+1} < gamma, which damps that mode (MATH.md section 4, Stability).
+    gamma * alpha_{i-1} / alpha_{i+1} < gamma, which damps that mode (docs/math.md section 4, Stability).
     """
     x0 = (torch.randn(8, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * S + MU).float()
     sched = bdia.Schedule.from_config(SD_CONFIG)

@@ -1,4 +1,4 @@
-"""Schedules and grids against diffusers' DDIMScheduler (MATH.md section 2)."""
+"""Schedules and grids against diffusers' DDIMScheduler (docs/math.md section 2)."""
 
 import json
 

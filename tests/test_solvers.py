@@ -47,7 +47,7 @@ class CountingModel:
 
 
 def as_prediction(eps_model, schedule, kind):
-    """The same model re-expressed as a v- or x0-predictor (MATH.md section 1, solved for v or x0)."""
+    """The same model re-expressed as a v- or x0-predictor (docs/math.md section 1, solved for v or x0)."""
     abar = schedule.alphas_cumprod
 
     def model(x, t):
@@ -183,7 +183,7 @@ def test_linspace_pairs_next_grid_point_not_stride():
 
 
 def naive_bdia(eps, z_pair, abar, ts, gamma, invert=False):
-    """MATH.md section 4 written out with plain abar lists, no library code."""
+    """docs/math.md section 4 written out with plain abar lists, no library code."""
     a = [math.sqrt(v) for v in abar]
     s = [math.sqrt(1 - v) for v in abar]
 

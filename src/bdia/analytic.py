@@ -1,4 +1,4 @@
-"""Analytic data distributions with exact eps and an exact probability-flow ODE (MATH.md section 8).
+"""Analytic data distributions with exact eps and an exact probability-flow ODE (docs/math.md section 8).
 
 For data x0 ~ p, the noisy state is x = alpha x0 + sigma n, and in ``xbar = x / alpha``,
 ``lambda = sigma / alpha`` the probability-flow ODE is ``d xbar / d lambda = eps``. These models

@@ -3,7 +3,7 @@
 Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models" (EDM, NeurIPS
 2022), and Katherine Crowson's k-diffusion write a model as a denoiser ``D(x, sigma) -> x0_hat`` on
 the variance-exploding state ``x = x0 + sigma n``, with the probability-flow ODE
-``dx/dsigma = (x - D(x, sigma)) / sigma``. In this project's variables (MATH.md section 1) that is
+``dx/dsigma = (x - D(x, sigma)) / sigma``. In this project's variables (docs/math.md section 1) that is
 ``d xbar / d lambda = eps`` with ``xbar = x``, ``lambda = sigma`` and ``eps = (x - D) / sigma``:
 EDM's state *is* xbar and EDM's sigma *is* lambda, so every sampler here runs on an EDM model
 unchanged, and the DDIM transition is EDM's Euler step.

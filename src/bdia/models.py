@@ -3,7 +3,7 @@
 Canonical contract (every sampler uses only this): ``eps_model(x, t) -> eps`` with ``x`` of shape
 (B, ...), ``t`` of shape (B,) holding the grid's model times (training timesteps for discrete VP
 models), and ``eps`` the noise prediction with the shape of ``x``. Adapters convert v- and
-x0-prediction (MATH.md section 1) and add classifier-free guidance; they live here, at the edge,
+x0-prediction (docs/math.md section 1) and add classifier-free guidance; they live here, at the edge,
 and the samplers never see the difference.
 
 A model may declare the dtype it wants its input in with a ``dtype`` attribute (an ``nn.Module``

@@ -1,4 +1,4 @@
-"""Noise schedules and sampling grids (MATH.md sections 1 and 2).
+"""Noise schedules and sampling grids (docs/math.md sections 1 and 2).
 
 A :class:`Schedule` holds the training-time ``alphas_cumprod`` of a variance-preserving diffusion
 model, built from a diffusers scheduler config exactly as ``DDIMScheduler`` builds it (same float32
@@ -177,7 +177,7 @@ class Schedule:
         return torch.from_numpy(ts.copy())
 
     def grid(self, num_steps: int) -> "Grid":
-        """The sampling grid for ``num_steps`` model evaluations (MATH.md section 2)."""
+        """The sampling grid for ``num_steps`` model evaluations (docs/math.md section 2)."""
         ts = self.timesteps(num_steps)
         abar = torch.cat([self.alphas_cumprod[ts], torch.tensor([self.final_alphas_cumprod], dtype=torch.float64)])
         return Grid.from_alphas_cumprod(ts, abar)

@@ -78,7 +78,7 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     results = _measure_all(cfg, model, cfg.analytic_batch, cfg.dtypes, gen, log, "analytic")
     check = None
     if cfg.analytic_check_dim:
-        # MATH.md section 4's setting: 8 components, std 0.3, standard normal means, in a small space.
+        # docs/math.md section 4's setting: 8 components, std 0.3, standard normal means, in a small space.
         g = torch.Generator().manual_seed(cfg.seed + 5)
         means = torch.randn((8, cfg.analytic_check_dim), generator=g, dtype=torch.float64)
         small = GaussianMixture(means, 0.3, schedule=model.schedule)

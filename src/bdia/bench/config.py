@@ -29,7 +29,7 @@ class BenchConfig:
     analytic_std: float = 0.3
     analytic_batch: int = 4
     analytic_steps: tuple[int, ...] = (10, 20, 50, 100)
-    analytic_check_dim: int = 16  # also a small mixture like MATH.md section 4's (8 components, std 0.3); 0 skips
+    analytic_check_dim: int = 16  # also a small mixture like docs/math.md section 4's (8 components, std 0.3); 0 skips
     # Workload 2: the embedded digits model; references by Heun on a fine grid.
     digits_batch: int = 8
     digits_steps: tuple[int, ...] = (10, 20, 50)

@@ -1,4 +1,4 @@
-"""The measures of MATH.md section 8, and the instruments that take them (counting, timing, memory).
+"""The measures of docs/math.md section 8, and the instruments that take them (counting, timing, memory).
 
 Code name -> measure: ``round_trip`` -> |regenerate(invert(x0)) - x0|; ``fidelity`` -> |inverted
 noise - the exact ODE's noise|; ``accuracy`` -> |sample from noise - the exact ODE's sample from the

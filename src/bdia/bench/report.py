@@ -194,12 +194,12 @@ def targets(results: dict[str, Any]) -> str:
         math_md = {"ddim": 0.54, "edict": 0.82, "bdia-1": 0.16, "bdia-0.96": 0.93, "bdia-0.9": 10}
         here = [(wl["results"][f"{m}/float64"]["label"], _row(wl, m, "float64", n)["fidelity"]["max"], v)
                 for m, v in math_md.items() if f"{m}/float64" in wl["results"]]
-        msg += (f"\n\n  Largest distance of the inverted noise from the exact ODE's at {n} steps, here (MATH.md "
+        msg += (f"\n\n  Largest distance of the inverted noise from the exact ODE's at {n} steps, here (docs/math.md "
                 "section 4's 16-dimensional mixture in brackets): "
                 + ", ".join(f"{lab} {fmt(a)} ({v:g})" for lab, a, v in here) + ". "
                 + ("Same ordering of the methods as there. " if [h[0] for h in sorted(here, key=lambda h: h[1])]
                    == [h[0] for h in sorted(here, key=lambda h: h[2])] else
-                   "The ordering differs from MATH.md's in places; the absolute values depend on the mixture. ")
+                   "The ordering differs from docs/math.md's in places; the absolute values depend on the mixture. ")
                 + _growth(wl))
         lines.append(msg)
     return "\n".join(lines)

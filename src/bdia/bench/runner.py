@@ -81,7 +81,7 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         f"{sum(results['seconds'].values()) / 60:.1f} min {TIMING_NOTE}.",
         "Methods: DDIM inversion (approximate), EDICT (p = 0.93), BDIA (gamma = 1, 0.96, 0.9, 0.5), O-BELM (BDIA "
         "with gamma = 'belm'), and null-text inversion (optimisation-based, on the UNet workload). Measures "
-        "(MATH.md section 8): round-trip error, inversion fidelity (inverted noise against the exact ODE's noise "
+        "(docs/math.md section 8): round-trip error, inversion fidelity (inverted noise against the exact ODE's noise "
         "for the same input), sampling accuracy (sample against the exact ODE's sample from the same noise), "
         "empirical order (minus the slope of log rms error against log N), NFE, wall time, peak memory.",
         "## Headline", headline(results),
@@ -121,7 +121,7 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
 
 
 def _check_table(check: dict[str, Any]) -> str:
-    """The small mixture of MATH.md section 4: inverted-noise error (max) and sampling error (rms) per N."""
+    """The small mixture of docs/math.md section 4: inverted-noise error (max) and sampling error (rms) per N."""
     from .report import _table
 
     rows = []
@@ -131,8 +131,8 @@ def _check_table(check: dict[str, Any]) -> str:
             r = res["by_steps"][str(n)]
             cells.append(f"{fmt(r['fidelity']['max'])} / {fmt(r['accuracy']['rms'])}")
         rows.append(cells)
-    return (f"**Cross-check on a small mixture like MATH.md section 4's** ({check['description']}; float64 state): "
-            "largest distance of the inverted noise from the exact ODE's / rms sampling error, per N. MATH.md "
+    return (f"**Cross-check on a small mixture like docs/math.md section 4's** ({check['description']}; float64 state): "
+            "largest distance of the inverted noise from the exact ODE's / rms sampling error, per N. docs/math.md "
             "reports, at 50 steps, DDIM inversion 0.54, EDICT 0.82, BDIA gamma=1 0.16, gamma=0.96 0.93, gamma=0.9 10.\n\n"
             + _table(["Method"] + [f"N={n}" for n in check["steps"]], rows))
 

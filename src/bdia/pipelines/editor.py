@@ -379,7 +379,7 @@ class Editor(BaseEditor):
     Args:
         pipe: a loaded ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (any scheduler;
             only its config is used, to build the :class:`~bdia.Schedule`).
-        state_dtype: the solver state's dtype (float64 by default; float32 loses digits, see MATH.md).
+        state_dtype: the solver state's dtype (float64 by default; float32 loses digits, see docs/math.md).
         progress: show a progress bar on the sampling loops (tqdm); each call may override it.
         model_id, revision: recorded in saved inversions (``from_pretrained`` fills them in).
         schedule_overrides: scheduler config keys to replace, e.g. ``timestep_spacing="trailing"``.

@@ -106,7 +106,7 @@ def pixel_errors(original: torch.Tensor, vae_roundtrip: torch.Tensor, reconstruc
     """Mean absolute errors in [0, 1] pixel units: the reconstruction's, beside the VAE's own round trip.
 
     Exact latent inversion cannot beat the VAE: ``reconstruction`` is bounded below by
-    ``vae_roundtrip`` (MATH.md section 7). ``vs_vae`` compares the two decoded images directly.
+    ``vae_roundtrip`` (docs/math.md section 7). ``vs_vae`` compares the two decoded images directly.
     """
     def mae(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a.float() - b.float()).abs().mean() / 2.0)  # [-1, 1] -> [0, 1] units

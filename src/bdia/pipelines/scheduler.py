@@ -3,7 +3,7 @@
     pipe.scheduler = bdia.BDIAScheduler.from_config(pipe.scheduler.config, gamma=0.5)
     image = pipe("a photo of a cat", num_inference_steps=10).images[0]
 
-The state is BDIA's pair (MATH.md section 4): ``step`` keeps the previous sample z_{i-1}. The first
+The state is BDIA's pair (docs/math.md section 4): ``step`` keeps the previous sample z_{i-1}. The first
 step of a run is a plain DDIM step (z_0 -> z_1); every later step is
 
     z_{i+1} = gamma_i * (z_{i-1} - D_{i->i-1}(z_i)) + D_{i->i+1}(z_i)

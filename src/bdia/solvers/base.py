@@ -26,7 +26,7 @@ Callback = Callable[[int, int, tuple], None]
 
 
 class InversionPrecisionWarning(UserWarning):
-    """Inversion will amplify rounding error strongly (MATH.md section 4, Stability)."""
+    """Inversion will amplify rounding error strongly (docs/math.md section 4, Stability)."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -238,5 +238,5 @@ def _short(ts: Sequence[float]) -> str:
 
 
 def amplification(gammas: Sequence[float]) -> float:
-    """Lower bound on how much inversion amplifies rounding: prod(1 / gamma_i) (MATH.md, Stability)."""
+    """Lower bound on how much inversion amplifies rounding: prod(1 / gamma_i) (docs/math.md, Stability)."""
     return math.exp(-sum(math.log(g) for g in gammas))

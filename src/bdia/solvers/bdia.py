@@ -1,6 +1,6 @@
 """BDIA: bi-directional integration approximation (Zhang, Lewis & Kleijn, ECCV 2024, arXiv 2307.10829).
 
-MATH.md sections 4 and 6. With one model evaluation e = eps(z_i, tau_i) per step, a forward move
+docs/math.md sections 4 and 6. With one model evaluation e = eps(z_i, tau_i) per step, a forward move
 F_{i->i+1}(z_i) and a backward move B_{i->i-1}(z_i) (the DDIM transition reusing e):
 
     generation:  z_{i+1} = gamma_i * (z_{i-1} - B(z_i)) + F(z_i)
@@ -59,7 +59,7 @@ class BDIA(Solver):
         gamma: a number in [0, 1]; a sequence of N-1 non-negative values, one per BDIA step
             (steps i = 1..N-1; step 0 is the plain forward solver); or ``"belm"`` for O-BELM.
             Inversion needs every gamma_i > 0. Default 1.0: it keeps the inverted noise closest to
-            the true ODE's (MATH.md section 4) and loses the fewest digits.
+            the true ODE's (docs/math.md section 4) and loses the fewest digits.
         forward: the forward integrator F, ``"euler"`` (DDIM) or ``"heun"`` (EDM's Heun, +1 NFE).
         backward: the backward integrator B; only ``"euler"``, the DDIM step back to point i-1
             reusing the slope already evaluated at z_i (no NFE). On a Karras grid

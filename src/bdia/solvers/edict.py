@@ -1,6 +1,6 @@
 """EDICT: exact diffusion inversion via coupled transformations (Wallace, Gokul & Naik, CVPR 2023).
 
-MATH.md section 5. Two chains x, y; with D(z, e) = a z + b e the DDIM transition of the step,
+docs/math.md section 5. Two chains x, y; with D(z, e) = a z + b e the DDIM transition of the step,
 one generation step is
 
     x' = a x + b eps(y);   y' = a y + b eps(x');   x = p x' + (1-p) y';   y = p y' + (1-p) x

@@ -1,4 +1,4 @@
-"""One-step integrators for the ODE d xbar / d lambda = eps (MATH.md section 6).
+"""One-step integrators for the ODE d xbar / d lambda = eps (docs/math.md section 6).
 
 Forward moves F_{i->i+1}(z_i) (Euler = DDIM, EDM's Heun) and BDIA's backward move B_{i->i-1}(z_i).
 Each takes the eps already evaluated at (z_i, tau_i), so the backward move can reuse it, and all
@@ -64,7 +64,7 @@ INTEGRATORS: dict[str, Integrator] = {
 
 
 # Backward moves B_{i->i-1}(z_i) for BDIA. Only Euler: it reuses the slope at z_i that the forward
-# move already paid for (MATH.md section 6); any other B would cost model evaluations that buy
+# move already paid for (docs/math.md section 6); any other B would cost model evaluations that buy
 # nothing for invertibility.
 BACKWARD_INTEGRATORS: dict[str, Integrator] = {
     "euler": Integrator(euler_back_step, order=1, nfe_per_step=0),
