@@ -108,8 +108,8 @@ def null_text_invert(guided: ClassifierFreeGuidance, x0: torch.Tensor, grid: Gri
     pivot: list[torch.Tensor] = [torch.empty(0)] * (n + 1)
     pivot[n] = x0.detach().to(state_dtype)
 
-    def keep(step: int, num: int, latents: tuple) -> None:
-        pivot[n - step] = latents[0].detach()
+    def keep(index: int, sigma: float, state: tuple) -> None:
+        pivot[index] = state.z.detach()
 
     with torch.no_grad():
         inv = DDIM(state_dtype=state_dtype).invert(guided.with_cond(cond, scale=1.0), x0, grid, callback=keep)

@@ -35,23 +35,22 @@ def references(eps, fine: Grid, grids: dict[int, Grid], x0: torch.Tensor, gen: t
     fine_t = [int(t) for t in fine.timesteps.tolist()]
     ref_noise: dict[int, torch.Tensor] = {}
 
-    def keep_inv(step: int, num: int, latents: tuple) -> None:
-        point = num - step
-        if fine_t[point] in want:
+    def keep_inv(index: int, sigma: float, state: tuple) -> None:
+        if index < len(fine_t) and fine_t[index] in want:
             for n, g in grids.items():
-                if int(g.timesteps[0]) == fine_t[point]:
-                    ref_noise[n] = latents[0].clone()
+                if int(g.timesteps[0]) == fine_t[index]:
+                    ref_noise[n] = state.z.clone()
 
     solver = Heun()
     solver.invert(eps, x0, fine, callback=keep_inv)
     start = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     noise = {n: start for n, g in grids.items() if int(g.timesteps[0]) == fine_t[0]}
 
-    def keep_sample(step: int, num: int, latents: tuple) -> None:
-        if step < num and fine_t[step] in want:
+    def keep_sample(index: int, sigma: float, state: tuple) -> None:
+        if index < len(fine_t) and fine_t[index] in want:
             for n, g in grids.items():
-                if int(g.timesteps[0]) == fine_t[step]:
-                    noise[n] = latents[0].clone()
+                if int(g.timesteps[0]) == fine_t[index]:
+                    noise[n] = state.z.clone()
 
     sample = solver.sample(eps, start, fine, callback=keep_sample)
     return ref_noise, noise, {n: sample for n in grids}

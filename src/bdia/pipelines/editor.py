@@ -74,12 +74,12 @@ def make_solver(method: str | Solver = "bdia", *, gamma: float | Sequence[float]
 
 
 class _Progress:
-    """A tqdm bar driven by the solvers' ``callback(step, num_steps, latents)``; silent when disabled."""
+    """A tqdm bar driven by the solvers' ``callback(index, sigma, state)``, one tick a move; silent when disabled."""
 
-    def __init__(self, enabled: bool, desc: str):
-        self.enabled, self.desc, self.bar = enabled, desc, None
+    def __init__(self, enabled: bool, desc: str, total: int):
+        self.enabled, self.desc, self.total, self.bar = enabled, desc, total, None
 
-    def __call__(self, step: int, num_steps: int, latents: tuple) -> None:
+    def __call__(self, index: int, sigma: float, state: tuple) -> None:
         if not self.enabled:
             return
         if self.bar is None:
@@ -88,8 +88,8 @@ class _Progress:
             except ImportError:  # tqdm is an optional extra
                 self.enabled = False
                 return
-            self.bar = tqdm(total=num_steps, desc=self.desc, leave=False)
-        self.bar.update(step - self.bar.n)
+            self.bar = tqdm(total=self.total, desc=self.desc, leave=False)
+        self.bar.update(1)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -235,7 +235,7 @@ class BaseEditor:
         clean = self.encode(pixels)
         cond, uncond = self.encode_prompt(prompt, negative_prompt, batch, height, width)
         model = self.guided(cond, uncond, guidance_scale)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} inversion")
+        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} inversion", grid.num_steps)
         try:
             core = solver.invert(model, clean.to(self.state_dtype), grid, callback=bar)
         finally:
@@ -293,14 +293,13 @@ class BaseEditor:
         noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device).to(self.device)
         start = time.perf_counter()
         cond, uncond = self.encode_prompt(prompts, negative_prompt, len(prompts), height, width)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} sampling")
-        counter = _CountingModel(self.guided(cond, uncond, guidance_scale))
+        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} sampling", grid.num_steps)
         try:
-            latents = solver.sample(counter, noise.to(self.state_dtype), grid, callback=bar)
+            out = solver.solve(self.guided(cond, uncond, guidance_scale), noise.to(self.state_dtype), grid, callback=bar)
         finally:
             bar.close()
-        images = self.to_images(self.decode(latents))
-        return EditResult(images, latents, counter.nfe, time.perf_counter() - start)
+        images = self.to_images(self.decode(out.x))
+        return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
     def pixel_errors(self, image: Any, result: EditResult | torch.Tensor, inv: ImageInversion | None = None,
                      size: int | Sequence[int] | None = None) -> dict[str, float]:
@@ -363,14 +362,13 @@ class BaseEditor:
         if any(z.device != self.device for z in core.latents):
             core = type(core)(tuple(z.to(self.device) for z in core.latents), core.nfe, core.solver, core.grid,
                               core.input_dtype, core.metadata)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} {what}")
-        counter = _CountingModel(model)
+        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} {what}", grid.num_steps)
         try:
-            latents = solver.sample(counter, core, grid, callback=bar)
+            out = solver.solve(model, core, grid, callback=bar)
         finally:
             bar.close()
-        images = self.to_images(self.decode(latents))
-        return EditResult(images, latents, counter.nfe, time.perf_counter() - start)
+        images = self.to_images(self.decode(out.x))
+        return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
 
 class Editor(BaseEditor):
@@ -537,21 +535,6 @@ class Editor(BaseEditor):
             "id": self.model_id, "revision": self.revision, "class": type(self.pipe).__name__,
             "dtype": dtype_name(self.dtype), "fingerprint": self.fingerprint(),
         }
-
-class _CountingModel:
-    """Counts model evaluations (NFE; with guidance each is one UNet call on a doubled batch)."""
-
-    def __init__(self, model: ClassifierFreeGuidance):
-        self.model, self.nfe = model, 0
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return self.model.dtype
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        return self.model(x, t)
-
 
 def _plain(config: Any) -> dict[str, Any]:
     out = {}

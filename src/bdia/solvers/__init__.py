@@ -1,12 +1,13 @@
-"""Samplers with their inverses. Each declares ``order``, ``nfe_per_step`` and ``exact_inversion``."""
+"""Samplers with their inverses: one step protocol (base.py), one driver, a step and its inverse per method."""
 
-from .base import Inversion, InversionPrecisionWarning, NonFiniteError, Solver, ddim_transition
-from .bdia import BDIA, belm_gammas
-from .ddim import DDIM
-from .edict import EDICT
-from .heun import Heun
+from .base import (Evaluator, Inversion, InversionPrecisionWarning, NonFiniteError, Solution, Solver, ddim_transition,
+                   drive)
+from .bdia import BDIA, BDIAState, belm_gammas
+from .ddim import DDIM, DDIMState, Heun
+from .edict import EDICT, EDICTState
 
 SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun}
 
-__all__ = ["BDIA", "DDIM", "EDICT", "Heun", "Inversion", "InversionPrecisionWarning", "NonFiniteError", "Solver",
-           "SOLVERS", "belm_gammas", "ddim_transition"]
+__all__ = ["BDIA", "BDIAState", "DDIM", "DDIMState", "EDICT", "EDICTState", "Evaluator", "Heun", "Inversion",
+           "InversionPrecisionWarning", "NonFiniteError", "SOLVERS", "Solution", "Solver", "belm_gammas",
+           "ddim_transition", "drive"]

@@ -1,15 +1,25 @@
-"""What every sampler shares: the Inversion record, model evaluation, input checks, the DDIM transition.
+"""The step protocol every sampler implements, and the one driver that runs it in both directions.
 
-A solver is an object that declares what it is (``name``, ``order``, ``nfe_per_step``,
-``exact_inversion``) and implements two things over the canonical eps contract:
-``invert(model, x0, grid) -> Inversion`` and ``sample(model, start, grid) -> x``, where ``start`` is
-plain noise (generation) or an :class:`Inversion` (reconstruction, or editing with another model).
-The solver state is kept in ``state_dtype`` (float64 by default) whatever dtype the model runs in.
+A solver is an object that declares what it is (``name``, ``nfe_per_step``, ``exact_inversion``,
+``order_on(grid)``) and defines four moves over a named state (docs/math.md sections 3-6):
+
+- ``init(ev, noise, grid)``: the state at grid position ``warmup`` from plain noise at position 0;
+- ``init_inverse(ev, x0, grid)``: the state at position N (the clean end) from a clean sample;
+- ``step(ev, state, grid, i)``: position i -> i + 1 (generation);
+- ``unstep(ev, state, grid, i)``: position i + 1 -> i, beside ``step`` and built from the same
+  coefficients: its exact inverse when ``exact_inversion``, an approximation otherwise.
+
+A state is a NamedTuple of tensors (``BDIAState(z_prev, z)``, ``EDICTState(x, y)``, ...); its
+position is the grid index of its newest point. :func:`drive` runs ``step`` over i = warmup..N-1 or
+``unstep`` over i = N-1..warmup, counts model evaluations, checks finiteness without stalling the
+device, and calls ``callback(index, sigma, state)`` after each move with the new position, its EDM
+sigma (sigma/alpha, 0 at a clean end) and the state. ``invert`` and ``sample`` are thin wrappers.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
@@ -19,10 +29,19 @@ import torch
 from ..models import model_dtype as _declared_dtype
 from ..schedule import Grid
 
-__all__ = ["Inversion", "Solver", "ddim_transition", "InversionPrecisionWarning", "NonFiniteError"]
+__all__ = ["Inversion", "Solution", "Solver", "ddim_transition", "drive", "Evaluator", "InversionPrecisionWarning",
+           "NonFiniteError"]
 
-# callback(step, num_steps, latents) is called after every step; step counts from 1.
-Callback = Callable[[int, int, tuple], None]
+# callback(index, sigma, state): called after every move; index is the new grid position
+# (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple.
+Callback = Callable[[int, float, tuple], None]
+
+# Finiteness is accumulated on the device and read back every this many model evaluations (and at the
+# end), so a GPU is not stalled by a host sync per step.
+FINITE_CHECK_EVERY = 10
+
+# Warn when the amplification of rounding times the state's machine epsilon exceeds this relative error.
+AMPLIFIED_ROUNDING_WARN = 1e-4
 
 
 class InversionPrecisionWarning(UserWarning):
@@ -49,8 +68,9 @@ def ddim_transition(z: torch.Tensor, eps: torch.Tensor, grid: Grid, i: int, j: i
 class Inversion:
     """The result of ``solver.invert``: everything ``solver.sample`` needs to regenerate the input.
 
-    ``latents`` are noisiest first: BDIA (z_0, z_1); EDICT (x, y); DDIM (z_0,). ``solver`` and
-    ``grid`` describe what produced them; sampling with another solver or grid is refused.
+    ``latents`` are the fields of the solver's state at its start position, noisiest first: BDIA
+    (z_0, z_1); EDICT (x, y); DDIM (z_0,). ``solver`` and ``grid`` describe what produced them;
+    sampling with another solver or grid is refused.
     """
 
     latents: tuple[torch.Tensor, ...]
@@ -70,33 +90,98 @@ class Inversion:
         return f"Inversion(solver={self.solver.get('name')}, latents=[{shapes}], nfe={self.nfe})"
 
 
-class _Evaluator:
-    """Calls the model in its own dtype on a state kept in the solver's dtype; counts NFE; checks output."""
+@dataclass
+class Solution:
+    """What :meth:`Solver.solve` returns: the final state, the clean sample it holds, and the NFE spent."""
 
-    def __init__(self, model: Callable, grid: Grid, state_dtype: torch.dtype, run_dtype: torch.dtype, check_finite: bool):
+    state: tuple
+    x: torch.Tensor
+    nfe: int
+
+
+class Evaluator:
+    """Calls the model in its own dtype on a state kept in the solver's dtype; counts NFE; checks output.
+
+    ``ev(z, i)`` is eps at (z, timesteps[i]). Shape, type and device are checked on the host (no
+    sync); finiteness is accumulated as a device flag and read every ``FINITE_CHECK_EVERY`` calls.
+    """
+
+    def __init__(self, model: Callable, grid: Grid, state_dtype: torch.dtype, run_dtype: torch.dtype,
+                 check_finite: bool, phase: str):
         self.model, self.grid = model, grid
         self.state_dtype, self.run_dtype = state_dtype, run_dtype
-        self.check_finite = check_finite
+        self.check_finite, self.phase = check_finite, phase
         self.nfe = 0
-        self.phase = "sampling"
+        self._bad: torch.Tensor | None = None  # device flag: some output was not finite
+        self._first_bad: torch.Tensor | None = None  # the grid point where that first happened
+        self._state_bad: torch.Tensor | None = None
+        self._first_state_bad: torch.Tensor | None = None
+
+    def _where(self, i: int) -> str:
+        return f"{self.phase} step at grid point {i} (timestep {float(self.grid.timesteps[i]):g})"
 
     def __call__(self, z: torch.Tensor, i: int) -> torch.Tensor:
         t = self.grid.timesteps[i].to(z.device).expand(z.shape[0])
         out = self.model(z.to(self.run_dtype), t)
         self.nfe += 1
-        where = f"{self.phase} step at grid point {i} (timestep {self.grid.timesteps[i].item():g})"
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model returned {type(out).__name__}, expected a tensor ({where})")
+            raise TypeError(f"the model returned {type(out).__name__}, expected a tensor ({self._where(i)})")
         if out.shape != z.shape:
-            raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(z.shape)} ({where})")
+            raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(z.shape)} ({self._where(i)})")
         if out.device != z.device:
-            raise ValueError(f"the model returned a tensor on {out.device} for input on {z.device} ({where})")
-        if self.check_finite and not torch.isfinite(out).all():
+            raise ValueError(f"the model returned a tensor on {out.device} for input on {z.device} ({self._where(i)})")
+        if self.check_finite:
+            self._bad, self._first_bad = _flag(out, i, self._bad, self._first_bad)
+            if self.nfe % FINITE_CHECK_EVERY == 0:
+                self.raise_if_not_finite()
+        return out.to(self.state_dtype)
+
+    def watch(self, state: tuple, index: int) -> None:
+        """Fold the state's finiteness at grid position ``index`` into the deferred check."""
+        if self.check_finite:
+            for z in state:
+                self._state_bad, self._first_state_bad = _flag(z, index, self._state_bad, self._first_state_bad)
+
+    def raise_if_not_finite(self) -> None:
+        """The one host sync: raise NonFiniteError naming the first grid point that went bad."""
+        if self._bad is not None and bool(self._bad):
+            i = int(self._first_bad)
             raise NonFiniteError(
-                f"the model returned NaN or inf at the {where}; check the model's dtype "
+                f"the model returned NaN or inf at the {self._where(i)}; check the model's dtype "
                 "(float16 overflows easily) and that the input is in the model's range"
             )
-        return out.to(self.state_dtype)
+        if self._state_bad is not None and bool(self._state_bad):
+            raise NonFiniteError(
+                f"the solver state became NaN or inf at grid point {int(self._first_state_bad)} during {self.phase}; "
+                "inversion amplifies errors by 1/gamma per step: use gamma closer to 1, fewer steps or float64 state"
+            )
+
+
+def _flag(x: torch.Tensor, i: int, bad: torch.Tensor | None, first: torch.Tensor | None):
+    now = ~torch.isfinite(x).all()
+    if bad is None:
+        return now, torch.where(now, i, -1)
+    return bad | now, torch.where(bad, first, torch.where(now, i, -1))
+
+
+def drive(solver: "Solver", ev: Evaluator, state: tuple, grid: Grid, direction: str,
+          callback: Callback | None = None) -> tuple:
+    """The one sampling loop: ``step`` from position ``warmup`` to N, or ``unstep`` from N back to ``warmup``."""
+    n = grid.num_steps
+    lambdas = grid.lambdas.tolist()
+    if direction == "generate":
+        moves = ((solver.step, i, i + 1) for i in range(solver.warmup, n))
+    elif direction == "invert":
+        moves = ((solver.unstep, i, i) for i in range(n - 1, solver.warmup - 1, -1))
+    else:
+        raise ValueError(f"direction must be 'generate' or 'invert', got {direction!r}")
+    for move, i, reached in moves:
+        state = move(ev, state, grid, i)
+        ev.watch(state, reached)
+        if callback is not None:
+            callback(reached, lambdas[reached], state)
+    ev.raise_if_not_finite()
+    return state
 
 
 def _check_tensor(x: Any, what: str) -> torch.Tensor:
@@ -118,13 +203,13 @@ def _check_grid(grid: Any) -> Grid:
 
 
 class Solver(ABC):
-    """Base class of the samplers. Subclasses set the class attributes and the four hooks below."""
+    """Base class of the samplers: the step protocol (see the module docstring) and the public API."""
 
     name: ClassVar[str]
-    order: ClassVar[int]  # global order of accuracy of generation
     nfe_per_step: ClassVar[int]
     exact_inversion: ClassVar[bool]
-    num_latents: ClassVar[int]
+    State: ClassVar[type]  # the NamedTuple of this solver's state
+    warmup: ClassVar[int] = 0  # positions that ``init`` covers (BDIA: its first plain step)
 
     def __init__(self, *, state_dtype: torch.dtype = torch.float64, model_dtype: torch.dtype | None = None,
                  check_finite: bool = True):
@@ -136,67 +221,98 @@ class Solver(ABC):
         self.model_dtype = model_dtype
         self.check_finite = check_finite
 
-    # ----- what a subclass provides -------------------------------------------------------------
+    # ----- what a method declares ------------------------------------------------------------------
+    @property
+    def num_latents(self) -> int:
+        return len(self.State._fields)
+
+    def order_on(self, grid: Grid) -> int:
+        """Global order of accuracy of generation on ``grid`` (what the order test measures)."""
+        return self.order
+
+    @property
+    def order(self) -> int:
+        """The order this method has on every grid (see :meth:`order_on` for a given grid)."""
+        raise NotImplementedError
+
     def params(self) -> dict[str, Any]:
         """The parameters that define the solver's map (compared when an Inversion is reused)."""
         return {}
 
-    @abstractmethod
-    def _generate(self, ev: _Evaluator, latents: tuple[torch.Tensor, ...], grid: Grid, callback: Callback | None) -> torch.Tensor:
-        """Run generation from ``latents`` (noisiest first) to the clean end."""
-
-    @abstractmethod
-    def _init_from_noise(self, ev: _Evaluator, noise: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, ...]:
-        """Latents to start generation from plain noise z_0 (may spend model evaluations)."""
-
-    @abstractmethod
-    def _invert(self, ev: _Evaluator, x0: torch.Tensor, grid: Grid, callback: Callback | None) -> tuple[torch.Tensor, ...]:
-        """Run the clean state back to latents."""
-
-    def _check_grid_params(self, grid: Grid, inverting: bool) -> None:
+    def check_grid(self, grid: Grid, inverting: bool) -> None:
         """Refuse parameters that do not fit this grid (e.g. a gamma sequence of the wrong length)."""
+
+    # ----- the step protocol -------------------------------------------------------------------------
+    @abstractmethod
+    def init(self, ev: Evaluator, noise: torch.Tensor, grid: Grid) -> tuple:
+        """The state at position ``warmup`` from plain noise at position 0."""
+
+    @abstractmethod
+    def init_inverse(self, ev: Evaluator, x0: torch.Tensor, grid: Grid) -> tuple:
+        """The state at position N from a clean sample."""
+
+    @abstractmethod
+    def step(self, ev: Evaluator, state: tuple, grid: Grid, i: int) -> tuple:
+        """Position i -> i + 1."""
+
+    @abstractmethod
+    def unstep(self, ev: Evaluator, state: tuple, grid: Grid, i: int) -> tuple:
+        """Position i + 1 -> i: the inverse of :meth:`step` (exact when ``exact_inversion``)."""
+
+    @abstractmethod
+    def output(self, state: tuple) -> torch.Tensor:
+        """The clean sample a state at position N holds."""
 
     # ----- public API ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **self.params()}
 
+    def evaluator(self, model: Callable, grid: Grid, input_dtype: torch.dtype, phase: str) -> Evaluator:
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x, t) -> eps, got {type(model).__name__}")
+        run_dtype = self.model_dtype or _declared_dtype(model) or input_dtype
+        return Evaluator(model, grid, self.state_dtype, run_dtype, self.check_finite, phase)
+
     def invert(self, model: Callable, x0: torch.Tensor, grid: Grid, *, callback: Callback | None = None) -> Inversion:
         """Map a clean sample ``x0`` (B, ...) to latents at the noise end of ``grid``."""
         x0 = _check_tensor(x0, "x0")
         grid = _check_grid(grid)
-        self._check_grid_params(grid, inverting=True)
-        ev = self._evaluator(model, grid, x0.dtype)
-        ev.phase = "inversion"
-        latents = self._invert(ev, x0.to(self.state_dtype), grid, callback)
-        return Inversion(tuple(latents), ev.nfe, self.config(), grid.fingerprint(), input_dtype=x0.dtype)
+        self.check_grid(grid, inverting=True)
+        ev = self.evaluator(model, grid, x0.dtype, "inversion")
+        state = self.init_inverse(ev, x0.to(self.state_dtype), grid)
+        state = drive(self, ev, state, grid, "invert", callback)
+        return Inversion(tuple(state), ev.nfe, self.config(), grid.fingerprint(), input_dtype=x0.dtype)
+
+    def solve(self, model: Callable, start: torch.Tensor | Inversion, grid: Grid, *,
+              callback: Callback | None = None) -> Solution:
+        """Generate from noise ``start`` or regenerate from an :class:`Inversion`; returns state, sample and NFE."""
+        grid = _check_grid(grid)
+        self.check_grid(grid, inverting=False)
+        if isinstance(start, Inversion):
+            state = self._check_inversion(start, grid)
+            ev = self.evaluator(model, grid, start.input_dtype, "sampling")
+        else:
+            noise = _check_tensor(start, "noise")
+            ev = self.evaluator(model, grid, noise.dtype, "sampling")
+            state = self.init(ev, noise.to(self.state_dtype), grid)
+            ev.watch(state, self.warmup)
+            if callback is not None and self.warmup:
+                callback(self.warmup, float(grid.lambdas[self.warmup]), state)
+        state = drive(self, ev, state, grid, "generate", callback)
+        return Solution(state, self.output(state), ev.nfe)
 
     def sample(self, model: Callable, start: torch.Tensor | Inversion, grid: Grid, *,
                callback: Callback | None = None) -> torch.Tensor:
         """Generate from plain noise ``start`` (B, ...), or regenerate from an :class:`Inversion`.
 
-        Returns the clean end of the grid in ``state_dtype``. With an Inversion and the model used to
-        invert it, this is the reconstruction (exact up to rounding when ``exact_inversion``); with
-        another model (condition, guidance) it is an edit.
+        Returns the clean end of the grid in ``state_dtype`` (use :meth:`solve` for the NFE too). With
+        an Inversion and the model used to invert it, this is the reconstruction (exact up to rounding
+        when ``exact_inversion``); with another model (condition, guidance) it is an edit.
         """
-        grid = _check_grid(grid)
-        self._check_grid_params(grid, inverting=False)
-        if isinstance(start, Inversion):
-            latents = self._check_inversion(start, grid)
-            ev = self._evaluator(model, grid, start.input_dtype)
-            return self._generate(ev, latents, grid, callback)
-        noise = _check_tensor(start, "noise")
-        ev = self._evaluator(model, grid, noise.dtype)
-        latents = self._init_from_noise(ev, noise.to(self.state_dtype), grid)
-        return self._generate(ev, latents, grid, callback)
+        return self.solve(model, start, grid, callback=callback).x
 
     # ----- helpers ---------------------------------------------------------------------------------
-    def _evaluator(self, model: Callable, grid: Grid, input_dtype: torch.dtype) -> _Evaluator:
-        if not callable(model):
-            raise TypeError(f"model must be callable as model(x, t) -> eps, got {type(model).__name__}")
-        run_dtype = self.model_dtype or _declared_dtype(model) or input_dtype
-        return _Evaluator(model, grid, self.state_dtype, run_dtype, self.check_finite)
-
-    def _check_inversion(self, inv: Inversion, grid: Grid) -> tuple[torch.Tensor, ...]:
+    def _check_inversion(self, inv: Inversion, grid: Grid) -> tuple:
         mine = self.config()
         if inv.solver != mine:
             raise ValueError(
@@ -220,12 +336,7 @@ class Solver(ABC):
                     f"Inversion latents disagree: {tuple(first.shape)} on {first.device} vs "
                     f"{tuple(z.shape)} on {z.device}"
                 )
-        return tuple(z.to(self.state_dtype) for z in inv.latents)
-
-    def _check_state(self, z: torch.Tensor, i: int, phase: str) -> torch.Tensor:
-        if self.check_finite and not torch.isfinite(z).all():
-            raise NonFiniteError(f"the {self.name} state became NaN or inf at grid point {i} during {phase}")
-        return z
+        return self.State(*(z.to(self.state_dtype) for z in inv.latents))
 
     def __repr__(self) -> str:
         ps = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
@@ -237,6 +348,40 @@ def _short(ts: Sequence[float]) -> str:
     return "[" + ", ".join(ts if len(ts) <= 4 else ts[:2] + ["...", ts[-1]]) + "]"
 
 
-def amplification(gammas: Sequence[float]) -> float:
-    """Lower bound on how much inversion amplifies rounding: prod(1 / gamma_i) (docs/math.md, Stability)."""
-    return math.exp(-sum(math.log(g) for g in gammas))
+def log_amplification(factors: Sequence[float]) -> float:
+    """log of prod(1 / f_i): how much inversion amplifies rounding (docs/math.md section 4, Stability).
+
+    In log space so that tiny factors (gamma = 1e-300, or 0.001 over 200 steps) do not overflow.
+    """
+    return -sum(math.log(f) for f in factors)
+
+
+def warn_amplified_rounding(what: str, factors: Sequence[float], num_steps: int, state_dtype: torch.dtype,
+                            fix: str) -> None:
+    """Warn (InversionPrecisionWarning) when prod(1/f) * eps(state dtype) exceeds AMPLIFIED_ROUNDING_WARN."""
+    log_amp = log_amplification(factors)
+    log_expected = log_amp + math.log(torch.finfo(state_dtype).eps)
+    if log_expected <= math.log(AMPLIFIED_ROUNDING_WARN):
+        return
+    if state_dtype != torch.float64:
+        fix += ", or state_dtype=torch.float64"
+    warnings.warn(
+        f"{what} inversion amplifies rounding error by at least {_exp10(log_amp)}x over {num_steps} steps; with "
+        f"{state_dtype} state expect a relative round-trip error around {_exp10(log_expected)}. Use {fix}",
+        InversionPrecisionWarning,
+        stacklevel=4,
+    )
+
+
+def _exp10(log_value: float) -> str:
+    """exp(log_value) formatted without overflowing: 1.2e+05, or 10^1234.5 beyond float range."""
+    if log_value < 700:
+        return f"{math.exp(log_value):.3g}"
+    return f"10^{log_value / math.log(10):.1f}"
+
+
+
+def amplification(factors: Sequence[float]) -> float:
+    """prod(1 / f_i) as a float (inf where it overflows); see :func:`log_amplification`."""
+    log_amp = log_amplification(factors)
+    return math.exp(log_amp) if log_amp < 709 else math.inf

@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
 
 from ..schedule import Grid
-from .base import Callback, InversionPrecisionWarning, Solver, _Evaluator, amplification, ddim_transition
+from .base import Evaluator, Solver, ddim_transition, warn_amplified_rounding
 from .onestep import get_backward_integrator, get_integrator
-
-# Warn when prod(1/gamma) times the state dtype's machine epsilon exceeds this relative error
-# (float32: gamma 0.9 at 50 steps stays below it; 0.8 does not. float64: gamma 0.5 beyond ~40 steps).
-AMPLIFIED_ROUNDING_WARN = 1e-4
 
 
 def bdia_step(z_prev: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -52,11 +47,16 @@ def belm_gammas(grid: Grid) -> list[float]:
     return out
 
 
+class BDIAState(NamedTuple):
+    z_prev: torch.Tensor  # z_{i-1}
+    z: torch.Tensor  # z_i, the state's grid position i
+
+
 class BDIA(Solver):
     """BDIA over a one-step solver: ``forward="euler"`` is BDIA-DDIM, ``forward="heun"`` BDIA-EDM.
 
     Args:
-        gamma: a number in [0, 1]; a sequence of N-1 non-negative values, one per BDIA step
+        gamma: a number in [0, 1]; a sequence of N-1 values in [0, 1], one per BDIA step
             (steps i = 1..N-1; step 0 is the plain forward solver); or ``"belm"`` for O-BELM.
             Inversion needs every gamma_i > 0. Default 1.0: it keeps the inverted noise closest to
             the true ODE's (docs/math.md section 4) and loses the fewest digits.
@@ -65,14 +65,16 @@ class BDIA(Solver):
             reusing the slope already evaluated at z_i (no NFE). On a Karras grid
             (:func:`bdia.edm.karras_grid`) ``BDIA(forward="heun")`` is the paper's BDIA-EDM.
 
-    State: the pair (z_{i-1}, z_i); ``Inversion.latents`` is (z_0, z_1). Generation from noise
-    starts with one plain forward step. Inversion starts with one DDIM-inversion step from the
-    clean end (any z_{N-1} is exact; this one keeps the noise close to the ODE's).
+    State: ``BDIAState(z_prev, z)`` = (z_{i-1}, z_i); ``Inversion.latents`` is (z_0, z_1). Generation
+    from noise starts with one plain forward step (``warmup = 1``). Inversion starts with one
+    DDIM-inversion step from the clean end (any z_{N-1} is exact; this one keeps the noise close to
+    the ODE's).
     """
 
     name: ClassVar[str] = "bdia"
     exact_inversion: ClassVar[bool] = True
-    num_latents: ClassVar[int] = 2
+    State: ClassVar[type] = BDIAState
+    warmup: ClassVar[int] = 1
 
     def __init__(self, gamma: float | Sequence[float] | str = 1.0, *, forward: str = "euler", backward: str = "euler",
                  **kwargs: Any):
@@ -81,14 +83,28 @@ class BDIA(Solver):
         self._backward = get_backward_integrator(backward)
         self.forward, self.backward = forward, backward
         self.gamma = _validate_gamma(gamma)
+        self._gamma_cache: tuple[Grid, list[float]] | None = None
 
     @property
     def order(self) -> int:  # type: ignore[override]
-        # With forward="heun" the Euler backward move's local error, gamma * h^2 / 2 * xbar'', enters
-        # every step, so BDIA-EDM is first order for any gamma > 0 (measured in benchmarks/edm_section.py).
-        if self.forward == "heun":
-            return 2 if self.gamma == 0.0 else 1
-        return 2 if self.gamma == "belm" else 1
+        """The order on every grid: the forward integrator's when gamma = 0, else 1 (see :meth:`order_on`)."""
+        return self._integrator.order if self.gamma == 0.0 else 1
+
+    def order_on(self, grid: Grid) -> int:
+        """Order of generation on ``grid``, as the order test measures it on an analytic model.
+
+        gamma = 0 is the forward integrator alone. Otherwise the backward Euler move's local error
+        gamma_i h^2/2 xbar'' enters each step and cancels against the forward move's only when the
+        two are mirror images: BDIA-Euler with gamma = 1 (time-symmetric, in z and so on VP grids too,
+        where the cancellation leaves (alpha_{i-1} - alpha_{i+1}) h^2 = O(h^3)) and O-BELM's gammas are
+        second order; any other gamma, and any gamma > 0 over Heun, is first order.
+        """
+        gammas = self.gammas(grid)
+        if all(g == 0.0 for g in gammas):
+            return self._integrator.order
+        if self.forward == "euler" and (self.gamma == "belm" or all(g == 1.0 for g in gammas)):
+            return 2
+        return 1
 
     @property
     def nfe_per_step(self) -> int:  # type: ignore[override]
@@ -100,19 +116,24 @@ class BDIA(Solver):
 
     def gammas(self, grid: Grid) -> list[float]:
         """gamma_i for the BDIA steps i = 1..N-1 of ``grid``."""
+        if self._gamma_cache is not None and self._gamma_cache[0] is grid:
+            return self._gamma_cache[1]
         n = grid.num_steps
         if self.gamma == "belm":
-            return belm_gammas(grid)
-        if isinstance(self.gamma, float):
-            return [self.gamma] * (n - 1)
-        if len(self.gamma) != n - 1:
+            gammas = belm_gammas(grid)
+        elif isinstance(self.gamma, float):
+            gammas = [self.gamma] * (n - 1)
+        elif len(self.gamma) != n - 1:
             raise ValueError(
                 f"gamma has {len(self.gamma)} values but a {n}-step grid has {n - 1} BDIA steps (i = 1..{n - 1}); "
                 f"give {n - 1} values"
             )
-        return list(self.gamma)
+        else:
+            gammas = list(self.gamma)
+        self._gamma_cache = (grid, gammas)
+        return gammas
 
-    def _check_grid_params(self, grid: Grid, inverting: bool) -> None:
+    def check_grid(self, grid: Grid, inverting: bool) -> None:
         gammas = self.gammas(grid)
         if not inverting:
             return
@@ -124,54 +145,31 @@ class BDIA(Solver):
                 f"gamma is 0 at step(s) {zero}: BDIA with gamma = 0 is plain DDIM and cannot be inverted "
                 f"exactly{hint}; use gamma > 0 (e.g. 1.0) or bdia.DDIM() for approximate inversion"
             )
-        amp = amplification(gammas)
-        expected = amp * torch.finfo(self.state_dtype).eps
-        if expected > AMPLIFIED_ROUNDING_WARN:
-            fix = "gamma closer to 1 or fewer steps"
-            if self.state_dtype != torch.float64:
-                fix += ", or state_dtype=torch.float64"
-            warnings.warn(
-                f"BDIA inversion with these gammas amplifies rounding error by at least {amp:.3g}x over "
-                f"{grid.num_steps} steps; with {self.state_dtype} state expect a relative round-trip error "
-                f"around {expected:.1e}. Use {fix}",
-                InversionPrecisionWarning,
-                stacklevel=4,
-            )
+        warn_amplified_rounding("BDIA", gammas, grid.num_steps, self.state_dtype, "gamma closer to 1 or fewer steps")
 
-    def _moves(self, ev: _Evaluator, z: torch.Tensor, grid: Grid, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # ----- the step protocol -------------------------------------------------------------------------
+    def moves(self, ev: Evaluator, z: torch.Tensor, grid: Grid, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(F_{i->i+1}(z_i), B_{i->i-1}(z_i)) from one evaluation at (z_i, tau_i)."""
         eps = ev(z, i)
         return self._integrator.step(ev, z, eps, grid, i), self._backward.step(ev, z, eps, grid, i)
 
-    def _init_from_noise(self, ev: _Evaluator, noise: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, ...]:
-        z1 = self._integrator.step(ev, noise, ev(noise, 0), grid, 0)
-        return noise, self._check_state(z1, 1, "sampling")
+    def init(self, ev: Evaluator, noise: torch.Tensor, grid: Grid) -> BDIAState:
+        return BDIAState(noise, self._integrator.step(ev, noise, ev(noise, 0), grid, 0))
 
-    def _generate(self, ev: _Evaluator, latents: tuple[torch.Tensor, ...], grid: Grid,
-                  callback: Callback | None) -> torch.Tensor:
-        gammas = self.gammas(grid)
-        z_prev, z = latents
+    def init_inverse(self, ev: Evaluator, x0: torch.Tensor, grid: Grid) -> BDIAState:
         n = grid.num_steps
-        for i in range(1, n):
-            fwd, bwd = self._moves(ev, z, grid, i)
-            z_prev, z = z, self._check_state(bdia_step(z_prev, fwd, bwd, gammas[i - 1]), i + 1, "sampling")
-            if callback is not None:
-                callback(i, n - 1, (z_prev, z))
-        return z
+        return BDIAState(ddim_transition(x0, ev(x0, n - 1), grid, n, n - 1), x0)
 
-    def _invert(self, ev: _Evaluator, x0: torch.Tensor, grid: Grid, callback: Callback | None) -> tuple[torch.Tensor, ...]:
-        gammas = self.gammas(grid)
-        n = grid.num_steps
-        z_next = x0  # z_N
-        z = self._check_state(ddim_transition(x0, ev(x0, n - 1), grid, n, n - 1), n - 1, "inversion")  # z_{N-1}
-        if callback is not None:
-            callback(1, n, (z, z_next))
-        for i in range(n - 1, 0, -1):
-            fwd, bwd = self._moves(ev, z, grid, i)
-            z_next, z = z, self._check_state(bdia_unstep(z_next, fwd, bwd, gammas[i - 1]), i - 1, "inversion")
-            if callback is not None:
-                callback(n - i + 1, n, (z, z_next))
-        return z, z_next
+    def step(self, ev: Evaluator, state: BDIAState, grid: Grid, i: int) -> BDIAState:
+        fwd, bwd = self.moves(ev, state.z, grid, i)
+        return BDIAState(state.z, bdia_step(state.z_prev, fwd, bwd, self.gammas(grid)[i - 1]))
+
+    def unstep(self, ev: Evaluator, state: BDIAState, grid: Grid, i: int) -> BDIAState:
+        fwd, bwd = self.moves(ev, state.z_prev, grid, i)  # state is (z_i, z_{i+1})
+        return BDIAState(bdia_unstep(state.z, fwd, bwd, self.gammas(grid)[i - 1]), state.z_prev)
+
+    def output(self, state: BDIAState) -> torch.Tensor:
+        return state.z
 
 
 def _validate_gamma(gamma: Any) -> float | tuple[float, ...] | str:
@@ -194,8 +192,8 @@ def _validate_gamma(gamma: Any) -> float | tuple[float, ...] | str:
     except TypeError:
         raise TypeError(f"gamma must be a number, a sequence of numbers or 'belm', got {type(gamma).__name__}") from None
     for k, g in enumerate(values):
-        if not math.isfinite(g) or g < 0:
-            raise ValueError(f"gamma[{k}] = {g} is not a finite non-negative number")
+        if not math.isfinite(g) or not 0.0 <= g <= 1.0:
+            raise ValueError(f"gamma[{k}] = {g} must be in [0, 1], as a single gamma must (inversion divides by it)")
     if not values:
         raise ValueError("gamma sequence is empty; give one value per BDIA step (N-1 values)")
     return values

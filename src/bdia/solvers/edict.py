@@ -14,25 +14,29 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
 from ..schedule import Grid
-from .base import Callback, Solver, _Evaluator
+from .base import Evaluator, Solver, warn_amplified_rounding
+
+
+class EDICTState(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor
 
 
 class EDICT(Solver):
-    """EDICT with mixing weight ``p`` in (0, 1] (default 0.93, the authors'); latents are (x, y).
+    """EDICT with mixing weight ``p`` in (0, 1] (default 0.93, the authors'); state ``EDICTState(x, y)``.
 
     ``sample`` returns chain x. Generation from noise starts both chains at the noise.
     """
 
     name: ClassVar[str] = "edict"
-    order: ClassVar[int] = 1
     nfe_per_step: ClassVar[int] = 2
     exact_inversion: ClassVar[bool] = True
-    num_latents: ClassVar[int] = 2
+    State: ClassVar[type] = EDICTState
 
     def __init__(self, p: float = 0.93, *, alternate: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
@@ -41,8 +45,18 @@ class EDICT(Solver):
         self.p = float(p)
         self.alternate = bool(alternate)
 
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        """First order: each chain takes a DDIM step with the other chain's prediction (see :meth:`order_on`)."""
+        return 1
+
     def params(self) -> dict[str, Any]:
         return {"p": self.p, "alternate": self.alternate}
+
+    def check_grid(self, grid: Grid, inverting: bool) -> None:
+        if inverting:  # undoing the mixing divides the chains' difference by p (twice) every step
+            warn_amplified_rounding("EDICT", [self.p] * grid.num_steps, grid.num_steps, self.state_dtype,
+                                    "p closer to 1 or fewer steps")
 
     @staticmethod
     def _coefficients(grid: Grid, i: int) -> tuple[float, float]:
@@ -52,51 +66,30 @@ class EDICT(Solver):
     def _swapped(self, i: int) -> bool:
         return self.alternate and i % 2 == 1
 
-    def _step(self, ev: _Evaluator, x: torch.Tensor, y: torch.Tensor, grid: Grid, i: int, inverse: bool = False):
-        """Grid point i -> i+1, or with ``inverse`` its exact inverse i+1 -> i."""
-        a, b = self._coefficients(grid, i)
-        move = self._unstep_unswapped if inverse else self._step_unswapped
-        if self._swapped(i):
-            y, x = move(ev, y, x, a, b, self.p, i)
-            return x, y
-        return move(ev, x, y, a, b, self.p, i)
+    # ----- the step protocol -------------------------------------------------------------------------
+    def init(self, ev: Evaluator, noise: torch.Tensor, grid: Grid) -> EDICTState:
+        return EDICTState(noise, noise)
 
-    @staticmethod
-    def _step_unswapped(ev, x, y, a, b, p, i):
+    def init_inverse(self, ev: Evaluator, x0: torch.Tensor, grid: Grid) -> EDICTState:
+        return EDICTState(x0, x0)
+
+    def step(self, ev: Evaluator, state: EDICTState, grid: Grid, i: int) -> EDICTState:
+        a, b, p = *self._coefficients(grid, i), self.p
+        x, y = (state.y, state.x) if self._swapped(i) else state
         x_inter = a * x + b * ev(y, i)
         y_inter = a * y + b * ev(x_inter, i)
         x_new = p * x_inter + (1 - p) * y_inter
         y_new = p * y_inter + (1 - p) * x_new
-        return x_new, y_new
+        return EDICTState(y_new, x_new) if self._swapped(i) else EDICTState(x_new, y_new)
 
-    @staticmethod
-    def _unstep_unswapped(ev, x_new, y_new, a, b, p, i):
+    def unstep(self, ev: Evaluator, state: EDICTState, grid: Grid, i: int) -> EDICTState:
+        a, b, p = *self._coefficients(grid, i), self.p
+        x_new, y_new = (state.y, state.x) if self._swapped(i) else state
         y_inter = (y_new - (1 - p) * x_new) / p
         x_inter = (x_new - (1 - p) * y_inter) / p
         y = (y_inter - b * ev(x_inter, i)) / a
         x = (x_inter - b * ev(y, i)) / a
-        return x, y
+        return EDICTState(y, x) if self._swapped(i) else EDICTState(x, y)
 
-    def _init_from_noise(self, ev: _Evaluator, noise: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, ...]:
-        return noise, noise
-
-    def _generate(self, ev: _Evaluator, latents: tuple[torch.Tensor, ...], grid: Grid,
-                  callback: Callback | None) -> torch.Tensor:
-        x, y = latents
-        n = grid.num_steps
-        for i in range(n):
-            x, y = self._step(ev, x, y, grid, i)
-            self._check_state(x, i + 1, "sampling"), self._check_state(y, i + 1, "sampling")
-            if callback is not None:
-                callback(i + 1, n, (x, y))
-        return x
-
-    def _invert(self, ev: _Evaluator, x0: torch.Tensor, grid: Grid, callback: Callback | None) -> tuple[torch.Tensor, ...]:
-        x, y = x0, x0
-        n = grid.num_steps
-        for i in range(n - 1, -1, -1):
-            x, y = self._step(ev, x, y, grid, i, inverse=True)
-            self._check_state(x, i, "inversion"), self._check_state(y, i, "inversion")
-            if callback is not None:
-                callback(n - i, n, (x, y))
-        return x, y
+    def output(self, state: EDICTState) -> torch.Tensor:
+        return state.x

@@ -1,4 +1,4 @@
-"""One-step integrators for the ODE d xbar / d lambda = eps (docs/math.md section 6).
+"""One-step moves for the ODE d xbar / d lambda = eps (docs/math.md section 6).
 
 Forward moves F_{i->i+1}(z_i) (Euler = DDIM, EDM's Heun) and BDIA's backward move B_{i->i-1}(z_i).
 Each takes the eps already evaluated at (z_i, tau_i), so the backward move can reuse it, and all
@@ -27,7 +27,7 @@ def heun_transition(ev: Evaluate, z: torch.Tensor, eps: torch.Tensor, grid: Grid
     """Heun's trapezoid rule from grid point i to j (either direction): one extra NFE at (Euler guess, tau_j).
 
     ``xbar_j = xbar_i + (lambda_j - lambda_i) (eps_i + eps_j) / 2`` with eps_j evaluated at the Euler
-    prediction ``D_{i->j}(z_i)``. Sampling uses j = i+1; :class:`~bdia.solvers.heun.Heun`'s
+    prediction ``D_{i->j}(z_i)``. Sampling uses j = i+1; :class:`~bdia.solvers.ddim.Heun`'s
     approximate inversion uses j = i-1. Point j must have a model time (j < N).
     """
     z_euler = ddim_transition(z, eps, grid, i, j)  # Euler step
