@@ -277,7 +277,7 @@ class BDIAScheduler(_BDIASchedulerBase):
         z, z_next = latents
         if z.shape != z_next.shape:
             raise ValueError(f"the pair's latents differ in shape: {tuple(z.shape)} and {tuple(z_next.shape)}")
-        index, timesteps = getattr(latents, "index", 0), getattr(latents, "timesteps", None)
+        index, timesteps = getattr(latents, "start_index", 0), getattr(latents, "timesteps", None)
         self._start = (index, z.detach().clone(), z_next.detach().clone(), timesteps)
 
     def _started_pair(self, z: torch.Tensor, i: int) -> torch.Tensor | None:
@@ -421,5 +421,5 @@ class _Pair(tuple):
 
     def __new__(cls, z: torch.Tensor, z_next: torch.Tensor, index: int, timesteps: list[int]):
         pair = super().__new__(cls, (z, z_next))
-        pair.index, pair.timesteps = index, timesteps
+        pair.start_index, pair.timesteps = index, timesteps
         return pair
