@@ -200,7 +200,13 @@ def test_inverse_scheduler_round_trip_through_a_pipeline():
     sched.set_inverted_start(pair)
     with pytest.raises(ValueError, match="the inverted start was made on timesteps"):
         _run(pipe, sched, steps=8, guidance_scale=1.0, latents=pair[0])
+    other = BDIAScheduler.from_config(inv.config, gamma=0.5)
+    other.set_inverted_start(pair)
+    with pytest.raises(ValueError, match="with gammas"):
+        _run(pipe, other, steps=10, guidance_scale=1.0, latents=pair[0])
     sched.set_inverted_start(None)
+    with pytest.raises(ValueError, match="only without clipping x0"):
+        BDIAScheduler.from_config({**SD_SCHEDULER, "clip_sample": True}).set_inverted_start(pair)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -237,7 +237,7 @@ class BDIAScheduler(_BDIASchedulerBase):
         self._setup(gamma, inverse=False)
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)  # as DDIMScheduler, until set_timesteps
         self._begin_index: int | None = None
-        self._start: tuple[int, torch.Tensor, torch.Tensor, list[int] | None] | None = None
+        self._start: tuple[int, torch.Tensor, torch.Tensor, tuple | None] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -274,21 +274,26 @@ class BDIAScheduler(_BDIASchedulerBase):
         if latents is None:
             self._start = None
             return
+        if self.config.clip_sample or self.config.thresholding:
+            raise ValueError("an inverted start is retraced exactly only without clipping x0: "
+                             "use clip_sample=False and thresholding=False, as BDIAInverseScheduler does")
         z, z_next = latents
         if z.shape != z_next.shape:
             raise ValueError(f"the pair's latents differ in shape: {tuple(z.shape)} and {tuple(z_next.shape)}")
-        index, timesteps = getattr(latents, "start_index", 0), getattr(latents, "timesteps", None)
-        self._start = (index, z.detach().clone(), z_next.detach().clone(), timesteps)
+        index, grid = getattr(latents, "start_index", 0), getattr(latents, "grid", None)
+        self._start = (index, z.detach().clone(), z_next.detach().clone(), grid)
 
     def _started_pair(self, z: torch.Tensor, i: int) -> torch.Tensor | None:
         """The stored z_{i+1} when this step is the start set by set_inverted_start, else None."""
         if self._start is None or self._prev_sample is not None:
             return None
-        index, z_start, z_next, timesteps = self._start
-        if timesteps is not None and timesteps != self.grid.timesteps.tolist():
+        index, z_start, z_next, grid = self._start
+        here = (self.grid.timesteps.tolist(), self._abars, self._gammas)
+        if grid is not None and grid != here:
             raise ValueError(
-                f"the inverted start was made on timesteps {timesteps}, but this run uses "
-                f"{self.grid.timesteps.tolist()}: use the same config and num_inference_steps"
+                f"the inverted start was made on timesteps {grid[0]} with gammas {grid[2]}, but this run uses "
+                f"{here[0]} with {here[2]}: use the inverse scheduler's config (from_config(inverse.config)) "
+                "and the same num_inference_steps"
             )
         if i != index or z.shape != z_start.shape or not torch.equal(z, z_start.to(z)):
             raise ValueError(
@@ -412,14 +417,16 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
         self._next_sample, self._calls = z, k + 1
         result = self._output(z_prev, x0, sample, return_dict)
         prev = result.prev_sample if return_dict else result[0]
-        self.latents = _Pair(prev, sample.detach().clone(), n - k - 1, self.grid.timesteps.tolist())
+        self.latents = _Pair(prev, sample.detach().clone(), n - k - 1,
+                             (self.grid.timesteps.tolist(), self._abars, self._gammas))
         return result
 
 
 class _Pair(tuple):
-    """(z_i, z_{i+1}) with its grid index i and the grid's timesteps, so a mismatched regeneration is refused."""
+    """(z_i, z_{i+1}) with its grid index i and the (timesteps, abars, gammas) it was made on, so that
+    regenerating on another grid or with other gammas is refused."""
 
-    def __new__(cls, z: torch.Tensor, z_next: torch.Tensor, index: int, timesteps: list[int]):
+    def __new__(cls, z: torch.Tensor, z_next: torch.Tensor, index: int, grid: tuple):
         pair = super().__new__(cls, (z, z_next))
-        pair.start_index, pair.timesteps = index, timesteps
+        pair.start_index, pair.grid = index, grid
         return pair
