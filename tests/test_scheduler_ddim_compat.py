@@ -205,3 +205,14 @@ def test_pipeline_decoded_images_equal_ddim_schedulers_with_zero_terminal_snr():
     torch.testing.assert_close(torch.as_tensor(ours), torch.as_tensor(ddim), rtol=1e-5, atol=1e-5)
     bdia = _generate(pipe, BDIAScheduler.from_config(config, gamma=0.5), steps=7)
     assert torch.isfinite(bdia).all()
+
+
+def test_zero_terminal_snr_with_an_eps_model_stays_finite():
+    """DDIMScheduler divides by alpha = 0 here; this scheduler converts eps with the 2**-24 floor."""
+    from diffusers import DDIMScheduler
+
+    config = {**SD_SCHEDULER, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert not torch.isfinite(_run(DDIMScheduler.from_config(config), x, 5)[0]).all()
+    for gamma in (0.0, 0.5):
+        assert torch.isfinite(_run(BDIAScheduler.from_config(config, gamma=gamma), x, 5)[0]).all()

@@ -15,6 +15,10 @@ formulas, x0 is clipped or thresholded when the config asks, and D_{i->j} = alph
 The pair is the sequence of samples ``step`` receives: a callback that edits the latents edits z_i,
 and the next step pairs it with the sample given before. A step that does not follow the previous
 one on the grid (a new run, img2img's first step, a different batch shape) is a plain DDIM step.
+Zero terminal SNR (``rescale_betas_zero_snr``): abar = 0 at the last training timestep, exactly as in
+DDIMScheduler (x0 = -v there for v-prediction); an eps-prediction model, for which DDIMScheduler
+returns non-finite values at that point, is converted with the 2**-24 floor of diffusers' other
+schedulers. Unlike DDIMScheduler, at least 2 inference steps are needed (BDIA's pair).
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
     def _set_grid(self, num_inference_steps: int) -> None:
         n = int(num_inference_steps)
         if n > self.config.num_train_timesteps:
-            raise ValueError(f"num_inference_steps ({n}) cannot exceed num_train_timesteps ({self.config.num_train_timesteps})")
+            raise ValueError(
+                f"num_inference_steps ({n}) cannot exceed num_train_timesteps ({self.config.num_train_timesteps})")
         self.grid = self.schedule.grid(n)
         self._gammas = self._solver.gammas(self.grid)
         self.num_inference_steps = n
@@ -310,7 +315,8 @@ class BDIAScheduler(_BDIASchedulerBase):
         """One step from ``timestep`` (see ``step_pairing``); DDIMScheduler's signature, with ``eta = 0``."""
         if eta != 0:
             raise ValueError(
-                f"eta={eta}: BDIA is deterministic and takes no noise; use eta=0, or DDIMScheduler for stochastic sampling"
+                f"eta={eta}: BDIA is deterministic and takes no noise; use eta=0, "
+                "or DDIMScheduler for stochastic sampling"
             )
         t = self._timestep(timestep)
         z, out = self._work(sample, model_output)
@@ -390,8 +396,8 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
         self._set_grid(num_inference_steps)
         zero = [k + 1 for k, g in enumerate(self._gammas) if g == 0]
         if zero:
-            raise ValueError(f"gamma is 0 at step(s) {zero}: BDIA with gamma = 0 is DDIM and cannot be inverted exactly; "
-                             "use gamma > 0 (e.g. 1.0)")
+            raise ValueError(f"gamma is 0 at step(s) {zero}: BDIA with gamma = 0 is DDIM and cannot be inverted "
+                             "exactly; use gamma > 0 (e.g. 1.0)")
         ts = self.grid.timesteps
         self.timesteps = torch.cat([ts[-1:], ts.flip(0)[:-1]]).to(device)
         self._reset()
@@ -402,7 +408,8 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
         t = self._timestep(timestep)
         k, n = self._calls, self.grid.num_steps
         if k >= n or t != int(self.timesteps[k]):
-            expected = "no more steps (call set_timesteps to start again)" if k >= n else f"timestep {int(self.timesteps[k])}"
+            expected = ("no more steps (call set_timesteps to start again)" if k >= n
+                        else f"timestep {int(self.timesteps[k])}")
             raise ValueError(f"inversion call {k} got timestep {t}; expected {expected}, in the order of .timesteps")
         z, out = self._work(sample, model_output)
         if k == 0:  # z_{N-1} from x0 = z_N: a DDIM inversion step with eps from the model at (x0, t_{N-1})
