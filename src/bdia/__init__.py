@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # Integrations with heavy dependencies load on first use, so `import bdia` needs only torch/numpy.
 _LAZY = {
     "BDIAScheduler": ("bdia.pipelines.scheduler", "BDIAScheduler"),
+    "BDIAInverseScheduler": ("bdia.pipelines.scheduler", "BDIAInverseScheduler"),
     "pipelines": ("bdia.pipelines", None),
 }
 
@@ -32,5 +33,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
-    "NonFiniteError", "Schedule", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
+    "NonFiniteError", "Schedule", "BDIAScheduler", "BDIAInverseScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
 ]

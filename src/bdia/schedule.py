@@ -150,6 +150,20 @@ class Schedule:
             config=cfg,
         )
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when every value derived from the config is: the abar table (exactly) and the grid settings."""
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return (self._key() == other._key()
+                and self.alphas_cumprod.dtype == other.alphas_cumprod.dtype
+                and torch.equal(self.alphas_cumprod, other.alphas_cumprod))
+
+    def __hash__(self) -> int:
+        return hash((self._key(), self.alphas_cumprod.numpy().tobytes()))
+
+    def _key(self) -> tuple:
+        return (self.final_alphas_cumprod, self.timestep_spacing, self.steps_offset, self.prediction_type)
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.numel())
