@@ -16,7 +16,7 @@ from typing import Sequence
 COMMAND_MODULES: list[str] = ["bdia.demo", "bdia.pipelines.cli", "bdia.bench"]
 
 
-class CommandError(Exception):
+class CommandError(ValueError):
     """An error the user can fix; printed as one line without a traceback."""
 
 

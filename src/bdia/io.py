@@ -45,13 +45,14 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     PermissionError when the folder cannot be written.
     """
     p = Path(path)
+    limit = _name_max(_existing_ancestor(p.parent))
+    if len(os.fsencode(p.name)) > limit:  # checked first: stat() itself fails on such a name
+        raise ValueError(f"output name {p.name[:24]}...{p.name[-12:]} is {len(os.fsencode(p.name))} bytes, longer "
+                         f"than the file system allows ({limit}); choose a shorter name")
     if p.is_dir():
         raise IsADirectoryError(f"{p} is a folder; give a file name (e.g. {p / 'out'}{p.suffix or '.png'})")
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} already exists; choose another output or pass overwrite=True (--overwrite)")
-    if len(os.fsencode(p.name)) > _name_max(_existing_ancestor(p.parent)):
-        raise ValueError(f"output name {p.name[:40]}... is {len(os.fsencode(p.name))} bytes, longer than the file "
-                         f"system allows ({_name_max(_existing_ancestor(p.parent))}); choose a shorter name")
     folder = _existing_ancestor(p.parent)
     if not folder.is_dir():
         raise NotADirectoryError(f"cannot write {p}: {folder} is a file, not a folder")

@@ -48,7 +48,8 @@ def _number(kind: str, low: float, high: float, integer: bool = False):
             raise argparse.ArgumentTypeError(f"{kind} must be {'an integer' if integer else 'a number'}, "
                                              f"got {value!r}") from None
         if not (math.isfinite(x) and low <= x <= high):
-            raise argparse.ArgumentTypeError(f"{kind} must be between {low:g} and {high:g}, got {value}")
+            bounds = f"{low} and {high}" if integer else f"{low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"{kind} must be between {bounds}, got {value}")
         return x
 
     return parse

@@ -35,15 +35,19 @@ _CLASS_NAME = "DigitsUNet"
 
 def parse_class(prompt: Any) -> int | None:
     """The class a digits prompt names: "0".."9" -> 0..9, "" -> None (the null class)."""
-    text = str(prompt).strip() if isinstance(prompt, (str, int)) and not isinstance(prompt, bool) else None
-    if text == "":
+    from ..digits import parse_label
+
+    if isinstance(prompt, str) and prompt.strip() == "":
         return None
-    if text is None or not (len(text) == 1 and text in "0123456789"):
+    try:
+        if isinstance(prompt, bool) or not isinstance(prompt, (str, int)):
+            raise ValueError
+        return parse_label(prompt)
+    except ValueError:
         raise ValueError(
             f"the digits model's prompt is a class label \"0\"..\"9\" (or \"\" for no class), got {prompt!r}; "
             "text prompts need a Stable Diffusion model (--model PATH_OR_ID)"
-        )
-    return int(text)
+        ) from None
 
 
 class DigitsBackend(Backend):
