@@ -50,7 +50,7 @@ def _check_steps(num_steps: Any) -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
         raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__}")
     if num_steps < 2:
-        raise ValueError(f"num_steps must be at least 2 (BDIA needs two states), got {num_steps}")
+        raise ValueError(f"num_steps must be at least 2 (every grid has two steps or more), got {num_steps}")
     return int(num_steps)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..io import atomic_path
-from ..solvers import SOLVERS, Inversion, Solver
+from ..solvers import Inversion, Solver, make_solver
 
 __all__ = ["ImageInversion", "save_inversion", "load_inversion", "solver_from_config"]
 
@@ -44,11 +44,10 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 def solver_from_config(config: dict[str, Any], state_dtype: torch.dtype = torch.float64) -> Solver:
     """Rebuild a solver from ``Solver.config()`` (``{"name": ..., **params}``)."""
-    params = dict(config)
-    name = params.pop("name", None)
-    if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r} in the inversion; known: {sorted(SOLVERS)}")
-    return SOLVERS[name](**params, state_dtype=state_dtype)
+    try:
+        return make_solver(config, state_dtype=state_dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the inversion records a solver bdia cannot rebuild ({e})") from None
 
 
 @dataclass
