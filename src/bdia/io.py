@@ -1,39 +1,134 @@
-"""Writing outputs safely: atomically, and never over an existing file unless asked."""
+"""Writing outputs safely: atomically, and never over an existing file unless asked.
+
+A write goes to a short hidden temporary beside the target, ``.bdia.<hash of the target name>.<pid>.<random><suffix>``,
+renamed into place when complete. The name stays short whatever the target's length (so a legal name
+never overflows the file system's limit), and the pid lets the next write to the same target remove
+temporaries that a killed process (SIGKILL, power loss) left behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+_TEMP_PREFIX = ".bdia."
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or the folder does not exist yet
+        return 255
+
+
+def _existing_ancestor(p: Path) -> Path:
+    """The nearest folder above ``p`` that exists (``atomic_path`` makes the ones below it)."""
+    parent = p.absolute().parent
+    while parent != parent.parent:
+        try:
+            if parent.exists():
+                break
+        except OSError:  # a component too long to stat: keep climbing, the length check names it
+            pass
+        parent = parent.parent
+    return parent
+
 
 def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an existing output before any work is done; return the path."""
+    """Refuse an output that cannot be written, before any work is done; return the path.
+
+    Refused: an existing file (unless ``overwrite``), a directory, a name longer than the file
+    system allows, and a folder that exists but is not a folder or cannot be written.
+    """
     p = Path(path)
+    limit = _name_max(_existing_ancestor(p))
+    for part in p.parts:  # checked first: stat() itself fails on a name that is too long
+        if len(os.fsencode(part)) > limit:
+            raise ValueError(f"output name {part[:40]!r}... is {len(os.fsencode(part))} bytes long; "
+                             f"the file system allows {limit}; choose a shorter name")
+    if p.exists() and p.is_dir():
+        raise IsADirectoryError(f"{p} is a directory; give a file name for the output")
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} already exists; choose another output or pass overwrite=True (--overwrite)")
-    if p.exists() and p.is_dir():
-        raise IsADirectoryError(f"{p} is a directory, expected a file path")
+    folder = _existing_ancestor(p)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {p}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {p}: no write permission in {folder}; choose another output folder")
     return p
+
+
+def _temp_prefix(target: Path) -> str:
+    """The hidden temporary name's fixed part for ``target`` (without pid and random part)."""
+    digest = hashlib.sha256(os.fsencode(target.name)).hexdigest()[:10]
+    return f"{_TEMP_PREFIX}{digest}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but belongs to someone else, or cannot tell: keep the file
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Delete temporaries of ``target`` whose writing process is gone; return what was removed."""
+    target = Path(target)
+    prefix = _temp_prefix(target)
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix) or not entry.is_file(follow_symlinks=False):
+            continue
+        pid_text = entry.name[len(prefix):].split(".", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another writer cleaned it first
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _file_mode() -> int:
+    """0666 less the process umask: what ``open()`` gives a new file (0644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it into place in one rename.
 
-    An interrupted write leaves the old file (if any) untouched and no partial file behind.
+    An interrupted write leaves the old file (if any) untouched and no partial file behind; a
+    killed one leaves a hidden temporary that the next write to the same target removes. The
+    temporary keeps the target's suffix (writers such as PIL pick the format from it).
     """
     target = check_writable(path, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    prefix = f"{_temp_prefix(target)}{os.getpid()}."
+    suffix = target.suffix or ".tmp"
+    if len(os.fsencode(prefix + "XXXXXXXX" + suffix)) > _name_max(target.parent):
+        suffix = ".tmp"  # a suffix this long names no format a writer knows
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs should read like any other file
     try:
         yield Path(tmp)
         if not overwrite and target.exists():
             raise FileExistsError(f"{target} appeared while writing; not overwriting it")
+        # Writers may recreate the file (safetensors writes 0600); give it the mode of any new file.
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
