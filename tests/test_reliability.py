@@ -141,3 +141,133 @@ def test_edict_warns_where_its_round_trip_loses_digits():
         # The warning is given exactly where the round trip is no longer good to 1e-4.
         assert warned == (steps == 500), (steps, errors[steps])
     assert errors[100] < 1e-8 and errors[500] > 1e-4
+
+
+# ----- images (items 2, 3) ---------------------------------------------------------------------------
+def png_bytes(width, height, bit_depth, colour_type, rows=b""):
+    """A PNG written out by hand (Pillow cannot write 16-bit colour, nor an image it would refuse)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def to_pixels(path):
+    from bdia.pipelines.images import to_pixels
+
+    return to_pixels(path, factor=8)
+
+
+def bad_image_files(tmp_path):
+    from PIL import Image
+
+    files = {"empty": tmp_path / "empty.png", "text": tmp_path / "notes.png", "truncated": tmp_path / "cut.png",
+             "bomb": tmp_path / "bomb.png"}
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("not an image\n")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(files["truncated"])
+    data = files["truncated"].read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["bomb"].write_bytes(png_bytes(15000, 15000, 8, 0))  # 225 MP: over twice Pillow's bomb limit
+    return files
+
+
+@pytest.mark.parametrize("kind, message", [("empty", "is empty"), ("text", "not an image file"),
+                                           ("truncated", "truncated"), ("bomb", "too large to open safely")])
+def test_unreadable_images_are_a_clear_error_naming_the_file(tmp_path, kind, message):
+    from bdia.pipelines.images import ImageReadError, read_image
+
+    path = bad_image_files(tmp_path)[kind]
+    for read in (read_image, to_pixels):
+        with pytest.raises(ImageReadError, match=message) as info:
+            read(path)
+        assert isinstance(info.value, ValueError)
+        text = str(info.value)
+        assert os.fspath(path) in text and "\n" not in text
+
+
+def test_16_bit_png_is_scaled_by_its_depth_without_a_warning(tmp_path):
+    from PIL import Image
+
+    values = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is lost: no warning
+        x = to_pixels(tmp_path / "deep.png")
+    expected = torch.from_numpy(values / 65535.0 * 2 - 1)
+    assert x.shape == (1, 3, 32, 32)
+    for c in range(3):
+        torch.testing.assert_close(x[0, c].double(), expected, atol=1e-6, rtol=0)
+
+
+def test_float_tiff_in_0_1_is_read_as_it_is(tmp_path):
+    from PIL import Image
+
+    values = np.random.default_rng(1).random((16, 24), dtype=np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tiff")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = to_pixels(tmp_path / "float.tiff")
+    torch.testing.assert_close(x[0, 1], torch.from_numpy(values) * 2 - 1, atol=1e-6, rtol=0)
+
+
+def test_8_bit_images_are_read_exactly_and_silently(tmp_path):
+    from PIL import Image
+
+    rgb = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, g = to_pixels(tmp_path / "rgb.png"), to_pixels(tmp_path / "gray.png")
+    assert torch.equal(((x[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0), torch.from_numpy(rgb))
+    assert torch.equal(((g[0, 2] + 1) * 127.5).round().to(torch.uint8), torch.from_numpy(rgb[..., 0]))
+
+
+def test_16_bit_colour_png_warns_that_pillow_reads_8_bits(tmp_path):
+    from bdia.pipelines.images import ImageConversionWarning
+
+    values = np.random.default_rng(3).integers(0, 65536, (8, 8, 3)).astype(">u2")
+    rows = b"".join(b"\x00" + values[y].tobytes() for y in range(8))
+    (tmp_path / "deep_rgb.png").write_bytes(png_bytes(8, 8, 16, 2, rows))
+    with pytest.warns(ImageConversionWarning, match="16 bits per channel.*8"):
+        x = to_pixels(tmp_path / "deep_rgb.png")
+    high_byte = torch.from_numpy((values.astype(np.int64) >> 8).astype(np.float64))
+    torch.testing.assert_close(((x[0] + 1) * 127.5).permute(1, 2, 0).double(), high_byte, atol=1e-3, rtol=0)
+
+
+def test_animation_says_its_first_frame_is_used(tmp_path):
+    from PIL import Image
+
+    from bdia.pipelines.images import ImageConversionWarning
+
+    frames = [Image.new("L", (16, 16), 40 * k) for k in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(ImageConversionWarning, match="3 frames; only the first is used"):
+        x = to_pixels(tmp_path / "anim.gif")
+    assert float(x.max()) == -1.0  # frame 0 is black
+
+
+def test_reduction_to_8_bits_warns_only_when_it_loses_depth():
+    from PIL import Image
+
+    from bdia.pipelines.images import ImageConversionWarning, ImageReadError, to_8bit
+
+    exact = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)  # 16-bit copies of the 8-bit levels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(np.asarray(to_8bit(Image.fromarray(exact))), np.arange(256).reshape(16, 16))
+        assert np.array_equal(np.asarray(to_8bit(Image.fromarray((exact / 65535).astype(np.float32), mode="F"))),
+                              np.arange(256).reshape(16, 16))
+    with pytest.warns(ImageConversionWarning, match="more than 8 bits"):
+        to_8bit(Image.fromarray(exact + 1))
+    with pytest.warns(ImageConversionWarning, match="taken as 0..255"):
+        to_8bit(Image.fromarray(np.full((4, 4), 200.0, dtype=np.float32), mode="F"))
+    for bad in (-1.0, 300.0, float("nan")):
+        with pytest.raises(ImageReadError, match="float image"):
+            to_8bit(Image.fromarray(np.full((4, 4), bad, dtype=np.float32), mode="F"))

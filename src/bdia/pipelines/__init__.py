@@ -26,6 +26,9 @@ _EXPORTS = {
     "UNetModel": ".diffusers_model",
     "encode_prompts": ".diffusers_model",
     "ImageSizeWarning": ".images",
+    "ImageConversionWarning": ".images",
+    "ImageReadError": ".images",
+    "read_image": ".images",
 }
 
 __all__ = sorted(_EXPORTS)
