@@ -271,3 +271,55 @@ def test_reduction_to_8_bits_warns_only_when_it_loses_depth():
     for bad in (-1.0, 300.0, float("nan")):
         with pytest.raises(ImageReadError, match="float image"):
             to_8bit(Image.fromarray(np.full((4, 4), bad, dtype=np.float32), mode="F"))
+
+
+# ----- models: pickled weights are not loaded unless allowed (item 8) ----------------------------------
+@pytest.fixture(scope="module")
+def pickled_model(tmp_path_factory):
+    """The tiny SD pipeline re-saved with safe_serialization=False (UNet and VAE as .bin pickles)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from diffusers import DiffusionPipeline
+    from pipelines_fixtures import model_dir
+
+    folder = tmp_path_factory.mktemp("pickled") / "sd"
+    DiffusionPipeline.from_pretrained(model_dir("sd")).save_pretrained(folder, safe_serialization=False)
+    return folder
+
+
+def _no_torch_load(*args, **kwargs):
+    raise AssertionError("torch.load was called: a pickle was unpickled")
+
+
+def test_pickled_model_weights_are_refused_unless_allowed(pickled_model, monkeypatch):
+    from bdia.pipelines.loading import UnsafeWeightsError, load_pipeline
+
+    monkeypatch.setattr(torch, "load", _no_torch_load)
+    with pytest.raises(UnsafeWeightsError, match=r"pickled weights \(.*unet.*\.bin.*allow_pickle=True") as info:
+        load_pipeline(pickled_model, progress=False)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    monkeypatch.undo()
+    pipe = load_pipeline(pickled_model, allow_pickle=True, progress=False)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+
+
+def test_safetensors_models_load_without_unpickling_anything(monkeypatch):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from pipelines_fixtures import model_dir
+
+    from bdia.pipelines.loading import load_pipeline
+
+    monkeypatch.setattr(torch, "load", _no_torch_load)
+    pipe = load_pipeline(model_dir("sd"), dtype=torch.float32, progress=False)
+    assert pipe.unet.dtype == torch.float32
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    from bdia.pipelines.loading import load_pipeline
+
+    (tmp_path / "not_a_pipeline").mkdir()
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        load_pipeline(tmp_path / "not_a_pipeline")
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        load_pipeline(tmp_path / "absent" / "x.ckpt")

@@ -29,6 +29,8 @@ _EXPORTS = {
     "ImageConversionWarning": ".images",
     "ImageReadError": ".images",
     "read_image": ".images",
+    "load_pipeline": ".loading",
+    "UnsafeWeightsError": ".loading",
 }
 
 __all__ = sorted(_EXPORTS)
