@@ -79,7 +79,7 @@ def test_a_legal_long_name_is_written_and_an_illegal_one_refused_up_front(tmp_pa
     longest = "n" * (limit - 4) + ".png"
     write_text(tmp_path / longest, "ok")
     assert (tmp_path / longest).read_text() == "ok"
-    with pytest.raises(ValueError, match="bytes long.*shorter name"):
+    with pytest.raises(ValueError, match="bytes.*shorter name"):
         check_writable(tmp_path / ("n" * limit + ".png"))
     with pytest.raises(ValueError, match="shorter name"):
         write_text(tmp_path / ("n" * limit + ".png"), "never")
@@ -88,9 +88,9 @@ def test_a_legal_long_name_is_written_and_an_illegal_one_refused_up_front(tmp_pa
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(IsADirectoryError, match="is a directory"):
+    with pytest.raises(IsADirectoryError, match="is a (directory|folder)"):
         check_writable(tmp_path / "folder", overwrite=True)
-    with pytest.raises(IsADirectoryError, match="is a directory"):
+    with pytest.raises(IsADirectoryError, match="is a (directory|folder)"):
         check_writable(tmp_path / "folder")
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         check_writable(tmp_path / "file" / "sub" / "out.png")

@@ -116,12 +116,13 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     target = check_writable(path, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
-    tmp = target.parent / f"{_tmp_stem(target)}{os.getpid()}{target.suffix[:16] or '.tmp'}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another thread of this process is writing the same target
-        raise FileExistsError(f"{target} is being written by this process already") from None
+    # <stem><pid>.<random><suffix>: the pid lets a later write tell a dead writer's leftovers from a live
+    # one's; the random part lets one process write the same target twice at once; the suffix stays
+    # because writers such as PIL pick the format from it.
+    fd, name = tempfile.mkstemp(prefix=f"{_tmp_stem(target)}{os.getpid()}.", suffix=target.suffix[:16] or ".tmp",
+                                dir=target.parent)
     os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
         if not overwrite and target.exists():
