@@ -144,8 +144,6 @@ def test_edict_warns_where_its_round_trip_loses_digits():
 
 
 
-@pytest.mark.xfail(strict=True, reason="solvers/edict.py (the lead's) estimates EDICT's amplification as (1/p)^N; "
-                   "docs/math.md section 5 says up to (1/p^2)^N, and at small p the loss follows the latter")
 def test_edict_warns_at_small_p_where_the_round_trip_is_lost():
     model = Gaussian(torch.zeros(8, dtype=torch.float64), 0.5, schedule=SCHEDULE)
     x0 = model.sample_data(2, torch.Generator().manual_seed(0))

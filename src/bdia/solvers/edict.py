@@ -54,9 +54,9 @@ class EDICT(Solver):
         return {"p": self.p, "alternate": self.alternate}
 
     def check_grid(self, grid: Grid, inverting: bool) -> None:
-        if inverting:  # undoing the mixing divides the chains' difference by p (twice) every step
-            warn_amplified_rounding("EDICT", [self.p] * grid.num_steps, grid.num_steps, self.state_dtype,
-                                    "p closer to 1 or fewer steps")
+        if inverting:  # undoing the two mixings divides the chains' difference by up to p^2 every step
+            warn_amplified_rounding("EDICT", [self.p**2] * grid.num_steps, grid.num_steps, self.state_dtype,
+                                    "p closer to 1 or fewer steps", bound="up to")
 
     @staticmethod
     def _coefficients(grid: Grid, i: int) -> tuple[float, float]:
