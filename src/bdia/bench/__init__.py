@@ -10,14 +10,6 @@ memory, precision), :mod:`.edm` (Euler, Heun and BDIA-EDM on Karras grids at equ
 
 from .cli import register
 from .config import BenchConfig
+from .runner import WORKLOADS, run_bench
 
-__all__ = ["BenchConfig", "register", "run_bench"]
-
-
-def run_bench(*args, **kwargs):  # noqa: D103 - imported lazily so `bdia --help` stays light
-    from .runner import run_bench as _run
-
-    return _run(*args, **kwargs)
-
-
-run_bench.__doc__ = "Run every workload of a BenchConfig into a folder (see :func:`bdia.bench.runner.run_bench`)."
+__all__ = ["BenchConfig", "WORKLOADS", "register", "run_bench"]

@@ -133,9 +133,11 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, overwrite: bool = False, lo
 
     from ..runtime import torch_threads
 
-    cfg = replace(cfg, workloads=tuple(cfg.workloads or WORKLOADS))
-    for name in cfg.workloads:
-        workload(name)
+    if cfg.workloads is not None and not cfg.workloads:
+        raise ValueError(f"no workload to run; choose from {', '.join(WORKLOADS)}")
+    for name in cfg.workloads or ():
+        workload(name)  # refuses unknown names
+    cfg = replace(cfg, workloads=tuple(w for w in WORKLOADS if cfg.workloads is None or w in cfg.workloads))
     check_requirements()
     out = Path(out_dir)
     check_output_folder(out, overwrite)

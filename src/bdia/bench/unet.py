@@ -33,7 +33,7 @@ from .analytic import SD15_SCHEDULE
 from .config import BenchConfig
 from .measures import ZeroModel, error_stats, interleaved_times, median
 from .methods import METHODS
-from .report import table
+from .report import fmt, table
 
 # Stable Diffusion 1.5's unet/config.json (runwayml/stable-diffusion-v1-5), written out.
 SD15_UNET: dict[str, Any] = {
@@ -303,12 +303,14 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
 
 def section(u: dict[str, Any]) -> str:
     s = u["setup"]
-    out = ["## Workload 3: SD 1.5 UNet architecture, cost", f"diffusers `UNet2DConditionModel` with SD 1.5's configuration, block_out_channels "
+    out = ["## Workload 3: SD 1.5 UNet architecture, cost",
+           f"diffusers `UNet2DConditionModel` with SD 1.5's configuration, block_out_channels "
            f"{tuple(s['block_out_channels'])} (width x{s['width']:g}; {s['parameters'] / 1e6:.1f}M parameters), random "
            f"weights, float32; latent {tuple(s['latent_shape'])}; random 77x768 text embeddings, classifier-free "
            f"guidance {s['guidance']:g} (both branches in one batch); {s['steps']} steps; SD 1.5 schedule; solver state "
            f"float64 unless stated; torch threads: {s['threads']}. Random weights make the guided ODE unlike a trained "
-           "model's (DDIM inversion drifts by O(1) here), so this workload is about cost and exactness, not image "
+           f"model's (DDIM inversion's round trip here: max error "
+           f"{fmt(u['invert_reconstruct']['ddim']['round_trip_float64']['max'])}), so this workload is about cost and exactness, not image "
            "quality. Times vary from run to run and machine to machine; the errors and memory are deterministic "
            "for the seed."]
     out.append(f"![time per method]({PLOT})")
