@@ -26,6 +26,7 @@ from ..edm import karras_grid, karras_grid_for
 from ..schedule import Grid, Schedule
 from ..solvers import InversionPrecisionWarning
 from .analytic import SD15_SCHEDULE
+from .common import DTYPES
 from .config import BenchConfig
 from .measures import fit_order
 from .methods import get_methods
@@ -110,7 +111,7 @@ def round_trip(cfg: BenchConfig, log=print) -> dict[str, Any]:
         grid = _grid(kind, n, schedule)
         for m in get_methods(cfg.edm_round_trip_methods):
             row: dict[str, Any] = {"grid": kind, "method": m.key, "label": m.label}
-            for name, dt in (("float64", torch.float64), ("float32", torch.float32)):
+            for name, dt in DTYPES.items():
                 run = model if dt == torch.float64 else (lambda x, t, _m=model: _m(x.double(), t).float())
                 solver = m.make(dt)
                 with warnings.catch_warnings():
