@@ -121,7 +121,11 @@ def render_folder(out_dir: str | Path, log: Callable = print) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{out / 'results.json'} holds workloads this version does not know: {unknown}")
     results["rendered_from_json"] = True
-    results["files"] = write_outputs(results, out, overwrite=True)
+    try:
+        results["files"] = write_outputs(results, out, overwrite=True)
+    except KeyError as e:
+        raise ValueError(f"{out / 'results.json'} lacks the entry {e}: another version of bdia bench wrote it; "
+                         "run the benchmark again instead of --render") from None
     log(f"rendered {out / 'report.md'} from {out / 'results.json'}")
     return results
 
