@@ -21,6 +21,8 @@ TINY = dict(
     nulltext_width=0.05, nulltext_steps=2, nulltext_inner=1, sd15_forward_repeats=0, headline_steps=10,
     edm_samples=4, edm_budgets=(4, 8, 11), edm_round_trip_steps=4, edm_round_trip_samples=2,
     edm_digits_per_class=1, edm_digits_budgets=(4,),
+    editing_images=2, editing_targets=1, editing_steps=4, editing_strengths=(1.0,), editing_guidances=(2.0,),
+    editing_methods=("ddim", "bdia-1"),
 )
 
 
@@ -178,7 +180,7 @@ def test_bench_refuses_bad_outputs_before_any_work(tmp_path, capsys, monkeypatch
     assert "unet_time.png already exists" in capsys.readouterr().err
     (tmp_path / "a_file").write_text("")
     assert main(["bench", "--out", str(tmp_path / "a_file" / "out"), "--quiet"]) == 2
-    assert "cannot write into" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path / "a_file"), "--quiet"]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path / "new"), "--only", "nonsense", "--quiet"]) == 2

@@ -18,23 +18,13 @@ import torch
 
 from .methods import get_methods
 
-__all__ = ["run", "section", "plots", "METHOD_KEYS"]
-
-METHOD_KEYS = ("ddim", "edict", "bdia-1", "belm")
+__all__ = ["run", "section", "plots"]
 
 
 def _settings(cfg: Any) -> dict[str, Any]:
-    quick = cfg.mode != "full"
-    extra = cfg.extra.get("editing", {})
-    return {
-        "num_images": extra.get("num_images", 10 if quick else 40),
-        "targets_per_image": extra.get("targets_per_image", 2 if quick else 9),
-        "steps": extra.get("steps", 20 if quick else 50),
-        "strengths": tuple(extra.get("strengths", (0.6, 1.0) if quick else (0.4, 0.6, 0.8, 1.0))),
-        "guidances": tuple(extra.get("guidances", (1.0, 3.0) if quick else (1.0, 2.0, 3.0, 5.0))),
-        "invert_guidance": 1.0,
-        "methods": tuple(extra.get("methods", METHOD_KEYS)),
-    }
+    return {"num_images": cfg.editing_images, "targets_per_image": cfg.editing_targets, "steps": cfg.editing_steps,
+            "strengths": tuple(cfg.editing_strengths), "guidances": tuple(cfg.editing_guidances),
+            "invert_guidance": 1.0, "methods": tuple(cfg.editing_methods)}
 
 
 def _ssim(a_uint8: torch.Tensor, b_uint8: torch.Tensor) -> torch.Tensor:
