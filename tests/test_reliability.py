@@ -337,3 +337,21 @@ def test_missing_model_is_a_clear_error(tmp_path):
         load_pipeline(tmp_path / "not_a_pipeline")
     with pytest.raises(FileNotFoundError, match="no model folder"):
         load_pipeline(tmp_path / "absent" / "x.ckpt")
+
+
+def test_transparency_is_dropped_with_a_warning_and_opaque_alpha_silently(tmp_path):
+    from PIL import Image
+
+    from bdia.pipelines.images import ImageConversionWarning
+
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    rgba[0, 0, 3] = 10
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opaque = to_pixels(tmp_path / "opaque.png")
+    with pytest.warns(ImageConversionWarning, match="transparent pixels; the alpha channel is dropped"):
+        clear = to_pixels(tmp_path / "clear.png")
+    assert torch.equal(opaque, clear)  # the stored colours, as before

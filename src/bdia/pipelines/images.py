@@ -153,7 +153,10 @@ def _open(image: Any, index: int) -> torch.Tensor:
     if isinstance(image, Image.Image):
         arr = image_array(image, what)
         bands = arr.shape[-1]
-        colour = arr[..., :3] if bands >= 3 else arr[..., :1]  # alpha is dropped, as PIL's convert("RGB") does
+        if bands in (2, 4) and arr[..., -1].min() < 1.0:
+            warnings.warn(f"{what} has transparent pixels; the alpha channel is dropped (the colours stored "
+                          "under them are used)", ImageConversionWarning, stacklevel=4)
+        colour = arr[..., :3] if bands >= 3 else arr[..., :1]
         return torch.from_numpy(colour.copy()).permute(2, 0, 1).expand(3, -1, -1).contiguous()
     if isinstance(image, torch.Tensor):
         x = image.detach().float().cpu()
