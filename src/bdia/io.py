@@ -99,11 +99,22 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    try:  # Linux states it; reading it there avoids setting the process-wide umask, even for a moment
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _file_mode() -> int:
     """0666 less the process umask: what ``open()`` gives a new file (0644 under the usual umask 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager

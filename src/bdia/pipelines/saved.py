@@ -7,7 +7,9 @@ image size, and the clean VAE latents (for the round-trip error).
 
 File format: safetensors tensors ``latent.0``, ``latent.1`` ... (noisiest first) and ``clean``;
 metadata ``format`` = ``bdia.inversion``, ``version``, ``bdia`` (JSON of everything else) and
-``sha256`` over the tensors and that JSON. Loading verifies the checksum; pickles are never read.
+``sha256`` over the tensors and that JSON. Loading verifies the checksum, then the whole header
+against that format (a checksum shows damage, not who wrote the file: anyone can recompute it), so a
+malformed file is a ValueError naming what is wrong before anything is built; pickles are never read.
 """
 
 from __future__ import annotations
