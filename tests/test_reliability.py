@@ -223,7 +223,7 @@ def test_float_tiff_in_0_1_is_read_as_it_is(tmp_path):
     from PIL import Image
 
     values = np.random.default_rng(1).random((16, 24), dtype=np.float32)
-    Image.fromarray(values, mode="F").save(tmp_path / "float.tiff")
+    Image.fromarray(values).save(tmp_path / "float.tiff")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         x = to_pixels(tmp_path / "float.tiff")
@@ -276,15 +276,15 @@ def test_reduction_to_8_bits_warns_only_when_it_loses_depth():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.array_equal(np.asarray(to_8bit(Image.fromarray(exact))), np.arange(256).reshape(16, 16))
-        assert np.array_equal(np.asarray(to_8bit(Image.fromarray((exact / 65535).astype(np.float32), mode="F"))),
+        assert np.array_equal(np.asarray(to_8bit(Image.fromarray((exact / 65535).astype(np.float32)))),
                               np.arange(256).reshape(16, 16))
     with pytest.warns(ImageConversionWarning, match="more than 8 bits"):
         to_8bit(Image.fromarray(exact + 1))
     with pytest.warns(ImageConversionWarning, match="taken as 0..255"):
-        to_8bit(Image.fromarray(np.full((4, 4), 200.0, dtype=np.float32), mode="F"))
+        to_8bit(Image.fromarray(np.full((4, 4), 200.0, dtype=np.float32)))
     for bad in (-1.0, 300.0, float("nan")):
         with pytest.raises(ImageReadError, match="float image"):
-            to_8bit(Image.fromarray(np.full((4, 4), bad, dtype=np.float32), mode="F"))
+            to_8bit(Image.fromarray(np.full((4, 4), bad, dtype=np.float32)))
 
 
 # ----- models: pickled weights are not loaded unless allowed (item 8) ----------------------------------
