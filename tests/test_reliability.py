@@ -317,6 +317,21 @@ def test_pickled_model_weights_are_refused_unless_allowed(pickled_model, monkeyp
     assert type(pipe).__name__ == "StableDiffusionPipeline"
 
 
+def test_an_inversion_pointing_at_pickled_weights_does_not_get_them_loaded(pickled_model, tmp_path, monkeypatch):
+    """A hostile inversion file records a model folder of pickles: reconstructing must not unpickle them."""
+    from test_saved_fuzz import valid_inversion
+
+    from bdia.pipelines import load_inversion, save_inversion
+    from bdia.pipelines.loading import UnsafeWeightsError, load_pipeline
+
+    inv = valid_inversion()
+    inv.model["id"] = os.fspath(pickled_model)
+    loaded = load_inversion(save_inversion(inv, tmp_path / "hostile.safetensors"))
+    monkeypatch.setattr(torch, "load", _no_torch_load)
+    with pytest.raises(UnsafeWeightsError, match="pickled weights"):
+        load_pipeline(loaded.model["id"], progress=False)
+
+
 def test_safetensors_models_load_without_unpickling_anything(monkeypatch):
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
