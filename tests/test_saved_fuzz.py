@@ -24,7 +24,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 import bdia  # noqa: E402
 from bdia.analytic import GaussianMixture  # noqa: E402
-from bdia.pipelines.saved import FORMAT, VERSION, ImageInversion, _checksum, load_inversion, save_inversion  # noqa: E402
+from bdia.pipelines.saved import (FORMAT, VERSION, ImageInversion, _checksum, load_inversion,  # noqa: E402
+                                  save_inversion)
 
 SD = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
           steps_offset=1, set_alpha_to_one=False, clip_sample=False)
@@ -75,7 +76,8 @@ def load_cleanly(path: Path):
         return message
     solver = inv.make_solver()
     assert solver.config() == inv.solver
-    grid = bdia.Grid(*(torch.tensor(inv.inversion.grid[k], dtype=torch.float64) for k in ("timesteps", "alphas", "sigmas")))
+    grid = bdia.Grid(*(torch.tensor(inv.inversion.grid[k], dtype=torch.float64)
+                       for k in ("timesteps", "alphas", "sigmas")))
     solver._check_inversion(inv.inversion, grid)
     json.dumps(inv.describe())
     return inv
