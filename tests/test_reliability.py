@@ -221,7 +221,7 @@ def test_float_tiff_in_0_1_is_read_as_it_is(tmp_path):
     from PIL import Image
 
     values = np.random.default_rng(1).random((16, 24), dtype=np.float32)
-    Image.fromarray(values, mode="F").save(tmp_path / "float.tiff")
+    Image.fromarray(values).save(tmp_path / "float.tiff")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         x = to_pixels(tmp_path / "float.tiff")
@@ -274,15 +274,15 @@ def test_reduction_to_8_bits_warns_only_when_it_loses_depth():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.array_equal(np.asarray(to_8bit(Image.fromarray(exact))), np.arange(256).reshape(16, 16))
-        assert np.array_equal(np.asarray(to_8bit(Image.fromarray((exact / 65535).astype(np.float32), mode="F"))),
+        assert np.array_equal(np.asarray(to_8bit(Image.fromarray((exact / 65535).astype(np.float32)))),
                               np.arange(256).reshape(16, 16))
     with pytest.warns(ImageConversionWarning, match="more than 8 bits"):
         to_8bit(Image.fromarray(exact + 1))
     with pytest.warns(ImageConversionWarning, match="taken as 0..255"):
-        to_8bit(Image.fromarray(np.full((4, 4), 200.0, dtype=np.float32), mode="F"))
+        to_8bit(Image.fromarray(np.full((4, 4), 200.0, dtype=np.float32)))
     for bad in (-1.0, 300.0, float("nan")):
         with pytest.raises(ImageReadError, match="float image"):
-            to_8bit(Image.fromarray(np.full((4, 4), bad, dtype=np.float32), mode="F"))
+            to_8bit(Image.fromarray(np.full((4, 4), bad, dtype=np.float32)))
 
 
 # ----- models: pickled weights are not loaded unless allowed (item 8) ----------------------------------
@@ -315,6 +315,21 @@ def test_pickled_model_weights_are_refused_unless_allowed(pickled_model, monkeyp
     assert type(pipe).__name__ == "StableDiffusionPipeline"
 
 
+def test_an_inversion_pointing_at_pickled_weights_does_not_get_them_loaded(pickled_model, tmp_path, monkeypatch):
+    """A hostile inversion file records a model folder of pickles: reconstructing must not unpickle them."""
+    from test_saved_fuzz import valid_inversion
+
+    from bdia.pipelines import load_inversion, save_inversion
+    from bdia.pipelines.loading import UnsafeWeightsError, load_pipeline
+
+    inv = valid_inversion()
+    inv.model["id"] = os.fspath(pickled_model)
+    loaded = load_inversion(save_inversion(inv, tmp_path / "hostile.safetensors"))
+    monkeypatch.setattr(torch, "load", _no_torch_load)
+    with pytest.raises(UnsafeWeightsError, match="pickled weights"):
+        load_pipeline(loaded.model["id"], progress=False)
+
+
 def test_safetensors_models_load_without_unpickling_anything(monkeypatch):
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
@@ -335,3 +350,21 @@ def test_missing_model_is_a_clear_error(tmp_path):
         load_pipeline(tmp_path / "not_a_pipeline")
     with pytest.raises(FileNotFoundError, match="no model folder"):
         load_pipeline(tmp_path / "absent" / "x.ckpt")
+
+
+def test_transparency_is_dropped_with_a_warning_and_opaque_alpha_silently(tmp_path):
+    from PIL import Image
+
+    from bdia.pipelines.images import ImageConversionWarning
+
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    rgba[0, 0, 3] = 10
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opaque = to_pixels(tmp_path / "opaque.png")
+    with pytest.warns(ImageConversionWarning, match="transparent pixels; the alpha channel is dropped"):
+        clear = to_pixels(tmp_path / "clear.png")
+    assert torch.equal(opaque, clear)  # the stored colours, as before

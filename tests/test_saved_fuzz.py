@@ -24,7 +24,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 import bdia  # noqa: E402
 from bdia.analytic import GaussianMixture  # noqa: E402
-from bdia.pipelines.saved import FORMAT, VERSION, ImageInversion, _checksum, load_inversion, save_inversion  # noqa: E402
+from bdia.pipelines.saved import (FORMAT, VERSION, ImageInversion, _checksum, load_inversion,  # noqa: E402
+                                  save_inversion)
 
 SD = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
           steps_offset=1, set_alpha_to_one=False, clip_sample=False)
@@ -75,7 +76,8 @@ def load_cleanly(path: Path):
         return message
     solver = inv.make_solver()
     assert solver.config() == inv.solver
-    grid = bdia.Grid(*(torch.tensor(inv.inversion.grid[k], dtype=torch.float64) for k in ("timesteps", "alphas", "sigmas")))
+    grid = bdia.Grid(*(torch.tensor(inv.inversion.grid[k], dtype=torch.float64)
+                       for k in ("timesteps", "alphas", "sigmas")))
     solver._check_inversion(inv.inversion, grid)
     json.dumps(inv.describe())
     return inv
@@ -229,3 +231,30 @@ def test_mutated_headers_load_or_fail_cleanly(tmp_path, valid_parts, edict_parts
     base = data.draw(st.sampled_from([valid_parts, edict_parts]))
     tensors, header = data.draw(mutations(base))
     load_cleanly(write(tmp_path / "mutated.safetensors", tensors, header))
+
+
+@FUZZ
+@given(data=st.data())
+def test_damaged_bytes_load_or_fail_cleanly(tmp_path, valid_parts, data):
+    """Bytes flipped anywhere (the safetensors header, the metadata, the tensor data), or the file cut short."""
+    raw = bytearray(write(tmp_path / "ok.safetensors", *valid_parts).read_bytes())
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        for _ in range(data.draw(st.integers(1, 4))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    (tmp_path / "damaged.safetensors").write_bytes(bytes(raw))
+    load_cleanly(tmp_path / "damaged.safetensors")
+
+
+@pytest.mark.parametrize("version", ["x", "", "1.5", "-1", "99"])
+def test_unreadable_or_newer_versions_are_refused(tmp_path, valid_parts, version):
+    from safetensors.torch import save_file
+
+    tensors, header = valid_parts
+    description = json.dumps(header)
+    save_file(tensors, os.fspath(tmp_path / "v.safetensors"),
+              metadata={"format": FORMAT, "version": version, "bdia": description,
+                        "sha256": _checksum(tensors, description)})
+    message = load_cleanly(tmp_path / "v.safetensors")
+    assert isinstance(message, str) and ("newer bdia" in message if version == "99" else "version" in message)

@@ -83,9 +83,9 @@ def _one_line(e: BaseException) -> str:
 def image_array(image: Any, what: str = "image") -> Any:
     """A PIL image as a float32 array (H, W, C) in [0, 1], scaled by its real depth; C = its bands.
 
-    8-bit modes are divided by 255, 16-bit ones (``I;16``) by 65535, 32-bit integer ``I`` images
-    are refused, float ``F`` images are taken as they are in 0..1 (or divided by 255 when their
-    values span 0..255, with a warning, since that is a guess). Palette, 1-bit, CMYK and YCbCr
+    8-bit modes are divided by 255, 16-bit ones (``I;16``, and ``I`` holding 0..65535) by 65535,
+    ``I`` images beyond 16 bits are refused, float ``F`` images are taken as they are in 0..1 (or
+    divided by 255 when their values span 0..255, with a warning, since that is a guess). Palette, 1-bit, CMYK and YCbCr
     images are converted to RGB (RGBA when they have transparency).
     """
     import numpy as np
@@ -96,7 +96,7 @@ def image_array(image: Any, what: str = "image") -> Any:
     if mode == "I":
         arr = np.asarray(image)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ImageReadError(f"{what} is a 32-bit integer image with values {arr.min()}..{arr.max()}; "
+            raise ImageReadError(f"{what} is an integer image with values {arr.min()}..{arr.max()}; "
                                  "save it with 8 or 16 bits per channel")
         # Pillow stores 16-bit data in mode I where it has no I;16 mode for it.
         return (arr.astype(np.float32) / 65535.0)[..., None]
@@ -139,7 +139,7 @@ def to_8bit(image: Any, what: str = "image") -> Any:
     if np.abs(scaled - levels).max(initial=0.0) > 1e-3:
         warnings.warn(f"{what} has more than 8 bits of depth ({image.mode}); reduced to 8 bits for this model",
                       ImageConversionWarning, stacklevel=3)
-    return Image.fromarray(levels.astype(np.uint8), mode="L")
+    return Image.fromarray(levels.astype(np.uint8))  # 2-d uint8: mode L
 
 
 def _open(image: Any, index: int) -> torch.Tensor:
@@ -153,7 +153,10 @@ def _open(image: Any, index: int) -> torch.Tensor:
     if isinstance(image, Image.Image):
         arr = image_array(image, what)
         bands = arr.shape[-1]
-        colour = arr[..., :3] if bands >= 3 else arr[..., :1]  # alpha is dropped, as PIL's convert("RGB") does
+        if bands in (2, 4) and arr[..., -1].min() < 1.0:
+            warnings.warn(f"{what} has transparent pixels; the alpha channel is dropped (the colours stored "
+                          "under them are used)", ImageConversionWarning, stacklevel=4)
+        colour = arr[..., :3] if bands >= 3 else arr[..., :1]
         return torch.from_numpy(colour.copy()).permute(2, 0, 1).expand(3, -1, -1).contiguous()
     if isinstance(image, torch.Tensor):
         x = image.detach().float().cpu()

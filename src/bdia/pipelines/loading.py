@@ -143,7 +143,7 @@ def load_pipeline(model: str | os.PathLike, *, dtype: torch.dtype | None = None,
             return DiffusionPipeline.from_pretrained(name, **load_kwargs)
     except OSError as e:
         message = " ".join(str(e).split())
-        if not allow_pickle and "safetensors" in message:  # a hub model without safetensors weights
+        if not allow_pickle and not os.path.isdir(name) and "safetensors" in message:  # a hub model of pickles
             raise UnsafeWeightsError(
                 f"could not load model {name!r} from safetensors weights ({message}); if it has only pickled "
                 "weights and you trust them, pass allow_pickle=True (--allow-pickle)"

@@ -7,7 +7,9 @@ image size, and the clean VAE latents (for the round-trip error).
 
 File format: safetensors tensors ``latent.0``, ``latent.1`` ... (noisiest first) and ``clean``;
 metadata ``format`` = ``bdia.inversion``, ``version``, ``bdia`` (JSON of everything else) and
-``sha256`` over the tensors and that JSON. Loading verifies the checksum; pickles are never read.
+``sha256`` over the tensors and that JSON. Loading verifies the checksum, then the whole header
+against that format (a checksum shows damage, not who wrote the file: anyone can recompute it), so a
+malformed file is a ValueError naming what is wrong before anything is built; pickles are never read.
 """
 
 from __future__ import annotations
@@ -219,19 +221,21 @@ def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | tor
 
     shape = d["latent_shape"]
     _need(isinstance(shape, list) and len(shape) >= 2 and all(_is_int(n) and n > 0 for n in shape),
-          f"latent_shape must be a list of positive ints (batch first), got {shape!r}")
+          f"latent_shape must be a list of positive ints (batch first), got {_short_repr(shape)}")
     batch = shape[0]
     for key in ("prompt", "negative_prompt"):
         v = d[key]
         _need((v is None and key == "negative_prompt")
               or (isinstance(v, list) and len(v) == batch and all(isinstance(t, str) for t in v)),
               f"{key} must be a list of {batch} strings (one per image), got {_short_repr(v)}")
-    _need(_is_number(d["guidance_scale"]), f"guidance_scale must be a finite number, got {d['guidance_scale']!r}")
-    _need(_is_number(d["strength"]) and 0 < d["strength"] <= 1, f"strength must be in (0, 1], got {d['strength']!r}")
-    _need(_is_int(d["nfe"]) and d["nfe"] >= 0, f"nfe must be a non-negative int, got {d['nfe']!r}")
+    _need(_is_number(d["guidance_scale"]),
+          f"guidance_scale must be a finite number, got {_short_repr(d['guidance_scale'])}")
+    _need(_is_number(d["strength"]) and 0 < d["strength"] <= 1,
+          f"strength must be in (0, 1], got {_short_repr(d['strength'])}")
+    _need(_is_int(d["nfe"]) and d["nfe"] >= 0, f"nfe must be a non-negative int, got {_short_repr(d['nfe'])}")
     size = d["image_size"]
     _need(isinstance(size, list) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size),
-          f"image_size must be [width, height] in pixels, got {size!r}")
+          f"image_size must be [width, height] in pixels, got {_short_repr(size)}")
     _need(isinstance(d["input_dtype"], str) and d["input_dtype"] in _DTYPES,
           f"input_dtype must be one of {sorted(_DTYPES)}, got {_short_repr(d['input_dtype'])}")
     _need(isinstance(d["state_dtype"], str) and d["state_dtype"] in ("float32", "float64"),
@@ -280,7 +284,8 @@ def _check_model_record(model: Any) -> None:
     for key in ("unet_config", "vae_config", "config"):
         _need(isinstance(fingerprint.get(key, {}), dict), f"model.fingerprint.{key} must be an object")
     probe = fingerprint.get("unet_probe", {})
-    _need(isinstance(probe, dict) and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in probe.values()),
+    _need(isinstance(probe, dict)
+          and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in probe.values()),
           "model.fingerprint.unet_probe must map names to lists of numbers")
 
 
@@ -306,8 +311,7 @@ def _check_grid(grid: Any, num_steps: int, strength: float) -> Grid:
         _need(isinstance(grid[key], list) and all(_is_number(x) for x in grid[key]),
               f"grid.{key} must be a list of finite numbers")
     try:
-        g = Grid(torch.tensor(grid["timesteps"], dtype=torch.float64), torch.tensor(grid["alphas"], dtype=torch.float64),
-                 torch.tensor(grid["sigmas"], dtype=torch.float64))
+        g = Grid(*(torch.tensor(grid[key], dtype=torch.float64) for key in ("timesteps", "alphas", "sigmas")))
     except ValueError as e:
         raise _HeaderError(f"its grid is not valid ({e})") from None
     steps = num_steps if strength == 1.0 else int(round(strength * num_steps))
