@@ -567,8 +567,6 @@ def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, recor
         if it not in todo:
             continue
         target = out / (it.name + task.suffix)
-        for stale in target.parent.glob(f".{target.name}.*"):  # temporary files of a killed write of this output
-            stale.unlink(missing_ok=True)
         write(target, overwrite)
         record(it, "done", output=target, seconds=seconds, **extra)
         summary.done += 1
