@@ -21,7 +21,7 @@ An input that cannot be read is recorded as failed with the reason and the run g
 
 Batches: images of one size are batched in input order (``batch_size``). A float32 network's
 kernels block their sums by batch size, so an image's result depends in its last bits on the batch
-it was computed in (about 2e-6 on the digits model's latents). Batches are therefore fixed by the
+it was computed in (up to 3e-6 on the digits model's latents). Batches are therefore fixed by the
 whole input list before anything is skipped or sharded: a batch with any missing output is computed
 whole, and processes receive whole batches. The same inputs and ``batch_size`` give the same files
 bit for bit, whatever the number of processes and however often the run was interrupted.
