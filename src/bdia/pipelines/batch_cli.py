@@ -66,8 +66,12 @@ def process_device(device: str | None) -> str | None:
 def editor_for(args: argparse.Namespace, command: str) -> Any:
     """The editor of a many-inputs run: ``--model`` (digits by default) for invert; for reconstruct and
     edit, the model the first inversion was made with (with its dtype and revision) unless ``--model``."""
-    from .cli import DEFAULT_MODEL, load_editor
+    from .cli import DEFAULT_MODEL
 
+    try:
+        from .editor import load_editor  # its home once the editors share one loader
+    except ImportError:
+        from .cli import load_editor
     device = process_device(args.device)
     if command == "invert":
         return load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=device, revision=args.revision,
@@ -122,11 +126,12 @@ def invert_many(args: argparse.Namespace, editor: Any) -> int:
     from .batch import invert_files
 
     out = _folder_output(args)
+    settings = {"negative_prompt": args.negative_prompt, "guidance_scale": args.guidance, "num_steps": args.steps,
+                "strength": args.strength, "method": args.method, "gamma": args.gamma, "p": args.p, "size": args.size}
     summary = invert_files(
-        editor, args.images, out, args.prompt, batch_size=args.batch_size, overwrite=args.overwrite,
-        progress=not args.quiet, check=bool(getattr(args, "check", False)), negative_prompt=args.negative_prompt,
-        guidance_scale=args.guidance, num_steps=args.steps, strength=args.strength, method=args.method,
-        gamma=args.gamma, p=args.p, size=args.size)
+        editor, args.images, out, args.prompt or "", batch_size=args.batch_size, overwrite=args.overwrite,
+        progress=not args.quiet, check=bool(getattr(args, "check", False)),
+        **{k: v for k, v in settings.items() if v is not None})  # options left out: the editor's defaults
     return _report(summary, out, "invert")
 
 
