@@ -12,7 +12,7 @@ from bdia.digits import load_digits
 from bdia.pipelines import load_inversion
 from bdia.pipelines.batch import (Item, edit_files, file_sha256, find_inputs, invert_files, iter_inversions,
                                   plan_batches, read_manifest, reconstruct_files, split_inversion, stack_inversions)
-from bdia.pipelines.digits_editor import DigitsEditor
+from bdia.pipelines.batch_cli import load_editor
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -21,7 +21,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def editor():
-    return DigitsEditor.load(device="cpu", progress=False)
+    return load_editor("digits", device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import bdia
 from bdia.digits import load_digits
 from bdia.pipelines import load_inversion
 from bdia.pipelines.batch import file_sha256, invert_files, read_manifest
-from bdia.pipelines.digits_editor import DigitsEditor
+from bdia.pipelines.batch_cli import load_editor
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -50,7 +50,7 @@ def data(tmp_path_factory):
     (root / "in").mkdir()
     for k, im in enumerate(load_digits("test").images[:COUNT, 0].numpy()):
         Image.fromarray(im).save(root / "in" / f"{k:02d}.png")
-    editor = DigitsEditor.load(device="cpu", progress=False)
+    editor = load_editor("digits", device="cpu", progress=False)
     summary = invert_files(editor, [root / "in"], root / "ref", batch_size=BATCH, num_steps=STEPS, progress=False)
     assert summary.done == COUNT
     return root, editor, _files(root / "ref")

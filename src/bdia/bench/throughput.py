@@ -69,9 +69,9 @@ def _chunks(count: int, size: int) -> list[list[int]]:
 
 
 def _editor():
-    from ..pipelines.digits_editor import DigitsEditor
+    from ..pipelines.batch_cli import load_editor
 
-    return DigitsEditor.load(device="cpu", progress=False)
+    return load_editor("digits", device="cpu", progress=False)
 
 
 def by_batch_size(s: dict[str, Any], log: Callable = print) -> dict[str, Any]:

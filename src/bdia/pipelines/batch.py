@@ -1,7 +1,8 @@
 """Many images at once: batched, resumable inversion, reconstruction and editing, sharded over processes.
 
     from bdia.pipelines.batch import invert_files, reconstruct_files
-    editor = DigitsEditor.load()
+    from bdia.pipelines.batch_cli import load_editor
+    editor = load_editor("digits")                                                # or a Stable Diffusion model
     invert_files(editor, ["digits/"], "inverted/", batch_size=8, num_steps=50)   # one .safetensors per image
     reconstruct_files(editor, ["inverted/"], "again/")                            # one .png per inversion
 

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 from .batch import IMAGE_EXTENSIONS, LIST_EXTENSIONS, MANIFEST, Summary, find_inputs
 
-__all__ = ["add_batch_arguments", "wants_many", "process_device", "editor_for", "invert_many", "reconstruct_many",
-           "edit_many", "main"]
+__all__ = ["add_batch_arguments", "wants_many", "process_device", "load_editor", "editor_for", "invert_many",
+           "reconstruct_many", "edit_many", "main"]
 
 COMMANDS = ("invert", "reconstruct", "edit")
 
@@ -63,15 +63,21 @@ def process_device(device: str | None) -> str | None:
     return str(PartialState(cpu=not torch.cuda.is_available()).device)
 
 
+def load_editor(model: str, **kwargs: Any) -> Any:
+    """The package's one editor loader (``bdia.pipelines.editor.load_editor``; the command-line module's
+    before the editors shared it): ``load_editor("digits", device="cpu", progress=False)``."""
+    try:
+        from .editor import load_editor as load
+    except ImportError:
+        from .cli import load_editor as load
+    return load(model, **kwargs)
+
+
 def editor_for(args: argparse.Namespace, command: str) -> Any:
     """The editor of a many-inputs run: ``--model`` (digits by default) for invert; for reconstruct and
     edit, the model the first inversion was made with (with its dtype and revision) unless ``--model``."""
     from .cli import DEFAULT_MODEL
 
-    try:
-        from .editor import load_editor  # its home once the editors share one loader
-    except ImportError:
-        from .cli import load_editor
     device = process_device(args.device)
     if command == "invert":
         return load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=device, revision=args.revision,
