@@ -143,7 +143,7 @@ def test_resume_is_safe(tmp_path, editor, folder):
     lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
     kept = [ln for ln in lines if json.loads(ln)["name"] not in ("d0", "d1", "d2")]
     (out / "manifest.jsonl").write_text("".join(kept))
-    (out / "manifest.part-1.jsonl").write_text('{"name": "d0", "status": "do')
+    (out / "manifest.part-0.jsonl").write_text('{"name": "d0", "status": "do')  # the next record goes on a new line
     (out / "d2.safetensors").write_bytes(b"garbage")
     (out / "d3.safetensors").write_bytes(reference["d4.safetensors"])
     summary = invert_files(editor, [folder], out, batch_size=4, num_steps=STEPS, progress=False)
