@@ -154,6 +154,8 @@ def test_resume_is_safe(tmp_path, editor, folder):
     assert "not a complete output" in records["d2"]["error"] and (out / "d2.safetensors").read_bytes() == b"garbage"
     assert "differs from the checksum" in records["d3"]["error"]
     assert not list(out.glob("manifest.part-*"))
+    again = invert_files(editor, [folder], out, batch_size=4, num_steps=STEPS, progress=False)
+    assert (again.done, again.skipped, again.failed) == (0, 5, 2)  # still refused: a failure is no license
     # Overwriting is asked for: everything is recomputed, and the damaged outputs replaced.
     summary = invert_files(editor, [folder], out, batch_size=4, num_steps=STEPS, overwrite=True, progress=False)
     assert (summary.done, summary.failed) == (7, 0)

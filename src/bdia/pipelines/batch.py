@@ -313,13 +313,15 @@ def _manifest_files(out_dir: Path) -> list[Path]:
     return ([main] if main.is_file() else []) + parts
 
 
+def _records(out_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``manifest.jsonl`` and of the per-process parts an unfinished run left (a torn
+    last line is skipped)."""
+    return [r for f in _manifest_files(out_dir) for r in _json_lines(f)]
+
+
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The latest record per output name from ``manifest.jsonl`` and any per-process parts left by an
-    unfinished run (a torn last line is skipped)."""
-    records: list[dict[str, Any]] = []
-    for f in _manifest_files(Path(out_dir)):
-        records += _json_lines(f)
-    return _latest(records)
+    """The latest record per output name, from the manifest and any parts an unfinished run left."""
+    return _latest(_records(Path(out_dir)))
 
 
 class _ManifestWriter:
@@ -481,7 +483,9 @@ def _run(task: _Task, items: list[Item], out_dir: str | os.PathLike, *, batch_si
             keys.append(None)
             unreadable.append((item, _reason(e)))
     batches = plan_batches(keys, batch_size)
-    recorded = read_manifest(out)
+    # An output is checked against its latest "done" record: a later failure (a damaged output found)
+    # must not let the next run take that output as finished.
+    recorded = _latest(r for r in _records(out) if r.get("status") == "done")
     bar = None
     try:
         if procs.rank == 0:
@@ -512,7 +516,7 @@ def _is_done(task: _Task, item: Item, target: Path, recorded: dict[str, dict[str
     if not target.exists():
         return False
     r = recorded.get(item.name)
-    if r is not None and r.get("status") == "done" and r.get("output") is not None:
+    if r is not None and r.get("output") is not None:
         if r.get("sha256") == file_sha256(target):
             return True
         raise FileExistsError(f"{target} differs from the checksum the manifest recorded for it; remove it or "
@@ -551,7 +555,7 @@ def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, recor
             loaded.append(it)
         except Exception as e:
             if it in todo:
-                record(it, "failed", f"cannot read {it.source}: {_reason(e)}")
+                record(it, "failed", _reason(e))
     if not loaded:
         return
     try:
