@@ -346,14 +346,18 @@ class _ManifestWriter:
 
 
 def _merge_manifest(out_dir: Path) -> None:
-    """Fold every part into ``manifest.jsonl`` (latest record per output, sorted by name), atomically,
-    then remove the parts it read. Run by one process when no other is writing."""
+    """Fold every part into ``manifest.jsonl``, atomically, then remove the parts it read. Kept per output,
+    sorted by name: its latest record, preceded by its latest "done" record when a failure came after it
+    (what the next run checks the file against). Run by one process when no other is writing."""
     files = _manifest_files(out_dir)
     parts = [f for f in files if f.name != MANIFEST]
     if not parts:
         return
-    latest = read_manifest(out_dir)
-    text = "".join(json.dumps(latest[n], sort_keys=True) + "\n" for n in sorted(latest))
+    records = _records(out_dir)
+    latest, done = _latest(records), _latest(r for r in records if r.get("status") == "done")
+    kept = [r for n in sorted(latest) for r in ([done[n]] if done.get(n, latest[n]) is not latest[n] else [])
+            + [latest[n]]]
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
     with atomic_path(out_dir / MANIFEST, overwrite=True) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
