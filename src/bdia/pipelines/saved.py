@@ -136,9 +136,19 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in an inversion's metadata")
 
 
+def _sorted_header(data: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted. safetensors writes the metadata in hash
+    order, which changes from process to process; sorted, one inversion always gives the same bytes."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    header += b" " * (-len(header) % 8)  # the tensor data stays 8-byte aligned, as safetensors pads it
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
+
+
 def save_inversion(inv: ImageInversion, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``inv`` to a ``.safetensors`` file atomically; refuse an existing file unless ``overwrite``."""
-    from safetensors.torch import save_file
+    """Write ``inv`` to a ``.safetensors`` file atomically; refuse an existing file unless ``overwrite``.
+    The same inversion gives the same bytes in any process."""
+    from safetensors.torch import save
 
     tensors = {f"latent.{k}": z.detach().cpu().contiguous() for k, z in enumerate(inv.inversion.latents)}
     if inv.clean is not None:
@@ -146,8 +156,9 @@ def save_inversion(inv: ImageInversion, path: str | os.PathLike, overwrite: bool
     description = json.dumps(inv.describe(), sort_keys=True, default=_jsonable)
     metadata = {"format": FORMAT, "version": str(VERSION), "bdia": description,
                 "sha256": _checksum(tensors, description)}
+    data = _sorted_header(save(tensors, metadata=metadata))
     with atomic_path(path, overwrite) as tmp:
-        save_file(tensors, os.fspath(tmp), metadata=metadata)
+        tmp.write_bytes(data)
     return Path(path)
 
 

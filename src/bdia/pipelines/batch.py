@@ -1,0 +1,710 @@
+"""Many images at once: batched, resumable inversion, reconstruction and editing, sharded over processes.
+
+    from bdia.pipelines.batch import invert_files, reconstruct_files
+    from bdia.pipelines.batch_cli import load_editor
+    editor = load_editor("digits")                                                # or a Stable Diffusion model
+    invert_files(editor, ["digits/"], "inverted/", batch_size=8, num_steps=50)   # one .safetensors per image
+    reconstruct_files(editor, ["inverted/"], "again/")                            # one .png per inversion
+
+Inputs are image files, folders (searched recursively, in sorted order, for image extensions) and
+lists: ``.txt`` (one path a line, optionally ``<TAB>prompt``), ``.csv`` (a header with ``path`` and
+optionally ``prompt``) or ``.jsonl`` (``{"path": ..., "prompt": ...}`` a line); a list's relative
+paths are relative to the list's folder. Reconstruction and editing take saved inversions the same
+way, or the ``manifest.jsonl`` of an inversion run. Each input gets one output under ``out_dir``
+whose name is derived from the input's path (its path inside the folder it was found in), and one
+record in ``out_dir/manifest.jsonl``: name, source, output, sha256, prompt, status, error, seconds.
+
+Safety: every output is written atomically (``bdia.io.atomic_path``), and each manifest record is
+flushed and fsynced as soon as its output is in place, so a killed run loses no finished result and
+leaves no partial file at an output path. A rerun skips the inputs whose output exists and matches
+its recorded checksum (or verifies by reading it), and never overwrites without ``overwrite=True``.
+An input that cannot be read is recorded as failed with the reason and the run goes on.
+
+Batches: images of one size are batched in input order (``batch_size``). A float32 network's
+kernels block their sums by batch size, so an image's result depends in its last bits on the batch
+it was computed in (up to 3e-6 on the digits model's latents). Batches are therefore fixed by the
+whole input list before anything is skipped or sharded: a batch with any missing output is computed
+whole, and processes receive whole batches. The same inputs and ``batch_size`` give the same files
+bit for bit, whatever the number of processes and however often the run was interrupted.
+
+Processes: launched with ``torchrun`` or ``accelerate launch``, the batches are split with
+accelerate's ``PartialState().split_between_processes``; each process writes its own outputs and its
+own manifest part (``manifest.part-RANK.jsonl``), which the first process merges into
+``manifest.jsonl`` once every process is done. A run killed before the merge leaves the parts;
+:func:`read_manifest` reads the manifest and the parts together, and the next run merges them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from ..io import atomic_path
+from ..solvers import Inversion
+from .saved import ImageInversion, load_inversion, save_inversion
+
+__all__ = ["IMAGE_EXTENSIONS", "Item", "Summary", "find_inputs", "plan_batches", "iter_inversions",
+           "split_inversion", "stack_inversions", "invert_files", "reconstruct_files", "edit_files",
+           "read_manifest", "file_sha256", "MANIFEST"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+LIST_EXTENSIONS = (".txt", ".csv", ".jsonl")
+INVERSION_EXTENSION = ".safetensors"
+MANIFEST = "manifest.jsonl"
+_PATH_COLUMNS = ("path", "image", "file", "source", "inversion")
+
+
+# ----- inputs ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    """One input: its file, the output name derived from it (relative to the output folder, without
+    extension) and the prompt a list gave it (None: the run's prompt)."""
+
+    source: str
+    name: str
+    prompt: str | None = None
+
+
+def _name_of(path: Path, root: Path | None) -> str:
+    """``path`` inside ``root`` without its extension (``a/b/x.png`` in ``a`` -> ``b/x``), else the stem."""
+    if root is not None:
+        with contextlib.suppress(ValueError):
+            rel = path.relative_to(root)
+            if ".." not in rel.parts:
+                return rel.with_suffix("").as_posix()
+    return path.stem
+
+
+def _scan(folder: Path, extensions: tuple[str, ...]) -> list[Item]:
+    """Files under ``folder`` with those extensions, recursively, sorted; hidden files (an interrupted
+    write's temporary files) and hidden folders are left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if not f.startswith(".") and f.lower().endswith(extensions):
+                found.append(Path(dirpath) / f)
+    return [Item(os.fspath(p), _name_of(p, folder)) for p in sorted(found, key=lambda p: p.relative_to(folder).parts)]
+
+
+def _list_rows(path: Path) -> list[tuple[str, str | None, str | None]]:
+    """(path, prompt, name) per entry of a .txt/.csv/.jsonl list, or the done records of a manifest."""
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    rows: list[tuple[str, str | None, str | None]] = []
+    if suffix == ".txt":
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                file, _, prompt = line.rstrip("\r\n").partition("\t")
+                rows.append((file.strip(), prompt if _ else None, None))
+        return rows
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        column = next((c for c in _PATH_COLUMNS if c in (reader.fieldnames or [])), None)
+        if column is None:
+            raise ValueError(f"{path}: a CSV list needs a header with a 'path' column (and optionally 'prompt'), "
+                             f"got columns {reader.fieldnames}")
+        return [(r[column], r.get("prompt"), None) for r in reader if (r.get(column) or "").strip()]
+    records = [r for r in _json_lines(path, strict=True)]
+    if records and all("status" in r and "output" in r for r in records):  # a manifest: its finished outputs
+        latest = _latest(records)
+        return [(r["output"], None, r.get("name")) for r in latest.values() if r.get("status") == "done"]
+    for k, r in enumerate(records, 1):
+        column = next((c for c in _PATH_COLUMNS if c in r), None)
+        if column is None:
+            raise ValueError(f"{path}: record {k} has no 'path' field")
+        rows.append((str(r[column]), None if r.get("prompt") is None else str(r["prompt"]), None))
+    return rows
+
+
+def find_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], kind: str = "image") -> list[Item]:
+    """The inputs of a run, in order: files, folders (recursive, sorted) and lists (.txt/.csv/.jsonl).
+
+    ``kind`` is "image" (inputs to invert) or "inversion" (saved inversions to reconstruct or edit;
+    a folder is searched for ``.safetensors`` files, and an inversion run's manifest gives its outputs).
+    Raises FileNotFoundError for a missing input and ValueError when two inputs would share an output
+    name or nothing is found.
+    """
+    if kind not in ("image", "inversion"):
+        raise ValueError(f"kind must be 'image' or 'inversion', got {kind!r}")
+    extensions = IMAGE_EXTENSIONS if kind == "image" else (INVERSION_EXTENSION,)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    items: list[Item] = []
+    for given in inputs:
+        p = Path(given)
+        if p.is_dir():
+            items += _scan(p, extensions)
+        elif not p.is_file():
+            raise FileNotFoundError(f"no file or folder at {os.fspath(p)!r}")
+        elif p.suffix.lower() in LIST_EXTENSIONS:
+            for file, prompt, name in _list_rows(p):
+                q = Path(file) if Path(file).is_absolute() else p.parent / file
+                items.append(Item(os.fspath(q), name or _name_of(q, p.parent), prompt))
+        else:  # a file given by name: a wrong or damaged one is recorded as failed, not refused here
+            items.append(Item(os.fspath(p), p.stem))
+    if not items:
+        raise ValueError(f"no {'images' if kind == 'image' else 'inversion files'} found in {list(map(str, inputs))}")
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.name in seen:
+            raise ValueError(f"{seen[it.name]!r} and {it.source!r} would both be written as {it.name!r}; "
+                             "rename one, or run them separately with different output folders")
+        seen[it.name] = it.source
+    return items
+
+
+def plan_batches(keys: Sequence[Any], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of equal key (image size...), in input order; None keys are left out.
+
+    A batch is emitted as soon as it is full; the partial batches follow, in the order their keys
+    first appeared. Depends on nothing but the keys, so every process and every rerun agrees.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    open_batches: dict[Any, list[int]] = {}
+    batches = []
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        batch = open_batches.setdefault(key, [])
+        batch.append(i)
+        if len(batch) == batch_size:
+            batches.append(open_batches.pop(key))
+    return batches + list(open_batches.values())
+
+
+# ----- one inversion per image ------------------------------------------------------------------------------
+def split_inversion(inv: ImageInversion) -> list[ImageInversion]:
+    """One single-image :class:`ImageInversion` per image of a batch (timings dropped: a saved file
+    then depends on nothing but its image, prompt and settings)."""
+    core = inv.inversion
+    out = []
+    for k in range(inv.batch_size):
+        one = Inversion(tuple(z[k:k + 1].clone() for z in core.latents), core.nfe, core.solver, core.grid,
+                        core.input_dtype, dict(core.metadata))
+        out.append(dataclasses.replace(
+            inv, inversion=one, prompt=[inv.prompt[k]],
+            negative_prompt=None if inv.negative_prompt is None else [inv.negative_prompt[k]],
+            clean=None if inv.clean is None else inv.clean[k:k + 1].clone(), info={}))
+    return out
+
+
+def _compat_key(d: dict[str, Any]) -> str:
+    """What inversions must share to be regenerated as one batch (from ``describe()`` or a file's metadata)."""
+    keep = ("solver", "grid", "input_dtype", "guidance_scale", "num_steps", "strength", "image_size", "schedule",
+            "model", "state_dtype")
+    key = {k: d.get(k) for k in keep}
+    key["latent_shape"] = list(d.get("latent_shape", [0]))[1:]
+    key["negative"] = d.get("negative_prompt") is not None
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def stack_inversions(invs: Sequence[ImageInversion]) -> ImageInversion:
+    """One batch :class:`ImageInversion` from inversions made with the same settings (ValueError if not)."""
+    if not invs:
+        raise ValueError("no inversions to stack")
+    first = invs[0]
+    key = _compat_key(first.describe())
+    for k, inv in enumerate(invs[1:], 1):
+        if _compat_key(inv.describe()) != key:
+            raise ValueError(f"inversion {k} was made with other settings than inversion 0 (solver, grid, guidance, "
+                             "model, size...); regenerate them in separate batches")
+    core = first.inversion
+    latents = tuple(torch.cat([inv.latents[j] for inv in invs]) for j in range(len(core.latents)))
+    cleans = [inv.clean for inv in invs]
+    return dataclasses.replace(
+        first, inversion=Inversion(latents, core.nfe, core.solver, core.grid, core.input_dtype, dict(core.metadata)),
+        prompt=[p for inv in invs for p in inv.prompt],
+        negative_prompt=None if first.negative_prompt is None else [p for inv in invs for p in inv.negative_prompt],
+        clean=None if any(c is None for c in cleans) else torch.cat(cleans), info={})
+
+
+def _open_image(source: Any) -> Any:
+    """An image file read completely (a truncated or damaged file fails here), or the object as given."""
+    if isinstance(source, (str, os.PathLike)):
+        from PIL import Image
+
+        with Image.open(source) as im:
+            im.load()
+            return im.copy()
+    return source
+
+
+def _image_key(source: Any) -> tuple:
+    """What decides an image's batch: its size in pixels (read from the file's header only)."""
+    if isinstance(source, (str, os.PathLike)):
+        from PIL import Image
+
+        with Image.open(source) as im:
+            return tuple(im.size)
+    if isinstance(source, torch.Tensor):
+        return tuple(source.shape)
+    return tuple(source.size)  # PIL
+
+
+def _prompt_list(prompt: Any, n: int) -> list[Any]:
+    prompts = [prompt] if isinstance(prompt, (str, int)) else list(prompt)
+    if len(prompts) == 1:
+        prompts = prompts * n
+    if len(prompts) != n:
+        raise ValueError(f"got {len(prompts)} prompts for {n} images; give one, or one per image")
+    return prompts
+
+
+def iter_inversions(editor: Any, images: Any, prompt: Any = "", *, batch_size: int = 8,
+                    **invert_kwargs: Any) -> Iterator[tuple[int, ImageInversion]]:
+    """Invert images (paths, PIL images, a tensor batch or a list of tensors in [0, 1]) ``batch_size`` at
+    a time; yield ``(index, single-image ImageInversion)`` batch by batch, in the batches' order.
+
+    Batches are made as :func:`invert_files` makes them (by size, in input order), so its saved files
+    hold the same bits as these inversions. ``invert_kwargs`` go to ``editor.invert``.
+    """
+    items = list(images) if isinstance(images, (torch.Tensor, list, tuple)) else [images]
+    prompts = _prompt_list(prompt, len(items))
+    invert_kwargs.setdefault("progress", False)
+    for batch in plan_batches([_image_key(x) for x in items], batch_size):
+        inv = editor.invert([_open_image(items[i]) for i in batch], [prompts[i] for i in batch], **invert_kwargs)
+        yield from zip(batch, split_inversion(inv))
+
+
+# ----- the manifest ------------------------------------------------------------------------------------------
+def _json_lines(path: Path, strict: bool = False) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a .jsonl file; a line cut short by a killed writer is skipped (unless strict)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for k, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if strict:
+                    raise ValueError(f"{path}: line {k} is not valid JSON") from None
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def _latest(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The latest record per output name (by ``time``; the later one on a tie)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        name = r.get("name")
+        if name is None:
+            continue
+        if name not in latest or r.get("time", 0) >= latest[name].get("time", 0):
+            latest[name] = r
+    return latest
+
+
+def _manifest_files(out_dir: Path) -> list[Path]:
+    parts = sorted(out_dir.glob("manifest.part-*.jsonl"))
+    main = out_dir / MANIFEST
+    return ([main] if main.is_file() else []) + parts
+
+
+def _records(out_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``manifest.jsonl`` and of the per-process parts an unfinished run left (a torn
+    last line is skipped)."""
+    return [r for f in _manifest_files(out_dir) for r in _json_lines(f)]
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The latest record per output name, from the manifest and any parts an unfinished run left."""
+    return _latest(_records(Path(out_dir)))
+
+
+class _ManifestWriter:
+    """Appends records to this process's manifest part, each flushed and fsynced before the next output."""
+
+    def __init__(self, out_dir: Path, rank: int):
+        self.path = out_dir / f"manifest.part-{rank}.jsonl"
+        self.file = open(self.path, "ab")
+        if self.file.tell() > 0:  # a killed writer may have left half a line: start on a fresh one
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self.file.write(b"\n")
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.file.write((json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _merge_manifest(out_dir: Path) -> None:
+    """Fold every part into ``manifest.jsonl``, atomically, then remove the parts it read. Kept per output,
+    sorted by name: its latest record, preceded by its latest "done" record when a failure came after it
+    (what the next run checks the file against). Run by one process when no other is writing."""
+    files = _manifest_files(out_dir)
+    parts = [f for f in files if f.name != MANIFEST]
+    if not parts:
+        return
+    records = _records(out_dir)
+    latest, done = _latest(records), _latest(r for r in records if r.get("status") == "done")
+    kept = [r for n in sorted(latest) for r in ([done[n]] if done.get(n, latest[n]) is not latest[n] else [])
+            + [latest[n]]]
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+    with atomic_path(out_dir / MANIFEST, overwrite=True) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    for p in parts:
+        p.unlink()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----- processes -------------------------------------------------------------------------------------------
+class _Processes:
+    """This process's place among the launched ones: accelerate's PartialState under ``torchrun`` or
+    ``accelerate launch``; a single process (without importing accelerate) otherwise."""
+
+    def __init__(self, device: torch.device):
+        self.state = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            try:
+                from accelerate import PartialState
+            except ImportError:
+                raise ImportError("several processes were launched but accelerate is not installed: "
+                                  "pip install accelerate (or run a single process)") from None
+            # cpu=True makes CPU processes one group over gloo (accelerate otherwise expects GPUs).
+            self.state = PartialState(cpu=torch.device(device).type == "cpu")
+        self.rank = self.state.process_index if self.state else 0
+        self.count = self.state.num_processes if self.state else 1
+
+    @contextlib.contextmanager
+    def split(self, work: list[Any]) -> Iterator[list[Any]]:
+        if self.state is None:
+            yield work
+        else:
+            with self.state.split_between_processes(work) as mine:
+                yield list(mine)
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+# ----- the resumable runs ---------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    """What one process of a run did: outputs written, found done and skipped, and failed inputs."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    rank: int = 0
+    processes: int = 1
+
+    def __str__(self) -> str:
+        where = f" (process {self.rank + 1} of {self.processes})" if self.processes > 1 else ""
+        rate = f", {self.done / self.seconds:.2f} images/s" if self.done and self.seconds > 0 else ""
+        return (f"{self.done} written, {self.skipped} already done, {self.failed} failed in "
+                f"{self.seconds:.1f} s{rate}{where}")
+
+
+@dataclass
+class _Task:
+    """What differs between invert, reconstruct and edit; the run itself is :func:`_run`."""
+
+    what: str
+    suffix: str
+    key: Callable[[Item], Any]  # batch key, read cheaply (raises for an unreadable input)
+    load: Callable[[Item], Any]  # the input, read fully (raises for a damaged one)
+    run: Callable[[list[Item], list[Any]], list[tuple[Callable[[Path, bool], None], dict[str, Any]]]]
+    verify: Callable[[Path], None]  # raises if an existing output is not a complete one
+    prompt: Callable[[Item], Any] = lambda item: item.prompt  # the prompt the manifest records
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def _progress_bar(enabled: bool, total: int, what: str, procs: _Processes):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is an optional extra
+        return None
+    desc = what if procs.count == 1 else f"{what} [{procs.rank + 1}/{procs.count}]"
+    return tqdm(total=total, desc=desc, unit="img", position=procs.rank, dynamic_ncols=True)
+
+
+def _run(task: _Task, items: list[Item], out_dir: str | os.PathLike, *, batch_size: int, overwrite: bool,
+         progress: bool, device: torch.device) -> Summary:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; the output of many inputs is a folder (-o FOLDER)")
+    if (out / MANIFEST).is_dir():
+        raise ValueError(f"{out / MANIFEST} is a folder; remove it or choose another output folder")
+    procs = _Processes(device)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    summary = Summary(rank=procs.rank, processes=procs.count)
+    writer = _ManifestWriter(out, procs.rank)
+
+    def record(item: Item, status: str, error: str | None = None, output: Path | None = None,
+               seconds: float | None = None, **extra: Any) -> None:
+        writer.append({"name": item.name, "source": item.source, "prompt": task.prompt(item),
+                       "output": None if output is None else output.relative_to(out).as_posix(),
+                       "sha256": None if output is None else file_sha256(output), "status": status,
+                       "error": error, "seconds": seconds, "time": time.time(), "rank": procs.rank, **extra})
+        if status == "failed":
+            summary.failed += 1
+            summary.failures.append((item.source, error or ""))
+
+    # Every process plans every batch the same way; an input whose size cannot be read is left out
+    # (and recorded by the first process).
+    keys, unreadable = [], []
+    for item in items:
+        try:
+            keys.append(task.key(item))
+        except Exception as e:
+            keys.append(None)
+            unreadable.append((item, _reason(e)))
+    batches = plan_batches(keys, batch_size)
+    # An output is checked against its latest "done" record: a later failure (a damaged output found)
+    # must not let the next run take that output as finished.
+    recorded = _latest(r for r in _records(out) if r.get("status") == "done")
+    bar = None
+    try:
+        if procs.rank == 0:
+            for item, reason in unreadable:
+                record(item, "failed", f"cannot read {item.source}: {reason}")
+        with procs.split(list(range(len(batches)))) as mine:
+            bar = _progress_bar(progress, sum(len(batches[b]) for b in mine), task.what, procs)
+            for b in mine:
+                _run_batch(task, [items[i] for i in batches[b]], out, overwrite, recorded, record, summary)
+                if bar is not None:
+                    bar.update(len(batches[b]))
+                    bar.set_postfix(failed=summary.failed, refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+    procs.wait()
+    if procs.rank == 0:
+        _merge_manifest(out)
+    procs.wait()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _is_done(task: _Task, item: Item, target: Path, recorded: dict[str, dict[str, Any]], record: Callable) -> bool:
+    """True when ``target`` holds this input's finished output (an output found without a record, as after
+    a kill between the rename and the record, is verified by reading it, then recorded)."""
+    if not target.exists():
+        return False
+    r = recorded.get(item.name)
+    if r is not None and r.get("output") is not None:
+        if r.get("sha256") == file_sha256(target):
+            return True
+        raise FileExistsError(f"{target} differs from the checksum the manifest recorded for it; remove it or "
+                              "pass overwrite=True (--overwrite)")
+    try:
+        task.verify(target)
+    except Exception as e:
+        raise FileExistsError(f"{target} exists but is not a complete output ({_reason(e)}); remove it or "
+                              "pass overwrite=True (--overwrite)") from None
+    record(item, "done", output=target, note="found complete on disk")
+    return True
+
+
+def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, recorded: dict[str, dict[str, Any]],
+               record: Callable, summary: Summary) -> None:
+    targets = [out / (it.name + task.suffix) for it in batch]
+    todo = []
+    for it, target in zip(batch, targets):
+        try:
+            done = not overwrite and _is_done(task, it, target, recorded, record)
+        except FileExistsError as e:
+            record(it, "failed", str(e))
+            continue
+        if done:
+            summary.skipped += 1
+        else:
+            todo.append(it)
+    if not todo:
+        return
+    # The whole batch is computed again (its bits depend on its members); only missing outputs are written.
+    start = time.perf_counter()
+    loaded, inputs = [], []
+    for it in batch:
+        try:
+            inputs.append(task.load(it))
+            loaded.append(it)
+        except Exception as e:
+            if it in todo:
+                record(it, "failed", _reason(e))
+    if not loaded:
+        return
+    try:
+        results = task.run(loaded, inputs)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as e:
+        for it in loaded:
+            if it in todo:
+                record(it, "failed", _reason(e))
+        return
+    seconds = (time.perf_counter() - start) / len(loaded)
+    for it, (write, extra) in zip(loaded, results):
+        if it not in todo:
+            continue
+        target = out / (it.name + task.suffix)
+        write(target, overwrite)
+        record(it, "done", output=target, seconds=seconds, **extra)
+        summary.done += 1
+
+
+def _device_of(editor: Any) -> torch.device:
+    return torch.device(getattr(editor, "device", "cpu"))
+
+
+def invert_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: str = "", *, batch_size: int = 8,
+                 overwrite: bool = False, progress: bool = True, check: bool = False,
+                 **invert_kwargs: Any) -> Summary:
+    """Invert every image in ``inputs`` (files, folders, lists: see :func:`find_inputs`) into
+    ``out_dir/NAME.safetensors``, ``batch_size`` images of one size at a time, resumably.
+
+    ``prompt`` is the prompt of the images a list gives none; ``invert_kwargs`` go to ``editor.invert``
+    (num_steps, method, gamma, guidance_scale, strength, negative_prompt, size...). With ``check``,
+    each batch is also reconstructed and the round-trip error recorded (``round_trip_error``).
+    """
+    items = inputs if _is_items(inputs) else find_inputs(inputs, "image")
+    invert_kwargs["progress"] = False
+    editor.validate_prompt(prompt)
+
+    def load(item: Item) -> Any:
+        editor.validate_prompt(_prompt_of(item, prompt))
+        return _open_image(item.source)
+
+    def run(batch: list[Item], images: list[Any]) -> list:
+        inv = editor.invert(images, [_prompt_of(it, prompt) for it in batch], **invert_kwargs)
+        errors = [None] * len(batch)
+        if check:
+            rec = editor.reconstruct(inv, progress=False)
+            errors = (rec.latents - inv.clean.to(rec.latents)).flatten(1).abs().amax(1).tolist()
+        return [((lambda target, ow, one=one: save_inversion(one, target, overwrite=ow)),
+                 {} if err is None else {"round_trip_error": err})
+                for one, err in zip(split_inversion(inv), errors)]
+
+    task = _Task("invert", INVERSION_EXTENSION, lambda it: _image_key(it.source), load, run,
+                 lambda p: load_inversion(p), lambda it: _prompt_of(it, prompt))
+    return _run(task, items, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                device=_device_of(editor))
+
+
+def _is_items(inputs: Any) -> bool:
+    return isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(x, Item) for x in inputs)
+
+
+def _prompt_of(item: Item, default: Any) -> Any:
+    return default if item.prompt is None else item.prompt
+
+
+def _inversion_key(item: Item) -> str:
+    """The settings a saved inversion must share with its batch partners, from the file's header."""
+    from safetensors import safe_open
+
+    with safe_open(item.source, framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "bdia" not in metadata:
+        raise ValueError("not an inversion written by bdia")
+    d = json.loads(metadata["bdia"])
+    if int(d["latent_shape"][0]) != 1:
+        raise ValueError(f"the file holds {d['latent_shape'][0]} images; regenerate it on its own "
+                         "(bdia reconstruct FILE -o NAME.png)")
+    return _compat_key(d)
+
+
+def _verify_image(path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+
+
+def _save_image(image: Any) -> Callable[[Path, bool], None]:
+    def write(target: Path, overwrite: bool) -> None:
+        with atomic_path(target, overwrite) as tmp:
+            image.save(tmp, format="PNG")
+    return write
+
+
+def _regenerate(editor: Any, items: list[Item], out_dir: str | os.PathLike, what: str,
+                regenerate: Callable[[ImageInversion, list[Item]], Any], *, batch_size: int, overwrite: bool,
+                progress: bool, prompt_of: Callable[[Item], Any] = lambda item: None) -> Summary:
+    def load(item: Item) -> ImageInversion:
+        if what == "edit":
+            editor.validate_prompt(prompt_of(item))
+        return load_inversion(item.source)
+
+    def run(batch: list[Item], invs: list[ImageInversion]) -> list:
+        stacked = stack_inversions(invs)
+        res = regenerate(stacked, batch)
+        results = []
+        for k, image in enumerate(res.images):
+            extra: dict[str, Any] = {}
+            if what == "reconstruct" and stacked.clean is not None:
+                clean = stacked.clean[k].to(res.latents)
+                extra["latent_error"] = float((res.latents[k] - clean).abs().max())
+            results.append((_save_image(image), extra))
+        return results
+
+    task = _Task(what, ".png", _inversion_key, load, run, _verify_image, prompt_of)
+    return _run(task, items, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                device=_device_of(editor))
+
+
+def reconstruct_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, *, batch_size: int = 8,
+                      overwrite: bool = False, progress: bool = True) -> Summary:
+    """Regenerate every saved inversion in ``inputs`` (files, folders, lists, an inversion run's manifest)
+    into ``out_dir/NAME.png``, batching inversions made with the same settings; the manifest records
+    each image's ``latent_error`` (max |z_rec - z|)."""
+    items = inputs if _is_items(inputs) else find_inputs(inputs, "inversion")
+    return _regenerate(editor, items, out_dir, "reconstruct", lambda inv, batch: editor.reconstruct(inv, progress=False),
+                       batch_size=batch_size, overwrite=overwrite, progress=progress)
+
+
+def edit_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: str | None = None, *,
+               batch_size: int = 8, overwrite: bool = False, progress: bool = True, **edit_kwargs: Any) -> Summary:
+    """Regenerate every saved inversion in ``inputs`` under a new prompt into ``out_dir/NAME.png``.
+
+    The target prompt is the one a list gives an inversion, else ``prompt``; ``edit_kwargs`` go to
+    ``editor.edit`` (guidance_scale, negative_prompt).
+    """
+    items = inputs if _is_items(inputs) else find_inputs(inputs, "inversion")
+    missing = [it.source for it in items if it.prompt is None and prompt is None]
+    if missing:
+        raise ValueError(f"no target prompt for {missing[0]!r}: pass prompt= (--prompt) or give prompts in a list")
+    editor.validate_prompt(prompt)
+    edit_kwargs["progress"] = False
+    return _regenerate(editor, items, out_dir, "edit",
+                       lambda inv, batch: editor.edit(inv, [_prompt_of(it, prompt) for it in batch], **edit_kwargs),
+                       batch_size=batch_size, overwrite=overwrite, progress=progress,
+                       prompt_of=lambda it: _prompt_of(it, prompt))

@@ -1,0 +1,200 @@
+"""The many-inputs forms of ``bdia invert | reconstruct | edit``: folders and lists in, a folder out.
+
+    bdia invert digits/ --prompt "" -o inverted/ --batch-size 16       # one .safetensors per image
+    bdia reconstruct inverted/ -o again/                                # or inverted/manifest.jsonl
+    bdia edit inverted/ --prompt 8 -o eights/
+    torchrun --nproc_per_node 2 -m bdia.pipelines.batch_cli invert digits/ -o inverted/   # 2 processes
+
+Each function takes the parsed arguments of the single-input command (plus :func:`add_batch_arguments`)
+and an editor (from :func:`editor_for`, which puts each launched process on its own device) and
+runs :mod:`bdia.pipelines.batch`. ``python -m bdia.pipelines.batch_cli invert|reconstruct|edit ...``
+runs them directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .batch import IMAGE_EXTENSIONS, LIST_EXTENSIONS, MANIFEST, Summary, find_inputs
+
+__all__ = ["add_batch_arguments", "wants_many", "process_device", "load_editor", "editor_for", "invert_many",
+           "reconstruct_many", "edit_many", "main"]
+
+COMMANDS = ("invert", "reconstruct", "edit")
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the many-inputs form, added to the ``invert``, ``reconstruct`` or ``edit`` parser."""
+    g = parser.add_argument_group("many inputs (a folder, a list .txt/.csv/.jsonl or a manifest; -o a folder)")
+    g.add_argument("--batch-size", type=int, default=8, help="images of one size inverted or regenerated together "
+                   "(default 8); results are bit for bit reproducible for one batch size")
+
+
+def _folder_like(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() or path.endswith(("/", os.sep)) or p.suffix == ""
+
+
+def _is_collection(path: str) -> bool:
+    return Path(path).is_dir() or Path(path).suffix.lower() in LIST_EXTENSIONS
+
+
+def wants_many(args: argparse.Namespace, command: str) -> bool:
+    """True when the command's inputs are folders or lists, or its ``-o`` is a folder."""
+    if command == "invert":
+        return _folder_like(args.output) or any(_is_collection(x) for x in args.images)
+    source = args.inversion if command == "reconstruct" else args.source
+    return _folder_like(args.output) or _is_collection(source)
+
+
+def process_device(device: str | None) -> str | None:
+    """The device for this process: under ``torchrun`` / ``accelerate launch``, "auto" and "cuda" mean
+    this process's own GPU (accelerate's ``PartialState().device``), or the CPU without GPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or device not in (None, "auto", "cuda"):
+        return device
+    import torch
+    from accelerate import PartialState
+
+    return str(PartialState(cpu=not torch.cuda.is_available()).device)
+
+
+def load_editor(model: str, **kwargs: Any) -> Any:
+    """The package's one editor loader (``bdia.pipelines.editor.load_editor``; the command-line module's
+    before the editors shared it): ``load_editor("digits", device="cpu", progress=False)``."""
+    try:
+        from .editor import load_editor as load
+    except ImportError:
+        from .cli import load_editor as load
+    return load(model, **kwargs)
+
+
+def editor_for(args: argparse.Namespace, command: str) -> Any:
+    """The editor of a many-inputs run: ``--model`` (digits by default) for invert; for reconstruct and
+    edit, the model the first inversion was made with (with its dtype and revision) unless ``--model``."""
+    from .cli import DEFAULT_MODEL
+
+    device = process_device(args.device)
+    if command == "invert":
+        return load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=device, revision=args.revision,
+                           progress=False)
+    record = _first_model_record(_inversion_inputs(args, command))
+    model = args.model or record.get("id")
+    if not model:
+        raise ValueError("the inversions do not record their model; pass --model")
+    own = model == record.get("id")  # the inversions' dtype and revision apply to their own model only
+    return load_editor(model, dtype=args.dtype or (record.get("dtype") if own else None), device=device,
+                       revision=args.revision or (record.get("revision") if own else None), progress=False)
+
+
+def _inversion_inputs(args: argparse.Namespace, command: str) -> list:
+    source = args.inversion if command == "reconstruct" else args.source
+    if Path(source).suffix.lower() in IMAGE_EXTENSIONS:
+        raise ValueError(f"{source!r} is an image: invert images first (bdia invert IMAGES -o FOLDER), then "
+                         f"{command} that folder or its {MANIFEST}")
+    return find_inputs(source, "inversion")
+
+
+def _first_model_record(items: list) -> dict[str, Any]:
+    """The ``model`` record of the first inversion file whose header can be read."""
+    from safetensors import safe_open
+
+    for item in items:
+        try:
+            with safe_open(item.source, framework="pt") as f:
+                return json.loads((f.metadata() or {})["bdia"]).get("model", {})
+        except Exception:  # a damaged file is recorded as failed by the run itself
+            continue
+    raise ValueError(f"none of the {len(items)} inversion file(s) can be read")
+
+
+def _folder_output(args: argparse.Namespace) -> str:
+    if Path(args.output).suffix and not Path(args.output).is_dir():
+        raise ValueError(f"with folders or lists as input, -o is a folder; got {args.output!r}")
+    return args.output
+
+
+def _report(summary: Summary, out: str, command: str) -> int:
+    print(f"{command}: {summary}")
+    for source, reason in summary.failures[:10]:
+        print(f"  failed: {source}: {reason}", file=sys.stderr)
+    if summary.rank == 0:
+        print(f"wrote {Path(out) / MANIFEST}")
+    return 1 if summary.failed else 0
+
+
+def invert_many(args: argparse.Namespace, editor: Any) -> int:
+    """``bdia invert IMAGES_FOLDERS_OR_LISTS -o FOLDER``: one inversion per image, resumably."""
+    from .batch import invert_files
+
+    out = _folder_output(args)
+    settings = {"negative_prompt": args.negative_prompt, "guidance_scale": args.guidance, "num_steps": args.steps,
+                "strength": args.strength, "method": args.method, "gamma": args.gamma, "p": args.p, "size": args.size}
+    summary = invert_files(
+        editor, args.images, out, args.prompt or "", batch_size=args.batch_size, overwrite=args.overwrite,
+        progress=not args.quiet, check=bool(getattr(args, "check", False)),
+        **{k: v for k, v in settings.items() if v is not None})  # options left out: the editor's defaults
+    return _report(summary, out, "invert")
+
+
+def reconstruct_many(args: argparse.Namespace, editor: Any) -> int:
+    """``bdia reconstruct FOLDER_OR_MANIFEST -o FOLDER``: one image per inversion, with its latent error."""
+    from .batch import reconstruct_files
+
+    out = _folder_output(args)
+    summary = reconstruct_files(editor, _inversion_inputs(args, "reconstruct"), out, batch_size=args.batch_size,
+                                overwrite=args.overwrite, progress=not args.quiet)
+    return _report(summary, out, "reconstruct")
+
+
+def edit_many(args: argparse.Namespace, editor: Any) -> int:
+    """``bdia edit FOLDER_OR_MANIFEST_OR_LIST --prompt P -o FOLDER``: a list's prompts override ``--prompt``."""
+    from .batch import edit_files
+
+    out = _folder_output(args)
+    negative = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
+    summary = edit_files(editor, _inversion_inputs(args, "edit"), out, args.prompt, batch_size=args.batch_size,
+                         overwrite=args.overwrite, progress=not args.quiet, guidance_scale=args.guidance, **negative)
+    return _report(summary, out, "edit")
+
+
+RUNNERS = {"invert": invert_many, "reconstruct": reconstruct_many, "edit": edit_many}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bdia`` parsers of invert, reconstruct and edit, with the many-inputs options added."""
+    from . import cli
+
+    parser = argparse.ArgumentParser(prog="python -m bdia.pipelines.batch_cli",
+                                     description="Invert, reconstruct or edit folders and lists of images.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cli.register(sub)
+    for name in list(sub.choices):
+        if name in COMMANDS:
+            add_batch_arguments(sub.choices[name])
+        else:
+            del sub.choices[name]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command not in RUNNERS:
+        print(f"error: {args.command} has no many-inputs form; use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return RUNNERS[args.command](args, editor_for(args, args.command))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"bdia {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Many inputs on many processes, and killed runs: torchrun / accelerate launch over CPU (gloo) give the
+same inversion files, bit for bit, as one process; a run killed at a random point completes on rerun."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import bdia
+from bdia.digits import load_digits
+from bdia.pipelines import load_inversion
+from bdia.pipelines.batch import file_sha256, invert_files, read_manifest
+from bdia.pipelines.batch_cli import load_editor
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+STEPS, BATCH, COUNT = 10, 4, 20
+ARGS = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--prompt", "", "-q"]
+
+
+def _env() -> dict[str, str]:
+    src = os.fspath(Path(bdia.__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """20 held-out digits as PNGs, and their inversions by one process in this one (the reference)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("batch")
+    (root / "in").mkdir()
+    for k, im in enumerate(load_digits("test").images[:COUNT, 0].numpy()):
+        Image.fromarray(im).save(root / "in" / f"{k:02d}.png")
+    editor = load_editor("digits", device="cpu", progress=False)
+    summary = invert_files(editor, [root / "in"], root / "ref", batch_size=BATCH, num_steps=STEPS, progress=False)
+    assert summary.done == COUNT
+    return root, editor, _files(root / "ref")
+
+
+def _outputs(folder: Path) -> list[Path]:
+    """The files at output paths (a killed write's temporary file is hidden, beside them)."""
+    return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in _outputs(folder)}
+
+
+def _check_complete(out: Path, reference: dict[str, bytes]) -> None:
+    assert _files(out) == reference
+    records = read_manifest(out)
+    assert len(records) == COUNT and all(r["status"] == "done" for r in records.values())
+    for r in records.values():
+        assert r["sha256"] == file_sha256(out / r["output"])
+        load_inversion(out / r["output"])  # and the file's own checksum
+    assert not list(out.glob("manifest.part-*"))
+
+
+LAUNCHERS = {
+    "torchrun": lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "--master_port", str(port)],
+    # --multi_gpu launches K processes through torch.distributed.run; on a machine without GPUs
+    # they form a CPU (gloo) group because the run asks PartialState for cpu=True.
+    "accelerate": lambda port: [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                                "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                "--main_process_port", str(port)],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_write_the_files_of_one(data, launcher, tmp_path):
+    root, editor, reference = data
+    if launcher == "accelerate":
+        pytest.importorskip("accelerate")
+    out = tmp_path / "out"
+    cmd = LAUNCHERS[launcher](_free_port()) + ["-m", "bdia.pipelines.batch_cli", "invert", str(root / "in"),
+                                               "-o", str(out)] + ARGS
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "(process 1 of 2)" in proc.stdout and "(process 2 of 2)" in proc.stdout
+    _check_complete(out, reference)
+    assert {r["rank"] for r in read_manifest(out).values()} == {0, 1}
+    again = invert_files(editor, [root / "in"], out, batch_size=BATCH, num_steps=STEPS, progress=False)
+    assert (again.done, again.skipped, again.failed) == (0, COUNT, 0)  # a second run does no work
+
+
+def test_killed_runs_complete_on_rerun(data, tmp_path):
+    """SIGINT, then SIGKILL, each once a random number of outputs exist; then a run to the end."""
+    root, editor, reference = data
+    out = tmp_path / "out"
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    cmd = [sys.executable, "-m", "bdia.pipelines.batch_cli", "invert", str(root / "in"), "-o", str(out)] + ARGS
+    # Interrupt once the outputs reach a random count, leaving at least one batch to do.
+    for sig, most in ((signal.SIGINT, COUNT - 3 * BATCH), (signal.SIGKILL, COUNT - BATCH)):
+        have = len(_outputs(out))
+        wait_for = rng.randint(have + 1, most)
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if len(_outputs(out)) >= wait_for:
+                break
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), f"seed {seed}"
+        done = _outputs(out)
+        assert len(done) < COUNT, f"seed {seed}"
+        for p in done:  # every output present is complete and right
+            assert p.read_bytes() == reference[p.name], f"seed {seed}: {p.name}"
+    summary = invert_files(editor, [root / "in"], out, batch_size=BATCH, num_steps=STEPS, progress=False)
+    assert summary.failed == 0 and summary.done + summary.skipped == COUNT, f"seed {seed}"
+    _check_complete(out, reference)
