@@ -23,6 +23,7 @@ _EXPORTS = {
     "save_inversion": ".saved",
     "load_inversion": ".saved",
     "BDIAScheduler": ".scheduler",
+    "BDIAFlowScheduler": ".flow_scheduler",
     "UNetModel": ".diffusers_model",
     "encode_prompts": ".diffusers_model",
     "ImageSizeWarning": ".images",
