@@ -39,7 +39,8 @@ def test_grid_is_what_set_timesteps_materialises(name):
         grid = FlowSchedule.from_config(cfg).grid(n, **kw)
         assert torch.equal(grid.timesteps, ref.timesteps), (name, n)
         assert torch.equal(grid.sigmas.to(torch.float32), ref.sigmas) and grid.sigmas[-1] == 0, (name, n)
-        assert grid.prediction == "velocity" and torch.equal(grid.alphas + grid.sigmas, torch.ones(n + 1, dtype=torch.float64))
+        assert grid.prediction == "velocity"
+        assert torch.equal(grid.alphas + grid.sigmas, torch.ones(n + 1, dtype=torch.float64))
 
 
 def test_mu_is_flux_calculate_shift():

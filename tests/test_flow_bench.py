@@ -9,8 +9,9 @@ from bdia.bench.config import BenchConfig
 def test_flow_workload_runs_small_and_reports():
     cfg = BenchConfig.quick(extra={"flow": {"shape": (2, 4), "components": 3, "batch": 2, "budgets": (10, 20)}})
     results = flow.run(cfg, log=lambda *_: None)
-    res = results["results"]
-    for key, m in res.items():
+    assert set(results["results"]) == {"sd3", "flux"}
+    res = results["results"]["sd3"]["methods"]
+    for key, m in [(k, m) for fam in results["results"].values() for k, m in fam["methods"].items()]:
         for b, row in m["by_nfe"].items():
             assert row["nfe_invert"] <= int(b), (key, b, row)  # equal budgets, never more
             if m["exact"]:
