@@ -64,6 +64,21 @@ def test_ddim_on_a_flow_grid_is_flow_match_euler_step_bit_for_bit():
         assert torch.equal(ours, x)
 
 
+def test_heun_on_a_flow_grid_is_flow_match_heun():
+    """Heun averages the velocity (the trapezoid rule in (x, t)), Euler into t = 0, as FlowMatchHeunDiscreteScheduler."""
+    diffusers = pytest.importorskip("diffusers")
+    model = _mixture()
+    noise = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    ref = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    ref.set_timesteps(10)
+    x = noise.clone()
+    for t in ref.timesteps:
+        x = ref.step(model(x, t.expand(3)), t, x).prev_sample
+    solution = bdia.Heun(state_dtype=torch.float32).solve(model, noise, SD3.grid(10))
+    assert solution.nfe == len(ref.timesteps) == 19
+    torch.testing.assert_close(solution.x, x, rtol=0, atol=2e-6)  # float32 rounding; Euler alone is 0.27 away
+
+
 EXACT = {
     "bdia-1": lambda: bdia.BDIA(1.0),
     "bdia-0.7": lambda: bdia.BDIA(0.7),
