@@ -9,6 +9,8 @@ from . import edm
 from .edm import from_denoiser, karras_grid, karras_grid_for, to_denoiser
 from .models import ClassifierFreeGuidance, model_dtype, to_eps
 from .schedule import Grid, Schedule
+from . import flow
+from .flow import FlowSchedule
 from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Heun, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
                       belm_gammas, ddim_transition)
 
@@ -17,6 +19,7 @@ __version__ = "0.1.0"
 # Integrations with heavy dependencies load on first use, so `import bdia` needs only torch/numpy.
 _LAZY = {
     "BDIAScheduler": ("bdia.pipelines.scheduler", "BDIAScheduler"),
+    "BDIAFlowScheduler": ("bdia.pipelines.flow_scheduler", "BDIAFlowScheduler"),
     "pipelines": ("bdia.pipelines", None),
 }
 
@@ -33,4 +36,5 @@ def __getattr__(name: str):
 __all__ = [
     "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
     "NonFiniteError", "Schedule", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
+    "flow", "FlowSchedule", "BDIAFlowScheduler",
 ]
