@@ -12,7 +12,7 @@ from flow_fixtures import flow_model_dir  # noqa: E402
 import bdia  # noqa: E402
 from bdia.pipelines.flow_backend import flow_family, load_flow_backend  # noqa: E402
 
-H = W = 32
+H = W = 16
 KINDS = {"sd3": {"guidance_scale": 4.0}, "sd3-no-t5": {"guidance_scale": 4.0},
          "flux": {"guidance_scale": 3.5, "max_sequence_length": 16}}
 _BACKENDS: dict = {}
