@@ -54,3 +54,17 @@ def test_timesteps_follow_set_timesteps_with_sigmas_and_mu():
         ours.set_timesteps(9)
     with pytest.raises(ValueError, match="pass sigmas"):
         ours.set_timesteps(timesteps=[900.0, 500.0])
+
+
+def test_gamma_zero_with_a_bfloat16_model_differs_only_by_rounding(single_thread):
+    """diffusers rounds (t_{i+1} - t_i) v to bfloat16 before adding it; BDIAFlowScheduler adds it in float32."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(flow_model_dir("flux"), torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    pipe._bdia_kind = "flux"
+    reference = _latents(pipe).float()
+    pipe.scheduler = BDIAFlowScheduler.from_config(pipe.scheduler.config, gamma=0.0)
+    ours = _latents(pipe).float()
+    ulp = 2.0**-8 * float(reference.abs().max())  # bfloat16's spacing near the largest latent
+    assert float((ours - reference).abs().max()) <= 4 * ulp

@@ -9,8 +9,10 @@ and the first step of a run is the Euler step z_1 = z_0 + (t_1 - t_0) v. Every l
 
     z_{i+1} = gamma_i (z_{i-1} - (z_i + (t_{i-1} - t_i) v_i)) + z_i + (t_{i+1} - t_i) v_i
 
-with both moves the one DDIM transition on a velocity grid. gamma = 0 is FlowMatchEulerDiscreteScheduler,
-step for step in the same float32 arithmetic. For exact inversion of real images use the editor's
+with both moves the one DDIM transition on a velocity grid, in float32 (or the sample's wider dtype).
+gamma = 0 is FlowMatchEulerDiscreteScheduler bit for bit with a float32 model; with a float16/bfloat16
+model diffusers rounds the increment (t_{i+1} - t_i) v to the model's dtype before adding it, this
+scheduler does not, so latents differ by a few units in the last place of that dtype. For exact inversion of real images use the editor's
 flow backend (:mod:`bdia.pipelines.flow_backend`).
 """
 
@@ -125,10 +127,11 @@ class BDIAFlowScheduler(SchedulerMixin, ConfigMixin):
              return_dict: bool = True, **kwargs: Any) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
         """One step from ``timestep`` to the next grid point; plain Euler on the first step of a run."""
         i = self._index(timestep)
-        z = sample.to(torch.promote_types(sample.dtype, torch.float32))  # diffusers upcasts to float32
-        z_next = ddim_transition(z, model_output, self.grid, i, i + 1)  # F: Euler forward
+        work = torch.promote_types(sample.dtype, torch.float32)  # diffusers upcasts the sample to float32
+        z, v = sample.to(work), model_output.to(work)
+        z_next = ddim_transition(z, v, self.grid, i, i + 1)  # F: Euler forward
         if self._prev_sample is not None and self._last_index == i - 1 and i >= 1:
-            z_back = ddim_transition(z, model_output, self.grid, i, i - 1)  # B: Euler back, same v
+            z_back = ddim_transition(z, v, self.grid, i, i - 1)  # B: Euler back, same v
             z_next = bdia_step(self._prev_sample, z_next, z_back, self._gammas[i - 1])
         self._prev_sample, self._last_index = z, i
         prev = z_next.to(model_output.dtype)
