@@ -215,3 +215,13 @@ def test_an_inversion_on_a_flow_grid_refuses_an_eps_grid_of_the_same_numbers():
     assert grid.truncated(7 / 8).matches(inv.grid) is False
     assert not other.matches(bdia.Grid(other.timesteps, other.alphas, other.sigmas, "velocity"))
     assert grid.matches(inv.grid)
+
+
+def test_truncated_flow_grid_strength_inverts_exactly():
+    """SDEdit-style strength: the grid's last steps, starting at t < 1 (alpha > 0), stay a velocity grid."""
+    model, grid = _mixture(), SD3.grid(20).truncated(0.45)
+    assert grid.prediction == "velocity" and grid.num_steps == 9 and 0 < float(grid.alphas[0]) < 1
+    x0 = model.sample_data(3, torch.Generator().manual_seed(5))
+    for solver in (bdia.BDIA(1.0), bdia.BDIA("belm"), bdia.EDICT()):
+        rec = solver.sample(model, solver.invert(model, x0, grid), grid)
+        assert (rec - x0).abs().max() <= 1e-12

@@ -79,3 +79,21 @@ def test_vae_round_trip_and_shapes(kind):
     assert torch.allclose(out, direct, atol=1e-5)
     with pytest.raises(ValueError, match="divisible by"):
         be.encode_image(torch.zeros(1, 3, H + 1, W))
+
+
+def test_fingerprint_refuses_another_family_or_checkpoint_and_admits_half_precision():
+    from bdia.pipelines.flow_backend import flow_fingerprint_mismatch
+
+    sd3, flux = _backend("sd3"), _backend("flux")
+    saved = sd3.fingerprint()
+    assert flow_fingerprint_mismatch(saved, sd3.fingerprint()) is None
+    assert "'sd3' model and this one is 'flux'" in flow_fingerprint_mismatch(saved, flux.fingerprint())
+    sd3.pipe.transformer.to(torch.bfloat16)
+    try:
+        assert flow_fingerprint_mismatch(saved, sd3.fingerprint()) is None
+    finally:
+        sd3.pipe.transformer.to(torch.float32)
+    other = _backend("sd3-no-t5").fingerprint()  # the same architecture and seed: perturb a weight
+    name = next(iter(other["transformer_probe"]))
+    other["transformer_probe"][name] = [v + 0.1 for v in other["transformer_probe"][name]]
+    assert "transformer weights differ" in flow_fingerprint_mismatch(saved, other)

@@ -15,7 +15,9 @@ and gives, with the editor's solvers doing the rest:
   uncond only when a negative prompt is given);
 - ``velocity_model(cond, uncond, guidance_scale, height, width)``: ``model(x, t) -> v`` for the solvers
   on that grid (SD3: classifier-free guidance when guidance_scale != 1; Flux: the guidance embedding,
-  and true CFG over the two branches only with ``true_cfg_scale > 1``).
+  and true CFG over the two branches only with ``true_cfg_scale > 1``);
+- ``fingerprint()`` / :func:`flow_fingerprint_mismatch`: what a saved inversion records (family,
+  transformer and VAE configs, a probe of transformer weights) to refuse another model.
 
 :func:`flow_family` reads the family from a folder's ``model_index.json``; :func:`load_flow_backend`
 loads the pipeline (with ``text_encoder_3`` absent when the folder has none) and returns its backend.
@@ -33,8 +35,12 @@ import torch
 from ..flow import FlowSchedule, flux_sigmas
 from ..models import ClassifierFreeGuidance
 from ..schedule import Grid
+from .diffusers_model import _plain_config
 
-__all__ = ["FLOW_PIPELINES", "FluxBackend", "SD3Backend", "flow_family", "load_flow_backend"]
+__all__ = ["FLOW_PIPELINES", "FluxBackend", "SD3Backend", "flow_family", "flow_fingerprint_mismatch",
+           "load_flow_backend"]
+
+_PROBE_SIZE = 64  # transformer weights sampled per probed parameter
 
 FLOW_PIPELINES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
 
@@ -61,6 +67,23 @@ def load_flow_backend(model_dir: str | os.PathLike, device: str | torch.device =
     pipe = cls.from_pretrained(model_dir, torch_dtype=torch_dtype, **absent).to(device)
     pipe.set_progress_bar_config(disable=True)
     return (SD3Backend if family == "sd3" else FluxBackend)(pipe)
+
+
+def flow_fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """A sentence naming what differs between two :meth:`fingerprint` results, or None when they match."""
+    if saved.get("family") != current.get("family"):
+        return f"it was made with a {saved.get('family')!r} model and this one is {current.get('family')!r}"
+    for key, what in (("transformer_config", "transformer architecture"), ("vae_config", "VAE architecture")):
+        mine, theirs = current.get(key, {}), saved.get(key, {})
+        differing = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])  # shared keys only:
+        if differing:  # a key on one side only comes from another diffusers version's defaults
+            return f"the {what} differs ({', '.join(differing[:3])})"
+    for name, values in saved.get("transformer_probe", {}).items():
+        mine = torch.tensor(current.get("transformer_probe", {}).get(name, []), dtype=torch.float64)
+        theirs = torch.tensor(values, dtype=torch.float64)
+        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-4):
+            return f"the transformer weights differ ({name})"
+    return None
 
 
 def _prompts(prompt: str | Sequence[str], batch: int, what: str) -> list[str]:
@@ -103,6 +126,20 @@ class _FlowBackend:
         """The image's transformer token count (what Flux's mu depends on)."""
         h, w = self._latent_hw(height, width)
         return (h // self.patch) * (w // self.patch)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Family, transformer and VAE configs, and strided values of the transformer's first and last weights.
+
+        The probe tolerates float16/bfloat16 copies of one checkpoint (see :func:`flow_fingerprint_mismatch`).
+        """
+        params = [(n, p) for n, p in self.pipe.transformer.named_parameters() if p.dim() > 1]
+        probe = {}
+        for name, p in (params[0], params[-1]):
+            flat = p.detach().flatten()
+            probe[name] = [float(v) for v in flat[:: max(1, flat.numel() // _PROBE_SIZE)][:_PROBE_SIZE].float().cpu()]
+        return {"family": self.family, "pipeline_class": type(self.pipe).__name__,
+                "transformer_config": _plain_config(self.pipe.transformer.config),
+                "vae_config": _plain_config(self.pipe.vae.config), "transformer_probe": probe}
 
     def _vae_latents(self, images: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
