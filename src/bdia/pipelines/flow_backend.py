@@ -232,7 +232,7 @@ class FluxBackend(_FlowBackend):
 
     def encode_prompt(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                       batch: int = 1, max_sequence_length: int = 512) -> tuple[dict, dict | None]:
-        """(cond, uncond): T5 ``encoder_hidden_states``, CLIP ``pooled_projections``; uncond only for a negative prompt."""
+        """(cond, uncond): T5 ``encoder_hidden_states``, CLIP ``pooled_projections``; uncond for a negative prompt."""
         out = []
         for p in (prompt, negative_prompt):
             if p is None:

@@ -12,8 +12,8 @@ and the first step of a run is the Euler step z_1 = z_0 + (t_1 - t_0) v. Every l
 with both moves the one DDIM transition on a velocity grid, in float32 (or the sample's wider dtype).
 gamma = 0 is FlowMatchEulerDiscreteScheduler bit for bit with a float32 model; with a float16/bfloat16
 model diffusers rounds the increment (t_{i+1} - t_i) v to the model's dtype before adding it, this
-scheduler does not, so latents differ by a few units in the last place of that dtype. For exact inversion of real images use the editor's
-flow backend (:mod:`bdia.pipelines.flow_backend`).
+scheduler does not, so latents differ by a few units in the last place of that dtype. For exact
+inversion of real images use the editor's flow backend (:mod:`bdia.pipelines.flow_backend`).
 """
 
 from __future__ import annotations
