@@ -97,3 +97,54 @@ def test_fingerprint_refuses_another_family_or_checkpoint_and_admits_half_precis
     name = next(iter(other["transformer_probe"]))
     other["transformer_probe"][name] = [v + 0.1 for v in other["transformer_probe"][name]]
     assert "transformer weights differ" in flow_fingerprint_mismatch(saved, other)
+
+
+def test_flux_true_cfg_is_the_pipelines_and_inverts_exactly(single_thread):
+    be = _backend("flux")
+    cond, uncond = be.encode_prompt("a cat", "blur", 1, max_sequence_length=16)
+    model = be.velocity_model(cond, uncond, 3.5, H, W, true_cfg_scale=2.0)
+    grid = be.grid(5, H, W)
+    noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(3))
+    ours = bdia.DDIM(state_dtype=torch.float32).sample(model, noise, grid)
+    ref = be.pipe("a cat", negative_prompt="blur", true_cfg_scale=2.0, num_inference_steps=5, height=H, width=W,
+                  output_type="latent", latents=noise.clone(), guidance_scale=3.5, max_sequence_length=16).images
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    solver = bdia.BDIA(1.0)
+    rec = solver.sample(model, solver.invert(model, ours.double(), grid), grid)
+    assert (rec - ours.double()).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_reconstruction_decodes_to_the_vaes_own_round_trip(kind, single_thread):
+    """image -> latents -> BDIA inversion -> reconstruction -> image equals decode(encode(image))."""
+    be = _backend(kind)
+    images = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    x = be.encode_image(images)
+    cond, uncond = be.encode_prompt("a cat", None, 1, **_prompt_kw(kind))
+    model, grid = be.velocity_model(cond, uncond, KINDS[kind]["guidance_scale"], H, W), be.grid(6, H, W)
+    solver = bdia.BDIA(1.0)
+    rec = solver.sample(model, solver.invert(model, x.double(), grid), grid)
+    torch.testing.assert_close(be.decode(rec.float(), H, W), be.decode(x, H, W), rtol=0, atol=1e-6)
+
+
+def test_sd3_with_dynamic_shifting_uses_the_pipelines_mu(single_thread):
+    """SD3.5-style configs shift by mu from the image's token count; the backend's grid follows the pipeline's."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from bdia.pipelines.flow_backend import SD3Backend
+
+    pipe = _backend("sd3").pipe
+    original = pipe.scheduler
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=16,
+                                                     max_image_seq_len=256)
+    try:
+        be = SD3Backend(pipe)
+        cond, uncond = be.encode_prompt("a cat", None, 1)
+        noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(5))
+        ours = bdia.DDIM(state_dtype=torch.float32).sample(be.velocity_model(cond, uncond, 4.0, H, W), noise,
+                                                           be.grid(5, H, W))
+        ref = pipe("a cat", num_inference_steps=5, height=H, width=W, output_type="latent", latents=noise.clone(),
+                   guidance_scale=4.0).images
+        assert torch.equal(ours, ref)
+    finally:
+        pipe.scheduler = original
