@@ -24,3 +24,13 @@ def test_flow_workload_runs_small_and_reports():
         assert res["bdia-1"]["by_nfe"][b]["fidelity"]["rms"] < res["euler"]["by_nfe"][b]["fidelity"]["rms"]
     text = flow.section(results)
     assert "RF-Solver" in text and "FireFlow" in text and "| BDIA gamma=1 |" in text
+
+
+def test_flow_plots_are_written(tmp_path):
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    cfg = BenchConfig.quick(extra={"flow": {"shape": (2,), "components": 2, "batch": 1, "budgets": (10, 20)}})
+    names = flow.plots(flow.run(cfg, log=lambda *_: None), tmp_path, overwrite=False)
+    assert names == ["flow_sd3.png", "flow_flux.png"]
+    assert all((tmp_path / n).stat().st_size > 10_000 for n in names)

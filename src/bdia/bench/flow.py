@@ -17,6 +17,7 @@ exact ODE's). Quick mode: small space and batch; sizes come from ``cfg.extra["fl
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -166,3 +167,36 @@ def _target_line(res: dict[str, Any]) -> str:
             f"FireFlow at {HEADLINE} NFE): {'met' if len(beaten) == len(others) else 'not met'}; BDIA "
             f"{bdia['fidelity']['rms']:.2e} vs " + ", ".join(f"{res[k]['label']} {_fmt(r, 'fidelity')}"
                                                              for k, r in others.items()) + ".")
+
+
+def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
+    """One figure per grid family: fidelity, round trip and accuracy against the inversion's NFE budget."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import _save
+
+    names = []
+    for family, fam in results["results"].items():
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+        for k, m in enumerate(fam["methods"].values()):
+            rows = [(int(b), r) for b, r in m["by_nfe"].items() if "diverged" not in r]
+            for ax, key in zip(axes, ("fidelity", "round_trip", "accuracy")):
+                xs = [b for b, _ in rows]
+                ys = [max(r[key]["rms"], 1e-17) for _, r in rows]
+                ax.loglog(xs, ys, "-" if m["exact"] else "--", marker="o", ms=3, color=f"C{k}",
+                          label=m["label"] if key == "fidelity" else None)
+        for ax, ylabel in zip(axes, ("inverted noise vs exact ODE (rms)", "round trip (rms)",
+                                     "sample vs exact ODE (rms)")):
+            ax.set_xlabel("NFE budget of the inversion")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+        fig.suptitle(f"Flow matching, {fam['grid']} grid (solid: exact inversion, dashed: approximate)", fontsize=10)
+        fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
+        name = f"flow_{family}.png"
+        _save(fig, Path(out_dir) / name, overwrite)
+        plt.close(fig)
+        names.append(name)
+    return names
