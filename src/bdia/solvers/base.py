@@ -29,8 +29,8 @@ import torch
 from ..models import model_dtype as _declared_dtype
 from ..schedule import Grid
 
-__all__ = ["Inversion", "Solution", "Solver", "ddim_transition", "transition_coefficients", "drive", "Evaluator", "InversionPrecisionWarning",
-           "NonFiniteError"]
+__all__ = ["Inversion", "Solution", "Solver", "ddim_transition", "transition_coefficients", "drive", "Evaluator",
+           "InversionPrecisionWarning", "NonFiniteError"]
 
 # callback(index, sigma, state): called after every move; index is the new grid position
 # (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple.
@@ -113,8 +113,9 @@ class Solution:
 class Evaluator:
     """Calls the model in its own dtype on a state kept in the solver's dtype; counts NFE; checks output.
 
-    ``ev(z, i)`` is eps at (z, timesteps[i]) (the flow velocity on a velocity grid). Shape, type and device are checked on the host (no
-    sync); finiteness is accumulated as a device flag and read every ``FINITE_CHECK_EVERY`` calls.
+    ``ev(z, i)`` is eps at (z, timesteps[i]) (the flow velocity v on a velocity grid). Shape, type and
+    device are checked on the host (no sync); finiteness is accumulated as a device flag and read every
+    ``FINITE_CHECK_EVERY`` calls.
     """
 
     def __init__(self, model: Callable, grid: Grid, state_dtype: torch.dtype, run_dtype: torch.dtype,
