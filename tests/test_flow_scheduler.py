@@ -68,3 +68,20 @@ def test_gamma_zero_with_a_bfloat16_model_differs_only_by_rounding(single_thread
     ours = _latents(pipe).float()
     ulp = 2.0**-8 * float(reference.abs().max())  # bfloat16's spacing near the largest latent
     assert float((ours - reference).abs().max()) <= 4 * ulp
+
+
+def test_img2img_strength_with_gamma_zero_is_flow_match_euler(single_thread):
+    """StableDiffusion3Img2ImgPipeline: scale_noise at the start timestep, then steps from the middle of the grid."""
+    from diffusers import StableDiffusion3Img2ImgPipeline
+    from pipelines_fixtures import make_image
+
+    pipe = StableDiffusion3Img2ImgPipeline(**_pipe("sd3").components)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe("a cat", image=make_image((32, 32)), strength=0.6, num_inference_steps=6, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    reference = run()
+    pipe.scheduler = BDIAFlowScheduler.from_config(pipe.scheduler.config, gamma=0.0)
+    assert torch.equal(run(), reference)
