@@ -9,6 +9,8 @@ from . import edm
 from .edm import from_denoiser, karras_grid, karras_grid_for, to_denoiser
 from .models import ClassifierFreeGuidance, model_dtype, to_eps
 from .schedule import Grid, Schedule
+from . import flow
+from .flow import FlowSchedule
 from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Heun, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
                       belm_gammas, ddim_transition, make_solver)
 
@@ -18,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "BDIAScheduler": ("bdia.pipelines.scheduler", "BDIAScheduler"),
     "BDIAInverseScheduler": ("bdia.pipelines.scheduler", "BDIAInverseScheduler"),
+    "BDIAFlowScheduler": ("bdia.pipelines.flow_scheduler", "BDIAFlowScheduler"),
     "pipelines": ("bdia.pipelines", None),
     "analytic": ("bdia.analytic", None),
     "digits": ("bdia.digits", None),
@@ -37,5 +40,5 @@ def __getattr__(name: str):
 __all__ = [
     "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
     "NonFiniteError", "Schedule", "BDIAScheduler", "BDIAInverseScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
-    "make_solver",
+    "make_solver", "flow", "FlowSchedule", "BDIAFlowScheduler",
 ]

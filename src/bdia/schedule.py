@@ -204,11 +204,17 @@ class Grid:
     ``timesteps[i]`` is what the model is called with at grid point i (training timesteps for
     discrete VP models; any float for other parametrisations). Point N is never evaluated.
     Every transition pairs point i with point i+1 of these lists, never a stride formula.
+
+    ``prediction`` is what the model returns on this grid, the quantity the solvers hold: "epsilon"
+    (the noise; every grid with alpha > 0), or "velocity", the flow-matching velocity v = dx/dt of a
+    grid with alpha + sigma = 1 (docs/math.md section 9; not VP v-prediction). Only a velocity grid may
+    start at pure noise (alpha_0 = 0, t = 1), where eps = x carries no information about x0.
     """
 
     timesteps: torch.Tensor  # (N,)
     alphas: torch.Tensor  # (N+1,) float64
     sigmas: torch.Tensor  # (N+1,) float64
+    prediction: str = "epsilon"
 
     def __post_init__(self) -> None:
         n = self.timesteps.numel()
@@ -222,8 +228,16 @@ class Grid:
         for name, v in (("alphas", self.alphas), ("sigmas", self.sigmas)):
             if not torch.isfinite(v).all() or (v < 0).any():
                 raise ValueError(f"grid {name} must be finite and non-negative")
-        if (self.alphas <= 0).any():
-            raise ValueError("grid alphas must be positive (abar = 0 has no eps parametrisation)")
+        if self.prediction == "velocity":
+            if not torch.allclose(self.alphas + self.sigmas, torch.ones_like(self.alphas), rtol=0.0, atol=1e-12):
+                raise ValueError("a velocity grid needs alpha + sigma = 1 at every point (x_t = (1 - t) x0 + t eps)")
+            if (self.alphas[1:] <= 0).any():
+                raise ValueError("only the first point of a velocity grid may be pure noise (t = 1)")
+        elif self.prediction != "epsilon":
+            raise ValueError(f"grid prediction must be 'epsilon' or 'velocity', got {self.prediction!r}")
+        elif (self.alphas <= 0).any():
+            raise ValueError("grid alphas must be positive (abar = 0 has no eps parametrisation); "
+                             "a flow model's grid starting at t = 1 needs prediction='velocity'")
         lam = self.lambdas
         # Equal neighbours are allowed: diffusers' linspace spacing ends on timestep 0 followed by a
         # terminal point with the same abar when set_alpha_to_one is false (a zero-length last step).
@@ -266,19 +280,24 @@ class Grid:
                 "raise strength or the number of steps"
             )
         start = self.num_steps - keep
-        return Grid(self.timesteps[start:], self.alphas[start:], self.sigmas[start:])
+        return Grid(self.timesteps[start:], self.alphas[start:], self.sigmas[start:], self.prediction)
 
-    def fingerprint(self) -> dict[str, list[float]]:
+    def fingerprint(self) -> dict[str, Any]:
         """Plain-data description, stored with inversions to refuse a mismatched grid."""
-        return {
+        out: dict[str, Any] = {
             "timesteps": [float(t) for t in self.timesteps.tolist()],
             "alphas": self.alphas.tolist(),
             "sigmas": self.sigmas.tolist(),
         }
+        if self.prediction != "epsilon":  # absent means epsilon, so earlier saved grids still match
+            out["prediction"] = self.prediction
+        return out
 
     def matches(self, other: "Grid | Mapping[str, Any]", rtol: float = 1e-12) -> bool:
         a = self.fingerprint()
         b = other.fingerprint() if isinstance(other, Grid) else dict(other)
+        if a.pop("prediction", "epsilon") != b.get("prediction", "epsilon"):
+            return False
         for key in a:
             x, y = np.asarray(a[key], dtype=np.float64), np.asarray(b.get(key, []), dtype=np.float64)
             if x.shape != y.shape or not np.allclose(x, y, rtol=rtol, atol=0.0):

@@ -29,8 +29,8 @@ import torch
 from ..models import model_dtype as _declared_dtype
 from ..schedule import Grid
 
-__all__ = ["Inversion", "Solution", "Solver", "ddim_transition", "drive", "Evaluator", "InversionPrecisionWarning",
-           "NonFiniteError"]
+__all__ = ["Inversion", "Solution", "Solver", "ddim_transition", "transition_coefficients", "drive", "Evaluator",
+           "InversionPrecisionWarning", "NonFiniteError"]
 
 # callback(index, sigma, state): called after every move; index is the new grid position
 # (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple.
@@ -52,15 +52,26 @@ class NonFiniteError(FloatingPointError):
     """The model returned NaN or inf, or the state stopped being finite."""
 
 
+def transition_coefficients(grid: Grid, i: int, j: int) -> tuple[float, float]:
+    """(a, b) with D_{i->j}(z) = a z + b p, p the grid's held prediction (docs/math.md sections 3 and 9).
+
+    eps grids: a = alpha_j / alpha_i, b = sigma_j - a sigma_i. Velocity grids (alpha + sigma = 1): the
+    same move in its x0_hat form reduces to a = 1, b = t_j - t_i, finite at t_i = 1 where alpha_i = 0.
+    """
+    if grid.prediction == "velocity":
+        return 1.0, float(grid.sigmas[j]) - float(grid.sigmas[i])
+    a = float(grid.alphas[j]) / float(grid.alphas[i])
+    return a, float(grid.sigmas[j]) - a * float(grid.sigmas[i])
+
+
 def ddim_transition(z: torch.Tensor, eps: torch.Tensor, grid: Grid, i: int, j: int) -> torch.Tensor:
     """D_{i->j}(z) = alpha_j (z - sigma_i eps) / alpha_i + sigma_j eps: an Euler step in (xbar, lambda).
 
     The single definition of the DDIM move; forward (j = i+1) and backward (j = i-1) moves of every
-    solver use it. Written as a z + b eps with a = alpha_j / alpha_i, b = sigma_j - a sigma_i.
+    solver use it. Written as a z + b eps (:func:`transition_coefficients`). On a velocity grid ``eps``
+    is the flow velocity v and the move is Euler on dx/dt = v: z + (t_j - t_i) v (docs/math.md section 9).
     """
-    a_i, a_j = float(grid.alphas[i]), float(grid.alphas[j])
-    a = a_j / a_i
-    b = float(grid.sigmas[j]) - a * float(grid.sigmas[i])
+    a, b = transition_coefficients(grid, i, j)
     return a * z + b * eps
 
 
@@ -102,8 +113,9 @@ class Solution:
 class Evaluator:
     """Calls the model in its own dtype on a state kept in the solver's dtype; counts NFE; checks output.
 
-    ``ev(z, i)`` is eps at (z, timesteps[i]). Shape, type and device are checked on the host (no
-    sync); finiteness is accumulated as a device flag and read every ``FINITE_CHECK_EVERY`` calls.
+    ``ev(z, i)`` is eps at (z, timesteps[i]) (the flow velocity v on a velocity grid). Shape, type and
+    device are checked on the host (no sync); finiteness is accumulated as a device flag and read every
+    ``FINITE_CHECK_EVERY`` calls.
     """
 
     def __init__(self, model: Callable, grid: Grid, state_dtype: torch.dtype, run_dtype: torch.dtype,

@@ -36,10 +36,18 @@ def bdia_unstep(z_next: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor, gamm
 
 
 def belm_gammas(grid: Grid) -> list[float]:
-    """gamma_i = (alpha_{i+1} / alpha_{i-1}) (h_{i+1} / h_i)^2, i = 1..N-1: BDIA-DDIM becomes O-BELM."""
+    """gamma_i = (alpha_{i+1} / alpha_{i-1}) (h_{i+1} / h_i)^2, i = 1..N-1: BDIA-DDIM becomes O-BELM.
+
+    A flow grid starting at pure noise (alpha_0 = 0, docs/math.md section 9) has gamma_1 -> 0 there,
+    which no inversion can undo; that one step takes the time-symmetric gamma_1 = 1 instead (a single
+    step's O(h^2) local error keeps the sampler second order).
+    """
     al, lam = grid.alphas.tolist(), grid.lambdas.tolist()
     out = []
     for i in range(1, grid.num_steps):
+        if al[i - 1] == 0.0:
+            out.append(1.0)
+            continue
         h_next, h_prev = lam[i] - lam[i + 1], lam[i - 1] - lam[i]
         if h_prev <= 0:
             raise ValueError(f"gamma='belm' needs distinct noise levels, but grid points {i - 1} and {i} coincide")

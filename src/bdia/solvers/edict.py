@@ -19,7 +19,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 
 from ..schedule import Grid
-from .base import Evaluator, Solver, warn_amplified_rounding
+from .base import Evaluator, Solver, transition_coefficients, warn_amplified_rounding
 
 
 class EDICTState(NamedTuple):
@@ -60,11 +60,6 @@ class EDICT(Solver):
             warn_amplified_rounding("EDICT", [self.p**1.5] * grid.num_steps, grid.num_steps, self.state_dtype,
                                     "p closer to 1 or fewer steps", bound="about")
 
-    @staticmethod
-    def _coefficients(grid: Grid, i: int) -> tuple[float, float]:
-        a = float(grid.alphas[i + 1]) / float(grid.alphas[i])
-        return a, float(grid.sigmas[i + 1]) - a * float(grid.sigmas[i])
-
     def _swapped(self, i: int) -> bool:
         return self.alternate and i % 2 == 1
 
@@ -76,7 +71,7 @@ class EDICT(Solver):
         return EDICTState(x0, x0)
 
     def step(self, ev: Evaluator, state: EDICTState, grid: Grid, i: int) -> EDICTState:
-        a, b, p = *self._coefficients(grid, i), self.p
+        a, b, p = *transition_coefficients(grid, i, i + 1), self.p
         x, y = (state.y, state.x) if self._swapped(i) else state
         x_inter = a * x + b * ev(y, i)
         y_inter = a * y + b * ev(x_inter, i)
@@ -85,7 +80,7 @@ class EDICT(Solver):
         return EDICTState(y_new, x_new) if self._swapped(i) else EDICTState(x_new, y_new)
 
     def unstep(self, ev: Evaluator, state: EDICTState, grid: Grid, i: int) -> EDICTState:
-        a, b, p = *self._coefficients(grid, i), self.p
+        a, b, p = *transition_coefficients(grid, i, i + 1), self.p
         x_new, y_new = (state.y, state.x) if self._swapped(i) else state
         y_inter = (y_new - (1 - p) * x_new) / p
         x_inter = (x_new - (1 - p) * y_inter) / p

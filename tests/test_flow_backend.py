@@ -1,0 +1,150 @@
+"""SD3 and Flux backends (src/bdia/pipelines/flow_backend.py) on tiny pipelines: the pieces agree with the
+pipelines' own sampling, and BDIA/EDICT latent round trips are exact with half-precision transformers."""
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from flow_fixtures import flow_model_dir  # noqa: E402
+
+import bdia  # noqa: E402
+from bdia.pipelines.flow_backend import flow_family, load_flow_backend  # noqa: E402
+
+H = W = 16
+KINDS = {"sd3": {"guidance_scale": 4.0}, "sd3-no-t5": {"guidance_scale": 4.0},
+         "flux": {"guidance_scale": 3.5, "max_sequence_length": 16}}
+_BACKENDS: dict = {}
+
+
+def _backend(kind):
+    if kind not in _BACKENDS:
+        _BACKENDS[kind] = load_flow_backend(flow_model_dir(kind))
+    return _BACKENDS[kind]
+
+
+def _prompt_kw(kind):
+    return {"max_sequence_length": 16} if kind == "flux" else {}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_backend_sampling_is_the_pipelines_own(kind, single_thread):
+    """DDIM over the backend's grid, prompt encoding and velocity model = the pipeline's Euler loop."""
+    be = _backend(kind)
+    assert flow_family(flow_model_dir(kind)) == be.family == kind.split("-")[0]
+    gs = KINDS[kind]["guidance_scale"]
+    cond, uncond = be.encode_prompt("a cat", None, 1, **_prompt_kw(kind))
+    noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(0))
+    ours = bdia.DDIM(state_dtype=torch.float32).sample(be.velocity_model(cond, uncond, gs, H, W), noise,
+                                                       be.grid(6, H, W))
+    ref = be.pipe("a cat", num_inference_steps=6, height=H, width=W, output_type="latent", latents=noise.clone(),
+                  guidance_scale=gs, **_prompt_kw(kind)).images
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_latent_round_trip_is_exact_with_half_precision_transformers(kind, dtype, single_thread):
+    be = _backend(kind)
+    g = torch.Generator().manual_seed(1)
+    images = (torch.rand(1, 3, H, W, generator=g) * 2 - 1)
+    x = be.encode_image(images)
+    assert x.shape == be.latent_shape(1, H, W)
+    cond, uncond = be.encode_prompt("a cat", None, 1, **_prompt_kw(kind))
+    be.pipe.transformer.to(dtype)
+    try:
+        model, grid = be.velocity_model(cond, uncond, KINDS[kind]["guidance_scale"], H, W), be.grid(8, H, W)
+        errors = {}
+        for solver in (bdia.BDIA(1.0), bdia.EDICT(0.93), bdia.DDIM()):
+            rec = solver.sample(model, solver.invert(model, x.double(), grid), grid)
+            errors[solver.name] = float((rec - x).abs().max())
+    finally:
+        be.pipe.transformer.to(torch.float32)
+    assert errors["bdia"] <= 1e-10 and errors["edict"] <= 1e-10, errors
+    assert errors["ddim"] > 1e-3, errors  # plain Euler inversion, for contrast
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_vae_round_trip_and_shapes(kind):
+    be = _backend(kind)
+    images = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    x = be.encode_image(images)
+    assert x.shape == be.latent_shape(2, H, W)
+    out = be.decode(x, H, W)
+    assert out.shape == images.shape and torch.isfinite(out).all()
+    vae = be.pipe.vae  # decode undoes encode's shift and scale: compare with the VAE called directly
+    with torch.no_grad():
+        direct = vae.decode(vae.encode(images).latent_dist.mean).sample
+    assert torch.allclose(out, direct, atol=1e-5)
+    with pytest.raises(ValueError, match="divisible by"):
+        be.encode_image(torch.zeros(1, 3, H + 1, W))
+
+
+def test_fingerprint_refuses_another_family_or_checkpoint_and_admits_half_precision():
+    from bdia.pipelines.flow_backend import flow_fingerprint_mismatch
+
+    sd3, flux = _backend("sd3"), _backend("flux")
+    saved = sd3.fingerprint()
+    assert flow_fingerprint_mismatch(saved, sd3.fingerprint()) is None
+    assert "'sd3' model and this one is 'flux'" in flow_fingerprint_mismatch(saved, flux.fingerprint())
+    sd3.pipe.transformer.to(torch.bfloat16)
+    try:
+        assert flow_fingerprint_mismatch(saved, sd3.fingerprint()) is None
+    finally:
+        sd3.pipe.transformer.to(torch.float32)
+    other = _backend("sd3-no-t5").fingerprint()  # the same architecture and seed: perturb a weight
+    name = next(iter(other["transformer_probe"]))
+    other["transformer_probe"][name] = [v + 0.1 for v in other["transformer_probe"][name]]
+    assert "transformer weights differ" in flow_fingerprint_mismatch(saved, other)
+
+
+def test_flux_true_cfg_is_the_pipelines_and_inverts_exactly(single_thread):
+    be = _backend("flux")
+    cond, uncond = be.encode_prompt("a cat", "blur", 1, max_sequence_length=16)
+    model = be.velocity_model(cond, uncond, 3.5, H, W, true_cfg_scale=2.0)
+    grid = be.grid(5, H, W)
+    noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(3))
+    ours = bdia.DDIM(state_dtype=torch.float32).sample(model, noise, grid)
+    ref = be.pipe("a cat", negative_prompt="blur", true_cfg_scale=2.0, num_inference_steps=5, height=H, width=W,
+                  output_type="latent", latents=noise.clone(), guidance_scale=3.5, max_sequence_length=16).images
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    solver = bdia.BDIA(1.0)
+    rec = solver.sample(model, solver.invert(model, ours.double(), grid), grid)
+    assert (rec - ours.double()).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_reconstruction_decodes_to_the_vaes_own_round_trip(kind, single_thread):
+    """image -> latents -> BDIA inversion -> reconstruction -> image equals decode(encode(image))."""
+    be = _backend(kind)
+    images = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    x = be.encode_image(images)
+    cond, uncond = be.encode_prompt("a cat", None, 1, **_prompt_kw(kind))
+    model, grid = be.velocity_model(cond, uncond, KINDS[kind]["guidance_scale"], H, W), be.grid(6, H, W)
+    solver = bdia.BDIA(1.0)
+    rec = solver.sample(model, solver.invert(model, x.double(), grid), grid)
+    torch.testing.assert_close(be.decode(rec.float(), H, W), be.decode(x, H, W), rtol=0, atol=1e-6)
+
+
+def test_sd3_with_dynamic_shifting_uses_the_pipelines_mu(single_thread):
+    """SD3.5-style configs shift by mu from the image's token count; the backend's grid follows the pipeline's."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from bdia.pipelines.flow_backend import SD3Backend
+
+    pipe = _backend("sd3").pipe
+    original = pipe.scheduler
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=16,
+                                                     max_image_seq_len=256)
+    try:
+        be = SD3Backend(pipe)
+        cond, uncond = be.encode_prompt("a cat", None, 1)
+        noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(5))
+        ours = bdia.DDIM(state_dtype=torch.float32).sample(be.velocity_model(cond, uncond, 4.0, H, W), noise,
+                                                           be.grid(5, H, W))
+        ref = pipe("a cat", num_inference_steps=5, height=H, width=W, output_type="latent", latents=noise.clone(),
+                   guidance_scale=4.0).images
+        assert torch.equal(ours, ref)
+    finally:
+        pipe.scheduler = original
