@@ -23,7 +23,8 @@ TINY = dict(
     edm_digits_per_class=1, edm_digits_budgets=(4,),
     editing_images=2, editing_targets=1, editing_steps=4, editing_strengths=(1.0,), editing_guidances=(2.0,),
     editing_methods=("ddim", "bdia-1"),
-    extra={"throughput": {"images": 2, "steps": 2, "batch_sizes": (1, 2), "processes": (), "process_batch": 2}},
+    extra={"flow": {"shape": (2,), "components": 2, "batch": 1, "budgets": (10, 20)},
+           "throughput": {"images": 2, "steps": 2, "batch_sizes": (1, 2), "processes": (), "process_batch": 2}},
 )
 
 
