@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -61,15 +60,6 @@ def _no_model_calls(monkeypatch):
 
     for name in ("invert", "solve"):
         monkeypatch.setattr(Solver, name, refuse)
-
-
-def _run(capsys, args) -> tuple[int, str, str]:
-    try:
-        code = bdia.cli.main([str(a) for a in args])
-    except SystemExit as e:  # argparse's own refusals
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 LONG = "x" * 300
@@ -131,7 +121,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("line,needle", CASES, ids=[c[0].split(" -o")[0][:60] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys, monkeypatch, line, needle):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, bdia_cli, monkeypatch, line, needle):
     if "/sys/" in line and not Path("/sys").is_dir():
         pytest.skip("needs a read-only /sys (Linux)")
     if "--device cuda" in line and torch.cuda.is_available() and torch.cuda.device_count() > 99:
@@ -140,7 +130,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys
     _no_model_calls(monkeypatch)
     args = line.format(D=files, O=tmp_path).split()
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = _run(capsys, args)
+    code, out, err = bdia_cli(*args)
     lines = err.strip().splitlines()
     assert code == 2, (code, out, err)
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import bdia
-import bdia.cli
 from bdia import Schedule
 from bdia.digits import load_classifier, load_digits, to_model
 from bdia.pipelines import Backend, Editor, load_inversion, save_inversion
@@ -163,15 +161,6 @@ def test_analytic_is_reachable_after_import_bdia():
 
 
 # ----- outputs ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def bdia_cli(capsys):
-    def run(*args):
-        code = bdia.cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
 
 @pytest.fixture
 def digit_png(tmp_path):

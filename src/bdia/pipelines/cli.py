@@ -198,7 +198,11 @@ def _running(args: argparse.Namespace, model: str) -> Iterator[None]:
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"bdia: warning: {message}", file=sys.stderr)
 
-    low = args.dtype in ("float16", "bfloat16") or (args.dtype in (None, "auto") and model != DEFAULT_MODEL)
+    from .policy import choose_device
+
+    # "auto" is float16 for Stable Diffusion on CUDA only: hint at float32 only where it is not already.
+    auto_half = model != DEFAULT_MODEL and choose_device(args.device).type == "cuda"
+    low = args.dtype in ("float16", "bfloat16") or (args.dtype in (None, "auto") and auto_half)
     with torch_threads(1 if model == DEFAULT_MODEL else None), warnings.catch_warnings():
         warnings.showwarning = show
         try:
