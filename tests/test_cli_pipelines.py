@@ -130,8 +130,11 @@ def test_help_lists_the_commands(bdia_cli):
     (("generate", "--prompt", "a dog", "--method", "edict", "--gamma", "0.5"), "--gamma applies"),
     (("invert", "{bad}", "--prompt", "a cat"), "cannot read"),
 ])
-def test_bad_inputs_on_stable_diffusion_are_one_line(bdia_cli, tmp_path, extra, needle, monkeypatch):
+def test_bad_inputs_on_stable_diffusion_are_one_line(bdia_cli, tmp_path, extra, needle, monkeypatch, capsys):
     from bdia.solvers import Solver
+
+    model = model_dir("sd")
+    capsys.readouterr()  # building the tiny model prints; the command must print one line
 
     monkeypatch.setattr(Solver, "solve", lambda *a, **k: pytest.fail("the model ran for a bad input"))
     monkeypatch.setattr(Solver, "invert", lambda *a, **k: pytest.fail("the model ran for a bad input"))
@@ -139,6 +142,6 @@ def test_bad_inputs_on_stable_diffusion_are_one_line(bdia_cli, tmp_path, extra, 
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / ("x.safetensors" if extra[0] == "invert" else "x.png")
     args = [a.format(bad=bad) for a in extra]
-    code, _, err = bdia_cli(*args, "--model", model_dir("sd"), "-o", out, "-q")
+    code, _, err = bdia_cli(*args, "--model", model, "-o", out, "-q")
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not out.exists()
