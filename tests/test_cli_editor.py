@@ -49,7 +49,7 @@ class ToyBackend(Backend):
     def encode(self, pixels):
         return pixels.float()
 
-    def decode(self, latents):
+    def decode(self, latents, size):
         return latents.clamp(-1, 1)
 
     def conditions(self, prompts, negatives, height, width):

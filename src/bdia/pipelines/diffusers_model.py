@@ -319,7 +319,7 @@ class StableDiffusionBackend(Backend):
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Pixels in [-1, 1] (float32, clipped) from scaled latents."""
         vae = self.pipe.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0

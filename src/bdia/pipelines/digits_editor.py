@@ -206,7 +206,7 @@ class DigitsBackend(Backend):
         """The identity: the latents are the pixels in [-1, 1] (float32)."""
         return pixels.to(self.device, torch.float32)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The identity, clipped to [-1, 1] (kept in the latents' precision)."""
         return latents.detach().clamp(-1.0, 1.0)
 
