@@ -82,6 +82,8 @@ def test_a_new_backend_needs_no_new_editor(tmp_path):
     errors = editor.pixel_errors(images, rec, inv)
     assert errors["max_error"] == 0 and errors["identical"] == 1.0 and "vae_roundtrip" not in errors
     generated = editor.generate("ab", num_steps=6, num_images=3, method="edict")
+    with pytest.raises(ValueError, match="edict takes p, alternate; got gamma"):  # not silently ignored
+        editor.invert(images, "ab", num_steps=6, method="edict", gamma=0.5)
     assert generated.nfe == 12 and len(generated.images) == 3 and generated.images[0].mode == "L"
 
 

@@ -245,11 +245,11 @@ def _check_images(paths: Sequence[str]) -> None:
         open_image(path)
 
 
-def _solver(args: argparse.Namespace, method: str | None = None) -> dict[str, Any]:
+def _solver(args: argparse.Namespace) -> dict[str, Any]:
     """method/gamma/p for the editor, refusing a parameter the method does not take (before any work)."""
     from ..solvers import make_solver
 
-    method = method or args.method or "bdia"
+    method = args.method or "bdia"
     if args.gamma is not None and method != "bdia":
         raise ValueError(f"--gamma applies to --method bdia, not {method}")
     if args.p is not None and method != "edict":
@@ -327,7 +327,7 @@ def _round_trip_report(editor: Any, images: Any, inv: Any, rec: Any, size: Any, 
                      f"difference from it {pe['vs_vae']:.2g})")
     if images is not None:
         if written:  # what the files hold, after the format's own encoding
-            pe, where = editor.file_errors(images, [str(q) for q in written], size or inv.image_size), "written file"
+            pe, where = editor.file_errors(images, [str(q) for q in written], size), "written file"
         else:
             pe, where = editor.pixel_errors(images, rec, inv, size=size), "reconstruction"
         parts.append(f"{where} against the image file: pixel MAE {pe['reconstruction']:.4f}, max error "
@@ -381,6 +381,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         _check_images(args.image)
     inv = load_inversion(args.inversion)
     paths = _output_paths(args.output, inv.batch_size, args.overwrite)
+    if args.image and len(args.image) != inv.batch_size:
+        raise ValueError(f"--image got {len(args.image)} file(s) for an inversion of {inv.batch_size} image(s); "
+                         "give the inverted images, in order")
     with _running(args, args.model or inv.model.get("id") or ""):
         editor = _editor_for(inv, args)
         rec = editor.reconstruct(inv, progress=not args.quiet)

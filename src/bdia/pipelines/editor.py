@@ -181,14 +181,6 @@ class _Progress:
             self.bar.close()
 
 
-def _solver_params(method: str | Solver, gamma: Any, p: Any) -> dict[str, Any]:
-    """The editor's gamma/p knobs for ``method``: each applies to its own method, None otherwise."""
-    if isinstance(method, Solver):
-        return {}
-    name = str(method).lower()
-    return {"gamma": gamma if name == "bdia" else None, "p": p if name == "edict" else None}
-
-
 class Editor:
     """Inversion, reconstruction, editing and generation over a :class:`Backend`.
 
@@ -289,10 +281,10 @@ class Editor:
         ``strength`` < 1 inverts only the last part of the grid (the BDIA authors edit with 0.8):
         the result sits at an intermediate noise level, and edits keep more of the image.
         ``method`` is "bdia" (with ``gamma``, default 1), "edict" (mixing ``p``, default 0.93),
-        "ddim" (approximate), or a Solver. ``size=(width, height)`` resizes the images; without it
+        "ddim" (approximate), or a Solver; a parameter the method does not take is refused. ``size=(width, height)`` resizes the images; without it
         the backend decides (Stable Diffusion center-crops to the VAE factor, with a warning).
         """
-        solver = make_solver(method, state_dtype=self.state_dtype, **_solver_params(method, gamma, p))
+        solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         pixels = self.backend.load_images(image, as_size(size))
         batch, _, height, width = pixels.shape
         grid = self.backend.grid(num_steps, strength, (width, height))
@@ -351,7 +343,7 @@ class Editor:
             guidance_scale = self.backend.default_guidance
         if gamma is None and str(method).lower() == "bdia":
             gamma = 0.5
-        solver = make_solver(method, state_dtype=self.state_dtype, **_solver_params(method, gamma, p))
+        solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         default_w, default_h = self.backend.default_size
         height, width = int(height or default_h), int(width or default_w)
         grid = self.backend.grid(num_steps, 1.0, (width, height))
