@@ -116,7 +116,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     target = check_writable(path, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
-    tmp = target.parent / f"{_tmp_stem(target)}{os.getpid()}{target.suffix[:16] or '.tmp'}"
+    tmp = target.parent / f"{_tmp_stem(target)}{os.getpid()}{target.suffix or '.tmp'}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another thread of this process is writing the same target

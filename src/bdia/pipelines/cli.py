@@ -273,12 +273,7 @@ def _output_paths(path: str, n: int, overwrite: bool) -> list[Path]:
 def _save_images(images: Sequence[Any], paths: Sequence[Path], overwrite: bool) -> None:
     for im, q in zip(images, paths):
         with atomic_path(q, overwrite) as tmp:
-            im.save(tmp, format=_pil_format(q))
-
-
-def _pil_format(path: Path) -> str:
-    return {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(),
-                                                                                   path.suffix[1:].upper())
+            im.save(tmp)  # the temporary keeps the extension, which picks the format
 
 
 def _fmt_solver(cfg: dict[str, Any]) -> str:
