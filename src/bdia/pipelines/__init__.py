@@ -30,6 +30,11 @@ _EXPORTS = {
     "UNetModel": ".diffusers_model",
     "encode_prompts": ".diffusers_model",
     "ImageSizeWarning": ".images",
+    "ImageConversionWarning": ".images",
+    "ImageReadError": ".images",
+    "read_image": ".images",
+    "load_pipeline": ".loading",
+    "UnsafeWeightsError": ".loading",
 }
 
 __all__ = sorted(_EXPORTS)

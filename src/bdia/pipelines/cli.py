@@ -96,6 +96,8 @@ def _model_args(p: argparse.ArgumentParser, default: str) -> None:
     g.add_argument("--revision", help="hub revision (branch, tag or commit)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto: CUDA, else MPS, "
                    "else CPU)")
+    g.add_argument("--allow-pickle", action="store_true", help="let a Stable Diffusion model load pickled "
+                   "weights (.bin, .ckpt), which can run code when loaded: only for files you trust")
     g.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
                    help="model dtype (default: float16 on CUDA for SD, else float32; for a saved inversion, "
                         "its own); the solver state stays float64")
@@ -223,8 +225,9 @@ def _check_common(args: argparse.Namespace) -> str:
 
     model = args.model or DEFAULT_MODEL
     choose_device(args.device)
-    if model == DEFAULT_MODEL and args.revision is not None:
-        raise ValueError("--revision applies to hub models; the digits model ships with bdia")
+    if model == DEFAULT_MODEL and (args.revision is not None or args.allow_pickle):
+        flag = "--revision" if args.revision is not None else "--allow-pickle"
+        raise ValueError(f"{flag} applies to Stable Diffusion models; the digits model ships with bdia")
     return model
 
 
@@ -239,10 +242,10 @@ def _check_prompts(model: str, *prompts: str | None) -> None:
 
 
 def _check_images(paths: Sequence[str]) -> None:
-    from .policy import open_image
+    from .images import read_image
 
     for path in paths:
-        open_image(path)
+        read_image(path)
 
 
 def _solver(args: argparse.Namespace) -> dict[str, Any]:
@@ -300,13 +303,19 @@ def _editor_for(inv: Any, args: argparse.Namespace):
     own = model == inv.model.get("id")  # the inversion's dtype and revision apply to its own model only
     dtype = args.dtype or (inv.model.get("dtype") if own else None)
     revision = args.revision or (inv.model.get("revision") if own and model != DEFAULT_MODEL else None)
-    return load_editor(model, dtype=dtype, device=args.device, revision=revision, progress=not args.quiet)
+    return load_editor(model, dtype=dtype, device=args.device, revision=revision, progress=not args.quiet,
+                       **_pickle(args))
 
 
 def _new_editor(args: argparse.Namespace, model: str):
     from .editor import load_editor
 
-    return load_editor(model, dtype=args.dtype, device=args.device, revision=args.revision, progress=not args.quiet)
+    return load_editor(model, dtype=args.dtype, device=args.device, revision=args.revision, progress=not args.quiet,
+                       **_pickle(args))
+
+
+def _pickle(args: argparse.Namespace) -> dict[str, bool]:
+    return {"allow_pickle": True} if args.allow_pickle else {}
 
 
 def _round_trip_report(editor: Any, images: Any, inv: Any, rec: Any, size: Any, written: Sequence[Path] = ()) -> str:

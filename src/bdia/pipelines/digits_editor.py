@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from .editor import DIGITS, Backend
-from .images import ImageSizeWarning
-from .policy import choose_device, image_items, open_image, resolve_dtype
+from .images import ImageSizeWarning, read_image, to_8bit
+from .policy import choose_device, image_items, resolve_dtype
 from .saved import dtype_name
 
 __all__ = ["DIGITS_MODEL_ID", "DigitsBackend", "parse_class"]
@@ -163,7 +163,7 @@ class DigitsBackend(Backend):
         from PIL import Image
 
         if isinstance(image, (str, os.PathLike)):
-            image = open_image(image)
+            image = read_image(image)
         if isinstance(image, torch.Tensor):
             x = image.detach().cpu()
             if x.dim() == 2:
@@ -181,6 +181,7 @@ class DigitsBackend(Backend):
             image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
         if not isinstance(image, Image.Image):
             raise TypeError(f"image {index}: expected a PIL image, a path or a tensor, got {type(image).__name__}")
+        image = to_8bit(image, f"image {index}")  # 16-bit and float images by their real range
         notes = []
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA")
