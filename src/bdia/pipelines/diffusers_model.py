@@ -27,7 +27,8 @@ from .images import to_pixels
 from .policy import choose_device, prompt_list, resolve_dtype
 from .saved import dtype_name
 
-__all__ = ["StableDiffusionBackend", "UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl", "pipeline_fingerprint"]
+__all__ = ["StableDiffusionBackend", "UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl",
+           "pipeline_fingerprint"]
 
 
 def is_sdxl(pipe: Any) -> bool:

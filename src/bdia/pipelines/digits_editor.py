@@ -69,7 +69,8 @@ class DigitsBackend(Backend):
         self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def load(cls, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "DigitsBackend":
+    def load(cls, *, device: str | torch.device | None = None,
+             dtype: str | torch.dtype | None = None) -> "DigitsBackend":
         """The shipped digits model on ``device`` (default: CUDA, else MPS, else CPU), float32 unless ``dtype``."""
         from ..digits import load_model
 

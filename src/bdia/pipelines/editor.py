@@ -108,7 +108,8 @@ class Backend(ABC):
     def decode(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
 
     @abstractmethod
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int, width: int) -> tuple[Any, Any]: ...
+    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
+                   width: int) -> tuple[Any, Any]: ...
 
     @abstractmethod
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]: ...
@@ -199,7 +200,8 @@ class Editor:
 
             backend = StableDiffusionBackend(backend, **pipeline_options)
         elif pipeline_options:
-            raise TypeError(f"options {sorted(pipeline_options)} apply to a diffusers pipeline, not a {type(backend).__name__}")
+            raise TypeError(f"options {sorted(pipeline_options)} apply to a diffusers pipeline, "
+                            f"not a {type(backend).__name__}")
         self.backend = backend
         self.state_dtype = state_dtype_for(backend.device, state_dtype)
         self.progress = progress
@@ -212,7 +214,7 @@ class Editor:
 
         ``torch_dtype`` is the model's dtype (float16 halves memory; the solver state stays float64);
         ``device`` defaults to CUDA, else MPS, else the CPU. Other keywords (``revision``,
-        ``variant``, ...) go to ``DiffusionPipeline.from_pretrained``.
+        ``variant``, ``allow_pickle``...) go to :func:`~bdia.pipelines.loading.load_pipeline`.
         """
         if str(model) == DIGITS:
             from .digits_editor import DigitsBackend
@@ -281,8 +283,9 @@ class Editor:
         ``strength`` < 1 inverts only the last part of the grid (the BDIA authors edit with 0.8):
         the result sits at an intermediate noise level, and edits keep more of the image.
         ``method`` is "bdia" (with ``gamma``, default 1), "edict" (mixing ``p``, default 0.93),
-        "ddim" (approximate), or a Solver; a parameter the method does not take is refused. ``size=(width, height)`` resizes the images; without it
-        the backend decides (Stable Diffusion center-crops to the VAE factor, with a warning).
+        "ddim" (approximate), or a Solver; a parameter the method does not take is refused.
+        ``size=(width, height)`` resizes the images; without it the backend decides (Stable
+        Diffusion center-crops to the VAE factor, with a warning).
         """
         solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         pixels = self.backend.load_images(image, as_size(size))
