@@ -128,7 +128,7 @@ def test_help_lists_the_commands(bdia_cli):
 @pytest.mark.parametrize("extra,needle", [
     (("generate", "--prompt", "a dog", "--width", "35"), "multiples of the VAE factor"),
     (("generate", "--prompt", "a dog", "--method", "edict", "--gamma", "0.5"), "--gamma applies"),
-    (("invert", "{bad}", "--prompt", "a cat"), "cannot read"),  # a PNG signature and nothing else
+    (("invert", "{bad}", "--prompt", "a cat"), "not an image file"),  # a PNG signature and nothing else
 ])
 def test_bad_inputs_on_stable_diffusion_are_one_line(bdia_cli, tmp_path, extra, needle, monkeypatch, capsys):
     from bdia.solvers import Solver
