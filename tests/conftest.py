@@ -8,3 +8,24 @@ def single_thread():
     """Tiny models are dominated by per-op overhead: on a busy 2-core machine extra threads spin-wait."""
     with torch_threads(1):
         yield
+
+
+@pytest.fixture
+def bdia_cli(monkeypatch, capsys):
+    """Run ``bdia ARGS`` in-process with the image commands registered; returns (code, stdout, stderr).
+
+    Usage mistakes (argparse's exit) count as return codes, as they do for the installed command.
+    """
+    import bdia.cli
+
+    monkeypatch.setattr(bdia.cli, "COMMAND_MODULES", ["bdia.pipelines.cli", "bdia.demo"])
+
+    def run(*args):
+        try:
+            code = bdia.cli.main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -49,7 +48,6 @@ def files(tmp_path_factory):
     (root / "not-inversion.safetensors").write_text("not safetensors")
     (root / "plain.txt").write_text("a file")
     (root / "exists.png").write_bytes(data)
-    (root / "folder").mkdir()
     inv = root / "inv.safetensors"
     assert bdia.cli.main(["invert", str(good), "--prompt", "3", "--steps", "4", "-o", str(inv), "-q"]) == 0
     return root
@@ -63,30 +61,21 @@ def _no_model_calls(monkeypatch):
         monkeypatch.setattr(Solver, name, refuse)
 
 
-def _run(capsys, args) -> tuple[int, str, str]:
-    try:
-        code = bdia.cli.main([str(a) for a in args])
-    except SystemExit as e:  # argparse's own refusals
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 LONG = "x" * 300
 UNWRITABLE = "/sys/bdia-cannot-write-here"  # refused even to root (os.access would say yes)
 
 # (command and arguments, where {D} is the files folder and {O} the output folder; text the message must hold)
 CASES = [
     # 1: outputs checked before any work
-    ("invert {D}/three.png --prompt 3 -o {O}/folder --overwrite", "folder"),
+    ("invert {D}/three.png --prompt 3 -o {O}/dir.safetensors --overwrite", "directory"),
     ("invert {D}/three.png --prompt 3 -o {O}/" + LONG + ".safetensors", "shorter name"),
     ("invert {D}/three.png --prompt 3 -o " + UNWRITABLE + "/inv.safetensors", "cannot write"),
     ("invert {D}/three.png --prompt 3 -o {D}/plain.txt/inv.safetensors", "not a folder"),
     ("invert {D}/three.png --prompt 3 -o {O}/inv.pt", ".safetensors"),
-    ("reconstruct {D}/inv.safetensors -o {O}/folder --overwrite", "folder"),
+    ("reconstruct {D}/inv.safetensors -o {O}/dir.png --overwrite", "directory"),
     ("reconstruct {D}/inv.safetensors -o {O}/" + LONG + ".png", "shorter name"),
     ("reconstruct {D}/inv.safetensors -o " + UNWRITABLE + "/rec.png", "cannot write"),
-    ("generate --prompt 3 -o {O}/folder --overwrite", "folder"),
+    ("generate --prompt 3 -o {O}/dir.png --overwrite", "directory"),
     ("generate --prompt 3 -o {D}/exists.png", "--overwrite"),
     ("generate --prompt 3 --num-images 3 -o {O}/" + LONG + ".png", "shorter name"),
     ("edit {D}/inv.safetensors --prompt 8 -o " + UNWRITABLE + "/e.png", "cannot write"),
@@ -94,8 +83,8 @@ CASES = [
     ("demo --out {D}/plain.txt --quiet", "not a folder"),
     # 2: unreadable images
     ("invert {D}/truncated.png --prompt 3 -o {O}/i.safetensors", "cannot read"),
-    ("invert {D}/empty.png --prompt 3 -o {O}/i.safetensors", "cannot read"),
-    ("invert {D}/text.png --prompt 3 -o {O}/i.safetensors", "cannot read"),
+    ("invert {D}/empty.png --prompt 3 -o {O}/i.safetensors", "empty"),
+    ("invert {D}/text.png --prompt 3 -o {O}/i.safetensors", "not an image"),
     ("invert {D}/bomb.png --prompt 3 -o {O}/i.safetensors", "too large"),
     ("invert {D}/missing.png --prompt 3 -o {O}/i.safetensors", "no image file"),
     ("edit {D}/truncated.png --source-prompt 3 --prompt 8 -o {O}/e.png", "cannot read"),
@@ -131,19 +120,20 @@ CASES = [
 
 
 @pytest.mark.parametrize("line,needle", CASES, ids=[c[0].split(" -o")[0][:60] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys, monkeypatch, line, needle):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, bdia_cli, monkeypatch, line, needle):
     if "/sys/" in line and not Path("/sys").is_dir():
         pytest.skip("needs a read-only /sys (Linux)")
     if "--device cuda" in line and torch.cuda.is_available() and torch.cuda.device_count() > 99:
         pytest.skip("this machine has a 100th GPU")
-    (tmp_path / "folder").mkdir()
+    for folder in ("dir.safetensors", "dir.png"):  # outputs named like files that are folders
+        (tmp_path / folder).mkdir()
     _no_model_calls(monkeypatch)
     args = line.format(D=files, O=tmp_path).split()
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = _run(capsys, args)
+    code, out, err = bdia_cli(*args)
     lines = err.strip().splitlines()
     assert code == 2, (code, out, err)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"bdia {args[0]}: error:") and needle in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary left
-    assert not list((tmp_path / "folder").iterdir())
+    assert not any(any((tmp_path / folder).iterdir()) for folder in ("dir.safetensors", "dir.png"))

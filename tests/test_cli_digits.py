@@ -20,18 +20,6 @@ from bdia.pipelines.saved import load_inversion, save_inversion
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture
-def bdia_cli(monkeypatch, capsys):
-    """Run ``bdia ARGS``; returns (code, stdout, stderr)."""
-    monkeypatch.setattr(bdia.cli, "COMMAND_MODULES", ["bdia.pipelines.cli"])
-
-    def run(*args):
-        code = bdia.cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
 
 @pytest.fixture(scope="module")
 def held_out():

@@ -16,18 +16,6 @@ from bdia.pipelines import load_inversion  # noqa: E402
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture
-def bdia_cli(monkeypatch, capsys):
-    """Run ``bdia ARGS`` with only this module's commands registered; returns (code, stdout, stderr)."""
-    monkeypatch.setattr(bdia.cli, "COMMAND_MODULES", ["bdia.pipelines.cli"])
-
-    def run(*args: str):
-        code = bdia.cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
 
 @pytest.fixture
 def image_file(tmp_path):
@@ -135,3 +123,25 @@ def test_help_lists_the_commands(bdia_cli):
     text = parser.format_help()
     for name in ("invert", "reconstruct", "edit", "generate"):
         assert name in text
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (("generate", "--prompt", "a dog", "--width", "35"), "multiples of the VAE factor"),
+    (("generate", "--prompt", "a dog", "--method", "edict", "--gamma", "0.5"), "--gamma applies"),
+    (("invert", "{bad}", "--prompt", "a cat"), "not an image file"),  # a PNG signature and nothing else
+])
+def test_bad_inputs_on_stable_diffusion_are_one_line(bdia_cli, tmp_path, extra, needle, monkeypatch, capsys):
+    from bdia.solvers import Solver
+
+    model = model_dir("sd")
+    capsys.readouterr()  # building the tiny model prints; the command must print one line
+
+    monkeypatch.setattr(Solver, "solve", lambda *a, **k: pytest.fail("the model ran for a bad input"))
+    monkeypatch.setattr(Solver, "invert", lambda *a, **k: pytest.fail("the model ran for a bad input"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / ("x.safetensors" if extra[0] == "invert" else "x.png")
+    args = [a.format(bad=bad) for a in extra]
+    code, _, err = bdia_cli(*args, "--model", model, "-o", out, "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not out.exists()

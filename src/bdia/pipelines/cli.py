@@ -96,6 +96,8 @@ def _model_args(p: argparse.ArgumentParser, default: str) -> None:
     g.add_argument("--revision", help="hub revision (branch, tag or commit)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto: CUDA, else MPS, "
                    "else CPU)")
+    g.add_argument("--allow-pickle", action="store_true", help="let a Stable Diffusion model load pickled "
+                   "weights (.bin, .ckpt), which can run code when loaded: only for files you trust")
     g.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
                    help="model dtype (default: float16 on CUDA for SD, else float32; for a saved inversion, "
                         "its own); the solver state stays float64")
@@ -198,7 +200,11 @@ def _running(args: argparse.Namespace, model: str) -> Iterator[None]:
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"bdia: warning: {message}", file=sys.stderr)
 
-    low = args.dtype in ("float16", "bfloat16") or (args.dtype in (None, "auto") and model != DEFAULT_MODEL)
+    from .policy import choose_device
+
+    # "auto" is float16 for Stable Diffusion on CUDA only: hint at float32 only where it is not already.
+    auto_half = model != DEFAULT_MODEL and choose_device(args.device).type == "cuda"
+    low = args.dtype in ("float16", "bfloat16") or (args.dtype in (None, "auto") and auto_half)
     with torch_threads(1 if model == DEFAULT_MODEL else None), warnings.catch_warnings():
         warnings.showwarning = show
         try:
@@ -219,8 +225,9 @@ def _check_common(args: argparse.Namespace) -> str:
 
     model = args.model or DEFAULT_MODEL
     choose_device(args.device)
-    if model == DEFAULT_MODEL and args.revision is not None:
-        raise ValueError("--revision applies to hub models; the digits model ships with bdia")
+    if model == DEFAULT_MODEL and (args.revision is not None or args.allow_pickle):
+        flag = "--revision" if args.revision is not None else "--allow-pickle"
+        raise ValueError(f"{flag} applies to Stable Diffusion models; the digits model ships with bdia")
     return model
 
 
@@ -235,17 +242,17 @@ def _check_prompts(model: str, *prompts: str | None) -> None:
 
 
 def _check_images(paths: Sequence[str]) -> None:
-    from .policy import open_image
+    from .images import read_image
 
     for path in paths:
-        open_image(path)
+        read_image(path)
 
 
-def _solver(args: argparse.Namespace, method: str | None = None) -> dict[str, Any]:
+def _solver(args: argparse.Namespace) -> dict[str, Any]:
     """method/gamma/p for the editor, refusing a parameter the method does not take (before any work)."""
     from ..solvers import make_solver
 
-    method = method or args.method or "bdia"
+    method = args.method or "bdia"
     if args.gamma is not None and method != "bdia":
         raise ValueError(f"--gamma applies to --method bdia, not {method}")
     if args.p is not None and method != "edict":
@@ -269,12 +276,7 @@ def _output_paths(path: str, n: int, overwrite: bool) -> list[Path]:
 def _save_images(images: Sequence[Any], paths: Sequence[Path], overwrite: bool) -> None:
     for im, q in zip(images, paths):
         with atomic_path(q, overwrite) as tmp:
-            im.save(tmp, format=_pil_format(q))
-
-
-def _pil_format(path: Path) -> str:
-    return {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(),
-                                                                                   path.suffix[1:].upper())
+            im.save(tmp)  # the temporary keeps the extension, which picks the format
 
 
 def _fmt_solver(cfg: dict[str, Any]) -> str:
@@ -301,13 +303,19 @@ def _editor_for(inv: Any, args: argparse.Namespace):
     own = model == inv.model.get("id")  # the inversion's dtype and revision apply to its own model only
     dtype = args.dtype or (inv.model.get("dtype") if own else None)
     revision = args.revision or (inv.model.get("revision") if own and model != DEFAULT_MODEL else None)
-    return load_editor(model, dtype=dtype, device=args.device, revision=revision, progress=not args.quiet)
+    return load_editor(model, dtype=dtype, device=args.device, revision=revision, progress=not args.quiet,
+                       **_pickle(args))
 
 
 def _new_editor(args: argparse.Namespace, model: str):
     from .editor import load_editor
 
-    return load_editor(model, dtype=args.dtype, device=args.device, revision=args.revision, progress=not args.quiet)
+    return load_editor(model, dtype=args.dtype, device=args.device, revision=args.revision, progress=not args.quiet,
+                       **_pickle(args))
+
+
+def _pickle(args: argparse.Namespace) -> dict[str, bool]:
+    return {"allow_pickle": True} if args.allow_pickle else {}
 
 
 def _round_trip_report(editor: Any, images: Any, inv: Any, rec: Any, size: Any, written: Sequence[Path] = ()) -> str:
@@ -323,7 +331,7 @@ def _round_trip_report(editor: Any, images: Any, inv: Any, rec: Any, size: Any, 
                      f"difference from it {pe['vs_vae']:.2g})")
     if images is not None:
         if written:  # what the files hold, after the format's own encoding
-            pe, where = editor.file_errors(images, [str(q) for q in written], size or inv.image_size), "written file"
+            pe, where = editor.file_errors(images, [str(q) for q in written], size), "written file"
         else:
             pe, where = editor.pixel_errors(images, rec, inv, size=size), "reconstruction"
         parts.append(f"{where} against the image file: pixel MAE {pe['reconstruction']:.4f}, max error "
@@ -377,6 +385,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         _check_images(args.image)
     inv = load_inversion(args.inversion)
     paths = _output_paths(args.output, inv.batch_size, args.overwrite)
+    if args.image and len(args.image) != inv.batch_size:
+        raise ValueError(f"--image got {len(args.image)} file(s) for an inversion of {inv.batch_size} image(s); "
+                         "give the inverted images, in order")
     with _running(args, args.model or inv.model.get("id") or ""):
         editor = _editor_for(inv, args)
         rec = editor.reconstruct(inv, progress=not args.quiet)

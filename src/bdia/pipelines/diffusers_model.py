@@ -13,12 +13,9 @@ negative prompt, two text encoders) stay those of diffusers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -30,7 +27,8 @@ from .images import to_pixels
 from .policy import choose_device, prompt_list, resolve_dtype
 from .saved import dtype_name
 
-__all__ = ["StableDiffusionBackend", "UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl", "pipeline_fingerprint"]
+__all__ = ["StableDiffusionBackend", "UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl",
+           "pipeline_fingerprint"]
 
 
 def is_sdxl(pipe: Any) -> bool:
@@ -173,67 +171,6 @@ def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str 
     return None
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def _looks_like_hub_id(model: str) -> bool:
-    return bool(_HUB_ID.match(model)) and ".." not in model and not model.endswith((".ckpt", ".safetensors"))
-
-
-def _has_safety_checker(name: str, revision: str | None) -> bool:
-    try:
-        from diffusers import DiffusionPipeline
-
-        return "safety_checker" in DiffusionPipeline.load_config(name, revision=revision)
-    except Exception:  # let from_pretrained report what is wrong with the model
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_loading(progress: bool) -> Iterator[None]:
-    """Hide the loaders' progress bars unless progress is wanted, and transformers' torch_dtype notice."""
-    from diffusers.utils import logging as dlog
-
-    was_enabled = dlog.is_progress_bar_enabled()
-    try:
-        from transformers.utils import logging as tlog
-    except ImportError:  # pragma: no cover - transformers is required by SD pipelines
-        tlog = None
-    t_enabled = tlog.is_progress_bar_enabled() if tlog else False
-    if not progress:
-        dlog.disable_progress_bar()
-        if tlog:
-            tlog.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated")
-            yield
-    finally:
-        if was_enabled:
-            dlog.enable_progress_bar()
-        if tlog and t_enabled:
-            tlog.enable_progress_bar()
-
-
-def _model_folder(model: str | os.PathLike) -> str:
-    """A diffusers folder (expanded) or a hub id; FileNotFoundError for anything else."""
-    name = os.fspath(model)
-    if not os.path.isdir(os.path.expanduser(name)):
-        if not _looks_like_hub_id(name) or os.path.exists(name):
-            raise FileNotFoundError(
-                f"no model folder at {name!r}: give a folder saved with save_pretrained "
-                "(holding model_index.json) or a hub id such as 'org/model'"
-            )
-        return name
-    name = os.path.expanduser(name)
-    if not os.path.isfile(os.path.join(name, "model_index.json")):
-        raise FileNotFoundError(
-            f"{name!r} has no model_index.json: it is not a diffusers pipeline folder "
-            "(single-file .ckpt/.safetensors checkpoints: convert them with diffusers first)"
-        )
-    return name
-
-
 class StableDiffusionBackend(Backend):
     """A diffusers SD 1.x/2.x/SDXL pipeline as an editor backend: VAE latents, text prompts, CFG.
 
@@ -262,31 +199,17 @@ class StableDiffusionBackend(Backend):
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, revision: str | None = None,
-                        variant: str | None = None, progress: bool = True, **kwargs: Any) -> "StableDiffusionBackend":
-        """Load a pipeline from a local folder or a hub id (hub ids download on the user's machine)."""
-        from diffusers import DiffusionPipeline
+                        progress: bool = True, **kwargs: Any) -> "StableDiffusionBackend":
+        """Load a pipeline from a local folder or a hub id (hub ids download on the user's machine) with
+        :func:`~bdia.pipelines.loading.load_pipeline`: safetensors weights only unless ``allow_pickle=True``;
+        other keywords (``variant``, ...) go to diffusers."""
+        from .loading import load_pipeline, resolve_model
 
-        name = _model_folder(model)
-        dtype = resolve_dtype(torch_dtype)
-        dev = choose_device(device)
-        load_kwargs = dict(kwargs)
-        for key, value in (("torch_dtype", dtype), ("revision", revision), ("variant", variant)):
-            if value is not None:
-                load_kwargs[key] = value
-        if _has_safety_checker(name, revision):
-            # Inversion and editing use the UNet, VAE and text encoders only; skip loading the checker.
-            load_kwargs.setdefault("safety_checker", None)
-            load_kwargs.setdefault("requires_safety_checker", False)
-        try:
-            with _quiet_loading(progress):
-                pipe = DiffusionPipeline.from_pretrained(name, **load_kwargs)
-        except OSError as e:
-            raise FileNotFoundError(f"could not load model {name!r}: {e}") from None
-        pipe = pipe.to(dev)
+        pipe = load_pipeline(model, dtype=resolve_dtype(torch_dtype), revision=revision, progress=progress, **kwargs)
+        pipe = pipe.to(choose_device(device))
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=not progress)
-        model_id = os.path.abspath(name) if os.path.isdir(name) else name
-        return cls(pipe, model_id=model_id, revision=revision)
+        return cls(pipe, model_id=resolve_model(model), revision=revision)
 
     @property
     def device(self) -> torch.device:
@@ -319,7 +242,7 @@ class StableDiffusionBackend(Backend):
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Pixels in [-1, 1] (float32, clipped) from scaled latents."""
         vae = self.pipe.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from .editor import DIGITS, Backend
-from .images import ImageSizeWarning
-from .policy import choose_device, image_items, open_image, resolve_dtype
+from .images import ImageSizeWarning, read_image, to_8bit
+from .policy import choose_device, image_items, resolve_dtype
 from .saved import dtype_name
 
 __all__ = ["DIGITS_MODEL_ID", "DigitsBackend", "parse_class"]
@@ -69,7 +69,8 @@ class DigitsBackend(Backend):
         self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def load(cls, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "DigitsBackend":
+    def load(cls, *, device: str | torch.device | None = None,
+             dtype: str | torch.dtype | None = None) -> "DigitsBackend":
         """The shipped digits model on ``device`` (default: CUDA, else MPS, else CPU), float32 unless ``dtype``."""
         from ..digits import load_model
 
@@ -163,7 +164,7 @@ class DigitsBackend(Backend):
         from PIL import Image
 
         if isinstance(image, (str, os.PathLike)):
-            image = open_image(image)
+            image = read_image(image)
         if isinstance(image, torch.Tensor):
             x = image.detach().cpu()
             if x.dim() == 2:
@@ -181,6 +182,7 @@ class DigitsBackend(Backend):
             image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
         if not isinstance(image, Image.Image):
             raise TypeError(f"image {index}: expected a PIL image, a path or a tensor, got {type(image).__name__}")
+        image = to_8bit(image, f"image {index}")  # 16-bit and float images by their real range
         notes = []
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA")
@@ -206,7 +208,7 @@ class DigitsBackend(Backend):
         """The identity: the latents are the pixels in [-1, 1] (float32)."""
         return pixels.to(self.device, torch.float32)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The identity, clipped to [-1, 1] (kept in the latents' precision)."""
         return latents.detach().clamp(-1.0, 1.0)
 

@@ -57,21 +57,26 @@ class EditResult:
 class Backend(ABC):
     """The model-specific pieces the :class:`Editor` needs; everything else is shared.
 
-    ========================================  ===============================================================
-    ``schedule``                               the :class:`bdia.Schedule` grids are built from
-    ``grid(num_steps, strength)``              the grid (default: ``schedule.grid``, truncated to ``strength``)
-    ``device``, ``dtype``                      where and in which dtype the model runs
-    ``load_images(images, size)``              paths/PIL/tensors (or a list) -> a pixel batch in [-1, 1]
-    ``encode(pixels)`` / ``decode(latents)``   pixels <-> latents (float32 out; decode clips to [-1, 1])
-    ``conditions(prompts, negatives, h, w)``   (cond, uncond) for the eps model; ``negatives`` None is the
-                                               model's default unconditional branch
-    ``guided(cond, uncond, scale)``            the canonical eps model ``(x, t) -> eps`` under guidance
-                                               (default: classifier-free guidance over ``eps_model``)
-    ``latent_shape(batch, h, w)``              the latents' shape (ValueError for an unsupported size)
-    ``default_size``                           (width, height) that ``generate`` makes by default
-    ``record()`` / ``check_record(record)``    the model id, class, dtype and fingerprint saved with an
-                                               inversion; refuse an inversion of another model
-    ========================================  ===============================================================
+    Required (size is (width, height) in pixels):
+
+    - ``schedule``: the noise schedule grids are built from (a :class:`bdia.Schedule`);
+    - ``device``, ``dtype``: where and in which dtype the model runs;
+    - ``load_images(images, size)``: paths/PIL/tensors (or a list) -> a pixel batch in [-1, 1];
+    - ``encode(pixels)`` / ``decode(latents, size)``: pixels <-> latents (float32 out; decode clips to [-1, 1]);
+    - ``conditions(prompts, negatives, height, width)``: (cond, uncond) for the model; ``negatives`` None
+      is the model's default unconditional branch;
+    - ``latent_shape(batch, height, width)``: the latents' shape (ValueError for an unsupported size);
+    - ``default_size``: (width, height) that ``generate`` makes by default;
+    - ``record()`` / ``check_record(record)``: the model id, class, dtype and fingerprint saved with an
+      inversion; refuse an inversion of another model.
+
+    With defaults for :class:`bdia.Schedule` models that a flow-matching backend overrides:
+
+    - ``guided(cond, uncond, scale)``: the model the solvers run on this backend's grids under guidance
+      (default: classifier-free guidance over ``eps_model(x, t, cond)``);
+    - ``grid(num_steps, strength, size)``: the grid (default ``schedule.grid`` truncated to ``strength``;
+      a flow model's grid may depend on the image size);
+    - ``schedule_record()`` / ``check_schedule(record)``: the schedule saved with an inversion; refuse another.
 
     Optional: ``check_prompt(prompt)`` refuses a prompt the model cannot take, before any work;
     ``to_images(pixels)`` (default RGB, or grayscale for one channel); ``latent_name`` and
@@ -100,10 +105,11 @@ class Backend(ABC):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
-    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
 
     @abstractmethod
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int, width: int) -> tuple[Any, Any]: ...
+    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
+                   width: int) -> tuple[Any, Any]: ...
 
     @abstractmethod
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]: ...
@@ -118,9 +124,25 @@ class Backend(ABC):
     @abstractmethod
     def check_record(self, record: dict[str, Any]) -> None: ...
 
-    def grid(self, num_steps: int, strength: float = 1.0) -> Grid:
+    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None) -> Grid:
         grid = self.schedule.grid(int(num_steps))
         return grid if float(strength) == 1.0 else grid.truncated(strength)
+
+    def schedule_record(self) -> dict[str, Any]:
+        """The schedule's config as plain data, saved with an inversion."""
+        return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in dict(self.schedule.config).items()}
+
+    def check_schedule(self, record: dict[str, Any]) -> None:
+        """Refuse an inversion made under another noise schedule or prediction type."""
+        saved = Schedule.from_config(record)
+        if not torch.equal(saved.alphas_cumprod, self.schedule.alphas_cumprod):
+            raise ValueError("this inversion was made with another noise schedule (betas) than this model's; "
+                             "load the model it was inverted with")
+        if saved.prediction_type != self.schedule.prediction_type:
+            raise ValueError(
+                f"this inversion was made with a {saved.prediction_type!r}-prediction model and this "
+                f"model predicts {self.schedule.prediction_type!r}; load the model it was inverted with"
+            )
 
     def guided(self, cond: Any, uncond: Any, scale: float) -> Any:
         return ClassifierFreeGuidance(self.eps_model, cond, uncond, scale)
@@ -160,14 +182,6 @@ class _Progress:
             self.bar.close()
 
 
-def _solver_params(method: str | Solver, gamma: Any, p: Any) -> dict[str, Any]:
-    """The editor's gamma/p knobs for ``method``: each applies to its own method, None otherwise."""
-    if isinstance(method, Solver):
-        return {}
-    name = str(method).lower()
-    return {"gamma": gamma if name == "bdia" else None, "p": p if name == "edict" else None}
-
-
 class Editor:
     """Inversion, reconstruction, editing and generation over a :class:`Backend`.
 
@@ -186,7 +200,8 @@ class Editor:
 
             backend = StableDiffusionBackend(backend, **pipeline_options)
         elif pipeline_options:
-            raise TypeError(f"options {sorted(pipeline_options)} apply to a diffusers pipeline, not a {type(backend).__name__}")
+            raise TypeError(f"options {sorted(pipeline_options)} apply to a diffusers pipeline, "
+                            f"not a {type(backend).__name__}")
         self.backend = backend
         self.state_dtype = state_dtype_for(backend.device, state_dtype)
         self.progress = progress
@@ -199,7 +214,7 @@ class Editor:
 
         ``torch_dtype`` is the model's dtype (float16 halves memory; the solver state stays float64);
         ``device`` defaults to CUDA, else MPS, else the CPU. Other keywords (``revision``,
-        ``variant``, ...) go to ``DiffusionPipeline.from_pretrained``.
+        ``variant``, ``allow_pickle``...) go to :func:`~bdia.pipelines.loading.load_pipeline`.
         """
         if str(model) == DIGITS:
             from .digits_editor import DigitsBackend
@@ -228,9 +243,10 @@ class Editor:
     def default_guidance(self) -> float:
         return self.backend.default_guidance
 
-    def grid(self, num_steps: int, strength: float = 1.0) -> Grid:
-        """The grid of ``num_steps`` steps, keeping the last ``strength`` fraction of it."""
-        return self.backend.grid(num_steps, strength)
+    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None) -> Grid:
+        """The grid of ``num_steps`` steps for images of ``size`` (width, height), keeping the last
+        ``strength`` fraction of it."""
+        return self.backend.grid(num_steps, strength, size)
 
     def validate_prompt(self, prompt: Prompt | None) -> None:
         """Refuse a prompt (or list of prompts) the model cannot take, before any work is done."""
@@ -267,13 +283,14 @@ class Editor:
         ``strength`` < 1 inverts only the last part of the grid (the BDIA authors edit with 0.8):
         the result sits at an intermediate noise level, and edits keep more of the image.
         ``method`` is "bdia" (with ``gamma``, default 1), "edict" (mixing ``p``, default 0.93),
-        "ddim" (approximate), or a Solver. ``size=(width, height)`` resizes the images; without it
-        the backend decides (Stable Diffusion center-crops to the VAE factor, with a warning).
+        "ddim" (approximate), or a Solver; a parameter the method does not take is refused.
+        ``size=(width, height)`` resizes the images; without it the backend decides (Stable
+        Diffusion center-crops to the VAE factor, with a warning).
         """
-        solver = make_solver(method, state_dtype=self.state_dtype, **_solver_params(method, gamma, p))
-        grid = self.backend.grid(num_steps, strength)
+        solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         pixels = self.backend.load_images(image, as_size(size))
         batch, _, height, width = pixels.shape
+        grid = self.backend.grid(num_steps, strength, (width, height))
         prompts, negatives, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
         start = time.perf_counter()
         clean = self.backend.encode(pixels)
@@ -282,7 +299,7 @@ class Editor:
         return ImageInversion(
             inversion=core, prompt=prompts, negative_prompt=negatives, guidance_scale=float(guidance_scale),
             num_steps=int(num_steps), strength=float(strength), image_size=(int(width), int(height)),
-            schedule=_plain(self.backend.schedule.config), model=self.backend.record(),
+            schedule=self.backend.schedule_record(), model=self.backend.record(),
             state_dtype=self.state_dtype, clean=clean, info={"seconds": time.perf_counter() - start},
         )
 
@@ -297,7 +314,8 @@ class Editor:
         if inv.clean is not None:
             clean = inv.clean.to(result.latents)
             result.latent_error = float((result.latents - clean).abs().max())
-            same = _to_uint8(self.backend.decode(result.latents)) == _to_uint8(self.backend.decode(clean))
+            decode = self.backend.decode
+            same = _to_uint8(decode(result.latents, inv.image_size)) == _to_uint8(decode(clean, inv.image_size))
             result.info["identical"] = float(same.double().mean())
         return result
 
@@ -328,10 +346,10 @@ class Editor:
             guidance_scale = self.backend.default_guidance
         if gamma is None and str(method).lower() == "bdia":
             gamma = 0.5
-        solver = make_solver(method, state_dtype=self.state_dtype, **_solver_params(method, gamma, p))
-        grid = self.backend.grid(num_steps)
+        solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         default_w, default_h = self.backend.default_size
         height, width = int(height or default_h), int(width or default_w)
+        grid = self.backend.grid(num_steps, 1.0, (width, height))
         batch = num_images if isinstance(prompt, str) else len(prompt)
         shape = self.backend.latent_shape(batch, height, width)
         _, _, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
@@ -341,7 +359,7 @@ class Editor:
         start = time.perf_counter()
         model = self.backend.guided(cond, uncond, guidance_scale)
         out = self._run(solver, model, noise.to(self.device, self.state_dtype), grid, progress, "sampling")
-        images = self.backend.to_images(self.backend.decode(out.x))
+        images = self.backend.to_images(self.backend.decode(out.x, (width, height)))
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
     def pixel_errors(self, image: Any, result: EditResult | torch.Tensor, inv: ImageInversion | None = None,
@@ -353,12 +371,13 @@ class Editor:
         """
         pixels = self.backend.load_images(image, as_size(size) or (inv.image_size if inv else None))
         latents = result.latents if isinstance(result, EditResult) else result
-        rec = self.backend.decode(latents)
+        size = (pixels.shape[-1], pixels.shape[-2])
+        rec = self.backend.decode(latents, size)
         errors = compare_pixels(pixels, rec)
         if not self.backend.lossy_codec:
             return errors
         clean = inv.clean if inv is not None and inv.clean is not None else self.backend.encode(pixels)
-        codec = self.backend.decode(clean.to(self.device)).float().cpu()
+        codec = self.backend.decode(clean.to(self.device), size).float().cpu()
         return {**errors, **pixel_errors(pixels.float().cpu(), codec, rec.float().cpu())}
 
     def file_errors(self, image: Any, written: Any, size: int | Sequence[int] | None = None) -> dict[str, float]:
@@ -371,23 +390,13 @@ class Editor:
         if not isinstance(inv, ImageInversion):
             raise TypeError(f"expected an ImageInversion (from invert or load_inversion), got {type(inv).__name__}")
         self.backend.check_record(inv.model)
-        schedule = self.backend.schedule
-        saved_schedule = Schedule.from_config(inv.schedule)
-        if not torch.equal(saved_schedule.alphas_cumprod, schedule.alphas_cumprod):
-            raise ValueError("this inversion was made with another noise schedule (betas) than this model's; "
-                             "load the model it was inverted with")
-        if saved_schedule.prediction_type != schedule.prediction_type:
-            raise ValueError(
-                f"this inversion was made with a {saved_schedule.prediction_type!r}-prediction model and this "
-                f"model predicts {schedule.prediction_type!r}; load the model it was inverted with"
-            )
-        grid = self.backend.grid(inv.num_steps, inv.strength)
+        self.backend.check_schedule(inv.schedule)
+        grid = self.backend.grid(inv.num_steps, inv.strength, tuple(inv.image_size))
         if not grid.matches(inv.inversion.grid):
+            spacing = (inv.schedule.get("timestep_spacing"), getattr(self.backend.schedule, "timestep_spacing", None))
             raise ValueError(
-                f"this inversion's grid ({inv.num_steps} steps, strength {inv.strength}, "
-                f"{saved_schedule.timestep_spacing} spacing) differs from this model's "
-                f"({schedule.timestep_spacing} spacing, steps_offset {schedule.steps_offset}); "
-                "pass the scheduler settings used for inversion"
+                f"this inversion's grid ({inv.num_steps} steps, strength {inv.strength}, {spacing[0]} spacing) "
+                f"differs from this model's ({spacing[1]} spacing); pass the scheduler settings used for inversion"
             )
         shape = tuple(inv.inversion.latents[0].shape)
         w, h = inv.image_size
@@ -416,7 +425,7 @@ class Editor:
             core = type(core)(tuple(z.to(self.device) for z in core.latents), core.nfe, core.solver, core.grid,
                               core.input_dtype, core.metadata)
         out = self._run(solver, model, core, grid, progress, what)
-        images = self.backend.to_images(self.backend.decode(out.x))
+        images = self.backend.to_images(self.backend.decode(out.x, (w, h)))
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
 
@@ -450,7 +459,3 @@ def compare_pixels(original: torch.Tensor, other: torch.Tensor) -> dict[str, flo
     diff8 = (_to_uint8(a).int() - _to_uint8(b).int()).abs()
     return {"reconstruction": float((a - b).abs().mean() / 2.0), "max_error": int(diff8.max()),
             "identical": float((diff8 == 0).double().mean())}
-
-
-def _plain(config: Any) -> dict[str, Any]:
-    return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in dict(config).items()}

@@ -1,18 +1,18 @@
-"""Choices every editor and command makes the same way: device, dtype names, prompt lists, image files.
+"""Choices every editor and command makes the same way: device, dtype names, prompt lists, image batches,
+optional dependencies.
 
-The solver factory is :func:`bdia.make_solver` (``bdia/solvers/registry.py``). Nothing here imports
-diffusers; Pillow is imported only to open image files.
+The solver factory is :func:`bdia.make_solver` (``bdia/solvers/registry.py``); image files are read by
+:func:`bdia.pipelines.images.read_image`. Nothing here imports diffusers or Pillow.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, Sequence
 
 import torch
 
-__all__ = ["DTYPE_NAMES", "as_size", "choose_device", "image_items", "open_image", "prompt_list", "require", "resolve_dtype",
+__all__ = ["DTYPE_NAMES", "as_size", "choose_device", "image_items", "prompt_list", "require", "resolve_dtype",
            "state_dtype_for"]
 
 # Accepted spellings -> torch dtype names.
@@ -105,27 +105,6 @@ def image_items(images: Any) -> list[Any]:
     if not items:
         raise ValueError("no images given")
     return items
-
-
-def open_image(path: str | os.PathLike) -> Any:
-    """A PIL image read fully from ``path``; a missing, empty, truncated or non-image file is a clear error.
-
-    FileNotFoundError when there is no file, ValueError when Pillow cannot decode it (or it is larger
-    than Pillow's decompression-bomb limit).
-    """
-    from PIL import Image
-
-    name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise FileNotFoundError(f"no image file at {name!r}")
-    try:
-        with Image.open(name) as im:
-            im.load()
-            return im.copy()
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{name!r} is too large to open safely ({e}); resize it first") from None
-    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read {name!r} as an image ({e}); give a PNG, JPEG, WebP, BMP or TIFF file") from None
 
 
 def as_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
