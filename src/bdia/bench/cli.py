@@ -1,4 +1,4 @@
-"""``bdia bench``: run the benchmark and write report.md, PNG plots and results.json into a folder."""
+"""bdia bench: run the benchmark and write report.md, PNG plots and results.json into a folder."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from .plots import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for k, m in enumerate(results["methods"].values()):
@@ -158,8 +158,5 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     axes[0].legend(fontsize=8)
     fig.suptitle("Editing trade-off on held-out digits (each point: one strength and guidance)")
     fig.tight_layout()
-    name = "editing_tradeoff.png"
-    with atomic_path(Path(out_dir) / name, overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return [name]
+    save_figure(fig, Path(out_dir) / "editing_tradeoff.png", overwrite)
+    return ["editing_tradeoff.png"]

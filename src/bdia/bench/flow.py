@@ -175,7 +175,7 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import _save
+    from .plots import save_figure
 
     names = []
     for family, fam in results["results"].items():
@@ -196,7 +196,6 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
         fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, 0.12, 1, 1))
         name = f"flow_{family}.png"
-        _save(fig, Path(out_dir) / name, overwrite)
-        plt.close(fig)
+        save_figure(fig, Path(out_dir) / name, overwrite)
         names.append(name)
     return names

@@ -12,9 +12,13 @@ PANELS = (("round_trip", "max", "round-trip error (max |x0' - x0|)", "nfe_rt"),
           ("accuracy", "rms", "sample vs exact ODE (rms)", "nfe_sample"))
 
 
-def _save(fig, path: Path, overwrite: bool) -> None:
+def save_figure(fig, path: Path, overwrite: bool) -> None:
+    """Write ``fig`` as a PNG atomically (no timestamp metadata, so reruns give the same bytes) and close it."""
+    import matplotlib.pyplot as plt
+
     with atomic_path(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
 
 
 def error_vs_nfe(workload: dict[str, Any], title: str, path: Path, overwrite: bool) -> None:
@@ -58,7 +62,7 @@ def error_vs_nfe(workload: dict[str, Any], title: str, path: Path, overwrite: bo
     fig.suptitle(title, fontsize=10)
     fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    _save(fig, path, overwrite)
+    save_figure(fig, path, overwrite)
     plt.close(fig)
 
 
@@ -91,5 +95,5 @@ def time_per_method(unet: dict[str, Any], path: Path, overwrite: bool) -> None:
     axes[1].tick_params(axis="x", labelrotation=30, labelsize=8)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path, overwrite)
+    save_figure(fig, path, overwrite)
     plt.close(fig)

@@ -183,7 +183,7 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from .plots import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     rows = results["by_batch_size"]
@@ -200,11 +200,8 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
         ax.grid(True, alpha=0.3)
     fig.suptitle("Many-image inversion on the digits model", fontsize=10)
     fig.tight_layout()
-    name = "throughput.png"
-    with atomic_path(Path(out_dir) / name, overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return [name]
+    save_figure(fig, Path(out_dir) / "throughput.png", overwrite)
+    return ["throughput.png"]
 
 
 def worker(images: int, steps: int, batch_size: int, out: str) -> None:

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .policy import image_items
+
 __all__ = ["ImageSizeWarning", "ImageConversionWarning", "ImageReadError", "read_image", "image_array", "to_8bit",
            "to_pixels", "to_pil", "pixel_errors"]
 
@@ -202,15 +204,7 @@ def to_pixels(images: Any, factor: int, size: int | Sequence[int] | None = None)
         size = (size, size)
     elif size is not None:
         size = (int(size[0]), int(size[1]))
-    if isinstance(images, torch.Tensor) and images.dim() == 4:
-        items: list[Any] = list(images)
-    elif isinstance(images, (list, tuple)):
-        items = list(images)
-    else:
-        items = [images]
-    if not items:
-        raise ValueError("no images given")
-    xs = [_fit(_open(im, k), size, factor, k) for k, im in enumerate(items)]
+    xs = [_fit(_open(im, k), size, factor, k) for k, im in enumerate(image_items(images))]
     shapes = {tuple(x.shape[-2:]) for x in xs}
     if len(shapes) > 1:
         sizes = ", ".join(f"{w}x{h}" for h, w in sorted(shapes))
