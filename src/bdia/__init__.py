@@ -11,6 +11,7 @@ from .models import ClassifierFreeGuidance, model_dtype, to_eps
 from .schedule import Grid, Schedule
 from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Heun, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
                       belm_gammas, ddim_transition)
+from .solvers import Rex
 
 __version__ = "0.1.0"
 
@@ -32,5 +33,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
-    "NonFiniteError", "Schedule", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
+    "NonFiniteError", "Rex", "Schedule", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
 ]

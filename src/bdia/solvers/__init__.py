@@ -5,9 +5,10 @@ from .base import (Evaluator, Inversion, InversionPrecisionWarning, NonFiniteErr
 from .bdia import BDIA, BDIAState, belm_gammas
 from .ddim import DDIM, DDIMState, Heun
 from .edict import EDICT, EDICTState
+from .rex import Rex, RexState
 
-SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun}
+SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun, "rex": Rex}
 
 __all__ = ["BDIA", "BDIAState", "DDIM", "DDIMState", "EDICT", "EDICTState", "Evaluator", "Heun", "Inversion",
-           "InversionPrecisionWarning", "NonFiniteError", "SOLVERS", "Solution", "Solver", "belm_gammas",
+           "InversionPrecisionWarning", "NonFiniteError", "Rex", "RexState", "SOLVERS", "Solution", "Solver", "belm_gammas",
            "ddim_transition", "drive"]

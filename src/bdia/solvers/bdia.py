@@ -21,8 +21,9 @@ from typing import Any, ClassVar, NamedTuple, Sequence
 import torch
 
 from ..schedule import Grid
-from .base import Evaluator, Solver, ddim_transition, warn_amplified_rounding
+from .base import Evaluator, Solver, warn_amplified_rounding
 from .onestep import get_backward_integrator, get_integrator
+from .start import clean_end_move, parse_start, start_name
 
 
 def bdia_step(z_prev: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -65,10 +66,14 @@ class BDIA(Solver):
             reusing the slope already evaluated at z_i (no NFE). On a Karras grid
             (:func:`bdia.edm.karras_grid`) ``BDIA(forward="heun")`` is the paper's BDIA-EDM.
 
+        start: inversion's first move, clean end -> z_{N-1} (any z_{N-1} keeps the round trip exact;
+            the start decides how close the inverted noise stays to the ODE's): ``"ddim"``, one
+            DDIM-inversion step (1 NFE), or ``"substeps:K"``, K DDIM-inversion moves between the two
+            noise levels (K NFE, counted in ``Inversion.nfe``; see :mod:`bdia.solvers.start`).
+
     State: ``BDIAState(z_prev, z)`` = (z_{i-1}, z_i); ``Inversion.latents`` is (z_0, z_1). Generation
-    from noise starts with one plain forward step (``warmup = 1``). Inversion starts with one
-    DDIM-inversion step from the clean end (any z_{N-1} is exact; this one keeps the noise close to
-    the ODE's).
+    from noise starts with one plain forward step (``warmup = 1``). Inversion starts with the
+    ``start`` move from the clean end.
     """
 
     name: ClassVar[str] = "bdia"
@@ -77,8 +82,9 @@ class BDIA(Solver):
     warmup: ClassVar[int] = 1
 
     def __init__(self, gamma: float | Sequence[float] | str = 1.0, *, forward: str = "euler", backward: str = "euler",
-                 **kwargs: Any):
+                 start: str = "ddim", **kwargs: Any):
         super().__init__(**kwargs)
+        self.start = start_name(start)
         self._integrator = get_integrator(forward)
         self._backward = get_backward_integrator(backward)
         self.forward, self.backward = forward, backward
@@ -112,7 +118,7 @@ class BDIA(Solver):
 
     def params(self) -> dict[str, Any]:
         gamma = list(self.gamma) if isinstance(self.gamma, tuple) else self.gamma  # JSON-stable
-        return {"gamma": gamma, "forward": self.forward}
+        return {"gamma": gamma, "forward": self.forward, "start": self.start}
 
     def gammas(self, grid: Grid) -> list[float]:
         """gamma_i for the BDIA steps i = 1..N-1 of ``grid``."""
@@ -157,8 +163,7 @@ class BDIA(Solver):
         return BDIAState(noise, self._integrator.step(ev, noise, ev(noise, 0), grid, 0))
 
     def init_inverse(self, ev: Evaluator, x0: torch.Tensor, grid: Grid) -> BDIAState:
-        n = grid.num_steps
-        return BDIAState(ddim_transition(x0, ev(x0, n - 1), grid, n, n - 1), x0)
+        return BDIAState(clean_end_move(ev, x0, grid, parse_start(self.start)), x0)
 
     def step(self, ev: Evaluator, state: BDIAState, grid: Grid, i: int) -> BDIAState:
         fwd, bwd = self.moves(ev, state.z, grid, i)
