@@ -23,10 +23,11 @@ Each direction spends two base steps (2 x stages NFE) per step. Lawson variables
 Euler in either is the DDIM step. RK stages between grid points call the model at an intermediate
 noise level through ``Grid.at`` (the grid's own lambda -> model time map).
 
-The clean terminal point N has no model time, so the last step (N-1 -> N) is special: its forward
-base step is the DDIM step (as EDM's Heun ends with Euler), its backward base step is inversion's
-clean-end start (:mod:`bdia.solvers.start`), and its ratio r is alpha_N / alpha_{N-1} in both variable
-choices (x / sigma is infinite at sigma_N = 0). The round trip stays exact.
+The clean terminal point N has no model time, so the last step (N-1 -> N) is special: it runs in
+noise variables (x / sigma is infinite at sigma_N = 0; r = alpha_N / alpha_{N-1}); its forward base
+step is the base where the model can be called at every stage, else a second-order fallback
+(:meth:`Rex.last_tableau`); its backward base step is inversion's clean-end start
+(:mod:`bdia.solvers.start`). The round trip stays exact.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ TABLEAUX: dict[str, Tableau] = {
     "ralston": Tableau((0.0, 2 / 3), ((), (2 / 3,)), (0.25, 0.75), 2),
     "rk4": Tableau((0.0, 0.5, 0.5, 1.0), ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6), 4),
 }
+
+# Second order with its second stage one step *before* the start (c = -1): the slope extrapolated
+# linearly from a noisier level. The last step uses it when the model cannot be called inside the
+# final interval (VP grids whose last model time is the schedule's first timestep).
+EXTRAPOLATED = Tableau((0.0, -1.0), ((), (-1.0,)), (1.5, -0.5), 2)
 
 
 class _Variables(NamedTuple):
@@ -153,37 +159,59 @@ class Rex(Solver):
         return (v.scale(float(grid.alphas[i + 1]), float(grid.sigmas[i + 1]))
                 / v.scale(float(grid.alphas[i]), float(grid.sigmas[i])))
 
-    def base_step(self, ev: Evaluator, z: torch.Tensor, grid: Grid, i: int, j: int) -> torch.Tensor:
-        """Phi_{i->j}(z): one explicit RK step of the base from grid point i to j = i +- 1 (both < N)."""
-        v, tab = self._vars, self._tableau
+    def base_step(self, ev: Evaluator, z: torch.Tensor, grid: Grid, i: int, j: int,
+                  tableau: Tableau | None = None, variables: str | None = None) -> torch.Tensor:
+        """Phi_{i->j}(z): one explicit RK step from grid point i to j = i +- 1 in Lawson variables.
+
+        Defaults to this solver's base and variables. A stage at grid point N (no model time) is
+        evaluated through ``Grid.at`` like any intermediate noise level.
+        """
+        tab = tableau or self._tableau
+        v = VARIABLES[variables or self.variables]
+        n = grid.num_steps
         src = (float(grid.alphas[i]), float(grid.sigmas[i]))
         dst = (float(grid.alphas[j]), float(grid.sigmas[j]))
-        c_src = v.scale(*src)
-        y, u0 = z / c_src, v.time(*src)
+        y, u0 = z / v.scale(*src), v.time(*src)
         h = v.time(*dst) - u0
         slopes: list[torch.Tensor] = []
         for c, row in zip(tab.c, tab.a):
-            if c == 0.0:
+            if c == 0.0 and i < n:
                 zk, here, eps = z, src, ev(z, i)
             else:
-                yk = y + h * sum(a * k for a, k in zip(row, slopes) if a != 0.0)
-                if c == 1.0:
+                yk = y + h * sum(a * k for a, k in zip(row, slopes) if a != 0.0) if slopes else y
+                if c == 1.0 and j < n:
                     here = dst
                     zk = yk * v.scale(*here)
                     eps = ev(zk, j)
                 else:
-                    lam = v.lam_of(u0 + c * h)
+                    lam = v.lam_of(u0 + c * h) if c < 1.0 else float(grid.lambdas[j])
                     alpha, sigma, _ = grid.at(lam)
                     here = (alpha, sigma)
                     zk = yk * v.scale(*here)
-                    eps = ev.at_lambda(zk, lam, min(i, j))
+                    eps = ev.at_lambda(zk, lam, min(i, j, n - 1))
             slopes.append(v.slope(eps, zk, *here))
         y_next = y + h * sum(b * k for b, k in zip(tab.b, slopes) if b != 0.0)
         return y_next * v.scale(*dst)
 
+    def last_tableau(self, grid: Grid) -> Tableau:
+        """The RK method of the last step, into the clean end, in noise variables (x / sigma is infinite there).
+
+        The base itself where the model can be called at all its stages (lambda_N > 0 in the trained
+        range, or no stage at the end point); else the explicit midpoint where its stage can be
+        called; else a second-order step whose second stage lies at the noisier level
+        2 lambda_{N-1} - lambda_N (:data:`EXTRAPOLATED`); else Euler, the DDIM step, as EDM's Heun ends.
+        """
+        n = grid.num_steps
+        lam_a, lam_b = float(grid.lambdas[n - 1]), float(grid.lambdas[n])
+        levels = lambda tab: [lam_a + c * (lam_b - lam_a) for c in tab.c if c != 0]  # noqa: E731
+        for tab in (self._tableau, TABLEAUX["midpoint"], EXTRAPOLATED):
+            if grid.time_of is not None and all(grid.can_evaluate(lam) for lam in levels(tab)):
+                return tab
+        return TABLEAUX["euler"]
+
     def _forward(self, ev: Evaluator, zhat: torch.Tensor, grid: Grid, i: int) -> torch.Tensor:
-        if i + 1 == grid.num_steps:  # into the clean end: the DDIM step (no model time at point N)
-            return ddim_transition(zhat, ev(zhat, i), grid, i, i + 1)
+        if i + 1 == grid.num_steps:  # into the clean end, where the model has no grid time
+            return self.base_step(ev, zhat, grid, i, i + 1, self.last_tableau(grid), "noise")
         return self.base_step(ev, zhat, grid, i, i + 1)
 
     def _backward(self, ev: Evaluator, z: torch.Tensor, grid: Grid, i: int) -> torch.Tensor:
