@@ -39,7 +39,7 @@ import torch
 from .models import _Adapter
 from .schedule import Grid, Schedule
 
-__all__ = ["karras_sigmas", "karras_grid", "karras_grid_for", "schedule_sigmas", "sigma_to_t", "t_to_sigma",
+__all__ = ["karras_sigmas", "karras_grid", "karras_grid_for", "vp_grid_from_sigmas", "schedule_sigmas", "sigma_to_t", "t_to_sigma",
            "from_denoiser", "to_denoiser"]
 
 # EDM's defaults for its pixel-space models (Karras et al. 2022, Table 1).
@@ -150,7 +150,16 @@ def karras_grid_for(schedule: Schedule, num_steps: int, rho: float = RHO, *, sig
             f"sigma range [{lo:.6g}, {hi:.6g}] leaves the schedule's [{lo_s:.6g}, {hi_s:.6g}]; the model was "
             "never trained outside it"
         )
-    s = karras_sigmas(n, lo, hi, rho)[:-1]
+    return vp_grid_from_sigmas(schedule, karras_sigmas(n, lo, hi, rho)[:-1], quantize=quantize)
+
+
+def vp_grid_from_sigmas(schedule: Schedule, sigmas: torch.Tensor, *, quantize: bool = False) -> Grid:
+    """The VP grid of a discrete model at the given EDM sigmas (descending, in the schedule's range) plus a clean end.
+
+    alpha = 1 / sqrt(1 + s^2), sigma = s alpha; model times are the fractional timesteps of
+    :func:`sigma_to_t` (rounded, with the noise level moved there, when ``quantize``).
+    """
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
     ts = sigma_to_t(schedule, s)
     if quantize:
         ts = ts.round()
