@@ -38,22 +38,23 @@ RUNS: dict[str, tuple[str, Callable[[], Solver], bool]] = {
     "edict": ("EDICT p=0.93", lambda: EDICT(0.93), True),
     "bdia-1": ("BDIA gamma=1", lambda: BDIA(1.0), True),
     "bdia-1-sub4": ("BDIA gamma=1, start substeps:4", lambda: BDIA(1.0, start="substeps:4"), True),
-    "belm": ("O-BELM", lambda: BDIA("belm"), True),
-    "belm-sub4": ("O-BELM, start substeps:4", lambda: BDIA("belm", start="substeps:4"), True),
+    "belm-ddim": ("O-BELM, start ddim", lambda: BDIA("belm", start="ddim"), True),
+    "belm": ("O-BELM (start substeps:4)", lambda: BDIA("belm"), True),
     "belm-sub8": ("O-BELM, start substeps:8", lambda: BDIA("belm", start="substeps:8"), True),
     "rex-euler": ("Rex euler", lambda: Rex("euler"), True),
-    "rex-midpoint": ("Rex midpoint", lambda: Rex("midpoint"), True),
+    "rex-midpoint": ("Rex midpoint (zeta=0.9)", lambda: Rex("midpoint"), True),
     "rex-heun": ("Rex heun", lambda: Rex("heun"), True),
     "rex-ralston": ("Rex ralston", lambda: Rex("ralston"), True),
     "rex-rk4": ("Rex rk4", lambda: Rex("rk4"), True),
-    "rex-midpoint-z0.9": ("Rex midpoint zeta=0.9", lambda: Rex("midpoint", 0.9), True),
     "rex-midpoint-z0.5": ("Rex midpoint zeta=0.5", lambda: Rex("midpoint", 0.5), True),
-    "rex-midpoint-z1": ("Rex midpoint zeta=1", lambda: Rex("midpoint", 1.0), True),
-    "rex-midpoint-sub4": ("Rex midpoint, start substeps:4", lambda: Rex("midpoint", start="substeps:4"), True),
+    "rex-midpoint-z0.8": ("Rex midpoint zeta=0.8", lambda: Rex("midpoint", 0.8), True),
+    "rex-midpoint-z0.99": ("Rex midpoint zeta=0.99", lambda: Rex("midpoint", 0.99), True),
+    "rex-midpoint-z0.999": ("Rex midpoint zeta=0.999", lambda: Rex("midpoint", 0.999), True),
+    "rex-midpoint-ddim": ("Rex midpoint, start ddim", lambda: Rex("midpoint", start="ddim"), True),
     "rex-midpoint-data": ("Rex midpoint, data variables", lambda: Rex("midpoint", variables="data"), True),
     "rex-rk4-data": ("Rex rk4, data variables", lambda: Rex("rk4", variables="data"), True),
 }
-BUDGETS = (10, 20, 50, 100)
+BUDGETS = (10, 20, 30, 50, 70, 100)
 GRID_KINDS = ("diffusers", "trailing", "karras", "logsnr")
 TARGETS = {"fidelity_50": 0.03, "fidelity_100": 0.01, "sample_10": 0.1}
 
@@ -205,9 +206,10 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
 
     names = []
     for kind in results["grids"]:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+        fig, axes = plt.subplots(1, 2, figsize=(16, 5.5))
+        colors = plt.get_cmap("tab20").colors
         for idx, r in enumerate(v for v in results["results"].values() if v["grid"] == kind):
-            style = dict(color=f"C{idx % 10}", linestyle="-" if r["exact"] else ":", marker="o^sv"[idx // 10 % 4])
+            style = dict(color=colors[idx % 20], linestyle="-" if r["exact"] else ":", marker="o^sv"[idx % 4])
             for ax, (measure, nfe_key) in zip(axes, (("fidelity", "nfe_invert"), ("accuracy", "nfe_sample"))):
                 pts = [(row[nfe_key], row[measure]["max"]) for row in r["rows"]
                        if math.isfinite(row[measure]["max"]) and row[measure]["max"] > 0]
@@ -220,9 +222,10 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
         axes[0].axhline(0.03, color="k", lw=0.6)
         axes[0].axhline(0.01, color="k", lw=0.6, ls="--")
         axes[1].axhline(0.1, color="k", lw=0.6)
-        axes[1].legend(fontsize=7, loc="lower left")
+        handles, labels = axes[1].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="center right")
         fig.suptitle(f"Exact inversion at equal NFE, {kind} grid (dotted: approximate methods)")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
         name = f"rex_pareto_{kind}.png"
         with atomic_path(Path(out_dir) / name, overwrite) as tmp:
             fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
