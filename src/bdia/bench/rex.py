@@ -10,8 +10,9 @@ budget; every row records the NFE actually spent, so methods are compared at equ
 - ``round_trip``: regenerate(invert(x0)) against x0, float64 state.
 
 References chain DOP853 (rtol 1e-11) through each grid kind's end points (bench.analytic.references).
-Sizes come from the config's analytic_* fields; ``cfg.extra`` may set ``rex_budgets``, ``rex_grids``
-and ``rex_methods`` (the test uses tiny ones).
+Sizes come from the config's analytic_* fields; quick mode runs QUICK_METHODS on QUICK_GRIDS (full mode:
+every method on every grid kind, about 8 minutes on one core); ``cfg.extra`` may set ``rex_budgets``,
+``rex_grids`` and ``rex_methods`` (the test uses tiny ones).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ RUNS: dict[str, tuple[str, Callable[[], Solver], bool]] = {
 }
 BUDGETS = (10, 20, 30, 50, 70, 100)
 GRID_KINDS = ("diffusers", "trailing", "karras", "logsnr")
+# quick mode (``bdia bench`` default): the defaults and the main alternatives on two grids (about 2 minutes)
+QUICK_METHODS = ("ddim", "bdia-1", "belm-ddim", "belm", "rex-euler", "rex-midpoint", "rex-rk4", "rex-midpoint-z0.999",
+                 "rex-midpoint-data")
+QUICK_GRIDS = ("diffusers", "karras")
 TARGETS = {"fidelity_50": 0.03, "fidelity_100": 0.01, "sample_10": 0.1}
 
 
@@ -86,8 +91,9 @@ def _measure(solver: Solver, model, grid, x0, ref_noise, noise, ref_sample) -> d
 
 def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     budgets = tuple(cfg.extra.get("rex_budgets", BUDGETS))
-    kinds = tuple(cfg.extra.get("rex_grids", GRID_KINDS))
-    keys = tuple(cfg.extra.get("rex_methods", tuple(RUNS)))
+    quick = cfg.mode == "quick"
+    kinds = tuple(cfg.extra.get("rex_grids", QUICK_GRIDS if quick else GRID_KINDS))
+    keys = tuple(cfg.extra.get("rex_methods", QUICK_METHODS if quick else tuple(RUNS)))
     unknown = [k for k in keys if k not in RUNS]
     if unknown:
         raise ValueError(f"unknown rex_methods {unknown}; choose from {list(RUNS)}")
