@@ -10,7 +10,7 @@ from bdia.analytic import GaussianMixture
 from bdia.models import to_eps
 from bdia.solvers import Evaluator
 from bdia.solvers.rex import TABLEAUX
-from bdia.solvers.start import clean_end_move
+from bdia.solvers.start import clean_end_move, parse_start
 
 SD = bdia.Schedule.from_config(dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                     steps_offset=1, set_alpha_to_one=False, timestep_spacing="leading"))
@@ -234,7 +234,7 @@ def test_bench_workload_runs_quickly_and_reports_every_number(tmp_path):
     rows = res["results"]["karras/rex-midpoint"]["rows"]
     assert [r["nfe_invert"] for r in rows] == [r["nfe_sample"] for r in rows] and rows[0]["nfe_invert"] <= 11
     assert all(r["round_trip"]["max"] <= 1e-10 for r in rows)
-    assert res["targets"]["fidelity_50"]["method"] in ("BDIA gamma=1", "Rex midpoint (zeta=0.9)")
+    assert res["targets"]["fidelity_50"]["method"] in ("BDIA gamma=1", "Rex midpoint (zeta=0.9, start auto)")
     text = workload.section(res)
     assert "sample error <= 0.1" in text and "Recommendation" in text and "DDIM inversion" in text
     assert workload.plots(res, tmp_path, overwrite=False) == ["rex_pareto_karras.png"]
@@ -263,3 +263,22 @@ def test_make_grid_kinds():
         assert (solver.sample(model, solver.invert(model, x0, grid), grid) - x0).abs().max() <= 1e-10, kind
     with pytest.raises(ValueError, match="unknown grid kind"):
         make_grid(SD, 10, "cosine")
+
+
+def test_extrapolated_and_auto_starts():
+    model = mixture(SD)
+    x0 = clean(model, 4)
+    grid = GRIDS["vp-karras"][1](10)  # lambda_{N-1} is the lowest trained level: no sub-steps possible
+    n = grid.num_steps
+    exact = model.flow(x0, 0.0, float(grid.lambdas[n - 1])) * float(grid.alphas[n - 1])
+    errs, nfes = {}, {}
+    for name in ("ddim", "substeps:4", "extrapolated", "auto"):
+        ev = Evaluator(model, grid, torch.float64, torch.float64, True, "test")
+        errs[name] = float((clean_end_move(ev, x0, grid, parse_start(name)) - exact).abs().max())
+        nfes[name] = ev.nfe
+    assert nfes == {"ddim": 1, "substeps:4": 1, "extrapolated": 2, "auto": 2}
+    assert errs["substeps:4"] == errs["ddim"] and errs["auto"] == errs["extrapolated"] < errs["ddim"] / 10, errs
+    ev = Evaluator(model, SD_TRAILING.grid(10), torch.float64, torch.float64, True, "test")
+    clean_end_move(ev, x0, SD_TRAILING.grid(10), parse_start("auto"))
+    assert ev.nfe == 4  # room inside the interval: four sub-steps
+    assert bdia.BDIA("belm").start == bdia.Rex().start == "auto" and bdia.BDIA(0.9).start == "ddim"

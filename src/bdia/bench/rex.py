@@ -39,11 +39,13 @@ RUNS: dict[str, tuple[str, Callable[[], Solver], bool]] = {
     "edict": ("EDICT p=0.93", lambda: EDICT(0.93), True),
     "bdia-1": ("BDIA gamma=1", lambda: BDIA(1.0), True),
     "bdia-1-sub4": ("BDIA gamma=1, start substeps:4", lambda: BDIA(1.0, start="substeps:4"), True),
+    "bdia-1-extra": ("BDIA gamma=1, start extrapolated", lambda: BDIA(1.0, start="extrapolated"), True),
     "belm-ddim": ("O-BELM, start ddim", lambda: BDIA("belm", start="ddim"), True),
-    "belm": ("O-BELM (start substeps:4)", lambda: BDIA("belm"), True),
+    "belm": ("O-BELM (start auto)", lambda: BDIA("belm"), True),
+    "belm-sub4": ("O-BELM, start substeps:4", lambda: BDIA("belm", start="substeps:4"), True),
     "belm-sub8": ("O-BELM, start substeps:8", lambda: BDIA("belm", start="substeps:8"), True),
     "rex-euler": ("Rex euler", lambda: Rex("euler"), True),
-    "rex-midpoint": ("Rex midpoint (zeta=0.9)", lambda: Rex("midpoint"), True),
+    "rex-midpoint": ("Rex midpoint (zeta=0.9, start auto)", lambda: Rex("midpoint"), True),
     "rex-heun": ("Rex heun", lambda: Rex("heun"), True),
     "rex-ralston": ("Rex ralston", lambda: Rex("ralston"), True),
     "rex-rk4": ("Rex rk4", lambda: Rex("rk4"), True),
@@ -58,7 +60,7 @@ RUNS: dict[str, tuple[str, Callable[[], Solver], bool]] = {
 BUDGETS = (10, 20, 30, 50, 70, 100)
 GRID_KINDS = ("diffusers", "trailing", "karras", "logsnr")
 # quick mode (``bdia bench`` default): the defaults and the main alternatives on two grids (about 2 minutes)
-QUICK_METHODS = ("ddim", "bdia-1", "belm-ddim", "belm", "rex-euler", "rex-midpoint", "rex-rk4", "rex-midpoint-z0.999",
+QUICK_METHODS = ("ddim", "bdia-1", "bdia-1-extra", "belm-ddim", "belm", "rex-euler", "rex-midpoint", "rex-rk4", "rex-midpoint-z0.999",
                  "rex-midpoint-data")
 QUICK_GRIDS = ("diffusers", "karras")
 TARGETS = {"fidelity_50": 0.03, "fidelity_100": 0.01, "sample_10": 0.1}

@@ -68,12 +68,16 @@ class BDIA(Solver):
 
         start: inversion's first move, clean end -> z_{N-1} (any z_{N-1} keeps the round trip exact;
             the start decides how close the inverted noise stays to the ODE's): ``"ddim"``, one
-            DDIM-inversion step (1 NFE), or ``"substeps:K"``, K DDIM-inversion moves between the two
-            noise levels (up to K NFE, counted in ``Inversion.nfe``; see :mod:`bdia.solvers.start`).
-            Default: ``"substeps:4"`` for O-BELM, whose inverse amplifies the start's error by 1/gamma_i
-            (inverted-noise max error 0.197 -> 0.0125 at N = 50 on the benchmark's mixture), and
-            ``"ddim"`` for a numeric gamma (gamma = 1 on diffusers' leading spacing: 0.0183 vs 0.0202
-            with sub-steps at N = 100; on trailing spacing sub-steps help, 0.114 -> 0.077).
+            DDIM-inversion step (1 NFE); ``"substeps:K"``, K DDIM-inversion moves between the two
+            noise levels (up to K NFE); ``"extrapolated"`` (2 NFE, the slope extrapolated linearly to
+            the interval's middle; works on Karras VP grids, where sub-steps cannot); ``"auto"``:
+            ``"substeps:4"`` where the model can be called inside the interval, else ``"extrapolated"``.
+            Extra NFE are counted in ``Inversion.nfe``; see :mod:`bdia.solvers.start`. Default:
+            ``"auto"`` for O-BELM, whose inverse amplifies the start's error by 1/gamma_i (inverted-noise
+            max error at N = 50 on the benchmark's mixture: 0.197 -> 0.0125 on leading spacing, 0.039 ->
+            0.012 on the Karras grid), ``"ddim"`` for a numeric gamma (gamma = 1 on diffusers' leading
+            spacing: 0.0183 at N = 100 against 0.0202 with sub-steps; it gains on trailing spacing,
+            0.114 -> 0.077, and on the Karras grid from N = 50, 0.029 -> 0.014 extrapolated).
 
     State: ``BDIAState(z_prev, z)`` = (z_{i-1}, z_i); ``Inversion.latents`` is (z_0, z_1). Generation
     from noise starts with one plain forward step (``warmup = 1``). Inversion starts with the
@@ -89,9 +93,9 @@ class BDIA(Solver):
                  start: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.gamma = _validate_gamma(gamma)
-        # measured (docs/math.md section 4): sub-steps cut O-BELM's inverted-noise error up to 15x, while
-        # for a fixed gamma on diffusers' default spacing they buy nothing
-        self.start = start_name(start if start is not None else ("substeps:4" if self.gamma == "belm" else "ddim"))
+        # measured (docs/math.md section 4): a better start cuts O-BELM's inverted-noise error up to 15x, while
+        # for a fixed gamma on diffusers' default spacing it buys nothing
+        self.start = start_name(start if start is not None else ("auto" if self.gamma == "belm" else "ddim"))
         self._integrator = get_integrator(forward)
         self._backward = get_backward_integrator(backward)
         self.forward, self.backward = forward, backward
