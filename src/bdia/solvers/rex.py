@@ -109,13 +109,13 @@ class Rex(Solver):
             else the extrapolated slope).
 
     Measured on the benchmark's analytic mixture (8 components in 4x16x16, SD 1.5's schedule, float64;
-    ``bdia.bench.rex``; max error of the inverted noise against the exact ODE's, at about 50 / 100
-    inversion NFE): midpoint, zeta 0.9, noise variables: 0.0206 / 0.0040 (diffusers' leading
-    spacing), 0.0098 / 0.0031 (Karras grid); zeta 0.999: 0.037 / 0.0021 and 0.0146 / 0.0146, with
-    sample errors at 100 NFE of 0.139 and 0.085 against zeta 0.9's 0.0082 and 0.012 (the chains' gap
-    grows in generation when zeta is near 1); zeta 0.5 loses the inversion (0.2 and worse). Data
-    variables invert far from the ODE (max error 1.2-25 at 50-100 NFE) but sample well (0.0038 at 100 NFE on
-    the Karras grid). The start's sub-steps cut the error on trailing spacing (0.241 -> 0.085 at 50 NFE).
+    ``bdia.bench.rex``; max error of the inverted noise against the exact ODE's, N = 12 / 25, about
+    50 / 100 inversion NFE): midpoint, zeta 0.9, noise variables: 0.022 / 0.0042 (diffusers' leading
+    spacing), 0.0086 / 0.0035 (Karras grid); zeta 0.999: 0.038 / 0.0039 and 0.0076 / 0.0035, but its
+    samples at N = 25 are 0.32 and 0.085 off against zeta 0.9's 0.0082 and 0.012 (the chains' gap grows
+    in generation when zeta is near 1); zeta 0.5 diverges in inversion. Data variables invert far from
+    the ODE (0.74-53) but sample well (0.0036 at N = 25 on the Karras grid). The start's sub-steps cut
+    the error on trailing spacing (0.241 -> 0.085 at N = 12). The Euler base wants zeta near 1.
 
     State: ``RexState(z, zhat)``; generation starts from (noise, noise); inversion from (x0, x0);
     ``Inversion.latents`` is (z_0, zhat_0) and ``Inversion.noise`` is z_0. Order: the base's.
