@@ -282,3 +282,11 @@ def test_extrapolated_and_auto_starts():
     clean_end_move(ev, x0, SD_TRAILING.grid(10), parse_start("auto"))
     assert ev.nfe == 4  # room inside the interval: four sub-steps
     assert bdia.BDIA("belm").start == bdia.Rex().start == "auto" and bdia.BDIA(0.9).start == "ddim"
+
+
+def test_float32_state_round_trip_stays_near_rounding():
+    model, grid = mixture(SD), bdia.karras_grid_for(SD, 50)
+    x0 = clean(model, 4)
+    for solver, bound in ((bdia.Rex(state_dtype=torch.float32), 1e-4), (bdia.Rex("rk4", state_dtype=torch.float32), 1e-4)):
+        err = float((solver.sample(model, solver.invert(model, x0.float(), grid), grid) - x0).abs().max())
+        assert err < bound, (solver, err)
