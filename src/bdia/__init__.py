@@ -7,6 +7,7 @@
 
 from . import edm
 from .edm import from_denoiser, karras_grid, karras_grid_for, to_denoiser
+from .grids import make_grid
 from .models import ClassifierFreeGuidance, model_dtype, to_eps
 from .schedule import Grid, Schedule
 from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Heun, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
@@ -33,5 +34,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
-    "NonFiniteError", "Rex", "Schedule", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
+    "NonFiniteError", "Rex", "Schedule", "make_grid", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
 ]
