@@ -160,7 +160,9 @@ def _fmt(x: float | None) -> str:
 def section(results: dict[str, Any]) -> str:
     """Markdown: targets, per-grid tables of best error within each NFE budget, a recommendation table."""
     res, budgets = results["results"], results["budgets"]
-    lines = ["## Exact inversion at equal NFE: Rex, clean-end starts, grids", "", results["description"], ""]
+    lines = ["## Exact inversion at equal NFE: Rex, clean-end starts, grids", "", results["description"], "",
+             "Errors are the max over all elements of the batch: one sample near a boundary between mixture "
+             "components can dominate a row (docs/math.md section 10).", ""]
     t = results["targets"]
     lines += ["| target | best exact method (grid, steps, NFE) | error (max) | met |", "|---|---|---|---|"]
     names = {"fidelity_50": "inverted noise <= 0.03 at <= 50 inversion NFE",
