@@ -63,6 +63,9 @@ GRID_KINDS = ("diffusers", "trailing", "karras", "logsnr")
 QUICK_METHODS = ("ddim", "bdia-1", "bdia-1-extra", "belm-ddim", "belm", "rex-euler", "rex-midpoint", "rex-rk4", "rex-midpoint-z0.999",
                  "rex-midpoint-data")
 QUICK_GRIDS = ("diffusers", "karras")
+# the digits model (full mode): the defaults and their main alternatives, diffusers' grid (integer timesteps,
+# so the fine Heun reference of bench.digits holds every grid's first point)
+DIGITS_METHODS = ("ddim", "bdia-1", "belm-ddim", "belm", "rex-midpoint", "rex-midpoint-z0.999", "rex-rk4")
 TARGETS = {"fidelity_50": 0.03, "fidelity_100": 0.01, "sample_10": 0.1}
 
 
@@ -113,7 +116,9 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
             log(f"  rex: {kind}, {label}")
             rows = [_measure(make(), model, grids[n], x0, ref_noise[n], noise[n], ref_sample[n]) for n in plan[key]]
             results[f"{kind}/{key}"] = {"grid": kind, "method": key, "label": label, "exact": exact, "rows": rows}
+    digits = run_digits(cfg, budgets, log) if cfg.extra.get("rex_digits", not quick) else None
     return {
+        "digits": digits,
         "description": (f"Gaussian mixture, {cfg.analytic_components} components in {tuple(cfg.analytic_shape)}, "
                         f"batch {cfg.analytic_batch}, SD 1.5 schedule; grids {', '.join(kinds)}; "
                         "errors against DOP853 (rtol 1e-11); float64 state"),
@@ -122,6 +127,38 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         "results": results,
         "targets": targets(results, budgets),
     }
+
+
+def run_digits(cfg: BenchConfig, budgets, log=print) -> dict[str, Any] | None:
+    """The same measures on the embedded digits model against bench.digits' fine Heun reference."""
+    try:
+        from .. import digits
+        model = digits.load_model()
+    except (ImportError, FileNotFoundError, AttributeError) as e:
+        log(f"  rex: digits skipped ({e})")
+        return None
+    from .digits import fine_grid, references as heun_references
+
+    gen = torch.Generator().manual_seed(cfg.seed + 13)
+    test = digits.load_digits("test")
+    idx = torch.randperm(len(test), generator=gen)[: cfg.digits_batch]
+    x0 = digits.to_model(test.images[idx]).to(torch.float64)
+    eps = digits.eps_model(model, test.labels[idx], guidance=cfg.digits_guidance)
+    plan = {k: _steps_for(RUNS[k][1](), budgets) for k in DIGITS_METHODS}
+    grids = {n: model.schedule.grid(n) for n in sorted({n for steps in plan.values() for n in steps})}
+    fine = fine_grid(model.schedule, grids, cfg.digits_ref_stride)
+    log(f"  rex: digits reference (Heun, {fine.num_steps} steps)")
+    results: dict[str, Any] = {}
+    with torch.no_grad():
+        ref_noise, noise, ref_sample = heun_references(eps, fine, grids, x0, gen)
+        for key in DIGITS_METHODS:
+            label, make, exact = RUNS[key]
+            log(f"  rex: digits, {label}")
+            rows = [_measure(make(), eps, grids[n], x0, ref_noise[n], noise[n], ref_sample[n]) for n in plan[key]]
+            results[f"digits/{key}"] = {"grid": "diffusers", "method": key, "label": label, "exact": exact, "rows": rows}
+    return {"description": (f"embedded digits UNet (float32 weights), {cfg.digits_batch} held-out digits, guidance "
+                            f"{cfg.digits_guidance:g}, diffusers' grid; reference: Heun on {fine.num_steps} steps"),
+            "results": results}
 
 
 def best_within(results: dict[str, Any], budget: int, measure: str, nfe_key: str, exact_only: bool = True):
@@ -177,15 +214,16 @@ def section(results: dict[str, Any]) -> str:
                          f"{_fmt(v['error'])} | {'yes' if v['met'] else 'no'} |")
     lines += [f"| round trips <= 1e-10 (float64) | worst over all exact runs | {_fmt(t.get('round_trip_worst'))} | "
               f"{'yes' if (t.get('round_trip_worst') or 0) <= 1e-10 else 'no'} |", ""]
-    for kind in results["grids"]:
-        lines += [f"### Grid: {kind}", "",
+    sets = [(f"Grid: {kind}", {k: v for k, v in res.items() if v["grid"] == kind}) for kind in results["grids"]]
+    if results.get("digits"):
+        sets.append(("Digits model (" + results["digits"]["description"] + ")", results["digits"]["results"]))
+    for title, chosen in sets:
+        lines += [f"### {title}", "",
                   "Best max error with at most B NFE (inverted noise, inversion NFE / sample, sampling NFE).", "",
                   "| method | " + " | ".join(f"noise B={b}" for b in budgets) + " | "
                   + " | ".join(f"sample B={b}" for b in budgets) + " | round trip |",
                   "|---|" + "---|" * (2 * len(budgets) + 1)]
-        for key, r in res.items():
-            if r["grid"] != kind:
-                continue
+        for key, r in chosen.items():
             one = {key: r}
             fid = [best_within(one, b, "fidelity", "nfe_invert", False) for b in budgets]
             acc = [best_within(one, b, "accuracy", "nfe_sample", False) for b in budgets]
