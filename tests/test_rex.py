@@ -227,10 +227,15 @@ def test_bench_workload_runs_quickly_and_reports_every_number(tmp_path):
     from bdia.bench import rex as workload
     from bdia.bench.config import BenchConfig
 
-    cfg = BenchConfig.quick(analytic_shape=(6,), analytic_batch=2, analytic_components=3,
-                            extra={"rex_budgets": (10, 20), "rex_grids": ("karras",),
-                                   "rex_methods": ("ddim", "bdia-1", "rex-midpoint")})
+    cfg = BenchConfig.quick(analytic_shape=(6,), analytic_batch=2, analytic_components=3, digits_batch=1,
+                            digits_ref_stride=100, extra={"rex_budgets": (10, 20), "rex_grids": ("karras",),
+                                                          "rex_methods": ("ddim", "bdia-1", "rex-midpoint"),
+                                                          "rex_digits": True})
     res = workload.run(cfg, log=lambda s: None)
+    if res["digits"] is not None:  # the embedded model is installed
+        dig = res["digits"]["results"]
+        assert all(row["round_trip"]["max"] <= 1e-10 for r in dig.values() if r["exact"] for row in r["rows"])
+        assert "Digits model" in workload.section(res)
     rows = res["results"]["karras/rex-midpoint"]["rows"]
     assert [r["nfe_invert"] for r in rows] == [r["nfe_sample"] for r in rows] and rows[0]["nfe_invert"] <= 11
     assert all(r["round_trip"]["max"] <= 1e-10 for r in rows)
