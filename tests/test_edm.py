@@ -215,7 +215,7 @@ def test_bdia_heun_round_trip_ve_float64(gamma):
     model, grid = from_denoiser(mixture_denoiser), karras_grid(18)
     inv = solver.invert(model, x0, grid)
     assert inv.nfe == 2 * 18 - 2  # one DDIM-inversion step, then F at points N-1 (Euler) .. 1 (Heun)
-    assert inv.solver == {"name": "bdia", "gamma": gamma, "forward": "heun"}
+    assert inv.solver == {"name": "bdia", "gamma": gamma, "forward": "heun", "start": "ddim"}
     rec = solver.sample(model, inv, grid)
     assert float((rec - x0).abs().max()) <= 1e-10
 

@@ -153,7 +153,7 @@ def test_saved_inversion_round_trip(tmp_path, image):
     path = save_inversion(inv, tmp_path / "inv.safetensors")
     loaded = load_inversion(path)
     assert isinstance(loaded, ImageInversion)
-    assert loaded.solver == {"name": "bdia", "gamma": 0.97, "forward": "euler"}
+    assert loaded.solver == {"name": "bdia", "gamma": 0.97, "forward": "euler", "start": "ddim"}
     assert (loaded.prompt, loaded.negative_prompt, loaded.guidance_scale) == (["a cat"], ["ugly"], 2.5)
     assert (loaded.num_steps, loaded.strength, loaded.image_size) == (STEPS, 0.8, (32, 32))
     assert loaded.model["id"] == str(model_dir("sd")) and loaded.model["dtype"] == "float32"

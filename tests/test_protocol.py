@@ -19,6 +19,10 @@ EXACT = {
     "bdia-heun": lambda: bdia.BDIA(0.9, forward="heun"),
     "edict": lambda: bdia.EDICT(0.93),
     "edict-noalt": lambda: bdia.EDICT(0.8, alternate=False),
+    "rex-midpoint": lambda: bdia.Rex("midpoint", 0.9),
+    "rex-rk4": lambda: bdia.Rex("rk4", 0.999),
+    "rex-heun-data": lambda: bdia.Rex("heun", 0.95, variables="data"),
+    "rex-ralston-substeps": lambda: bdia.Rex("ralston", 0.999, start="substeps:3"),
 }
 APPROXIMATE = {"ddim": bdia.DDIM, "heun": bdia.Heun}
 
@@ -123,6 +127,11 @@ ORDER_CONFIGS = {
     "bdia-0-heun": (lambda: bdia.BDIA(0.0, forward="heun"), [10, 20, 40]),
     "bdia-1-heun": (lambda: bdia.BDIA(1.0, forward="heun"), [80, 160, 320]),
     "edict": (lambda: bdia.EDICT(0.93), [80, 160, 320]),
+    # Rex's higher bases measure above their order on this linear ODE until far out (midpoint ~3,
+    # rk4 4.3-5.2 up to N = 100); Heun settles by N = 320. tests/test_rex.py checks them on a mixture.
+    # zeta near 1: smaller zeta is more accurate but reaches the power law only at larger N.
+    "rex-euler": (lambda: bdia.Rex("euler", 0.999), [10, 20, 40]),
+    "rex-heun": (lambda: bdia.Rex("heun", 0.999), [160, 320, 640]),
 }
 GRID_FAMILIES = {
     "ve-karras": (None, lambda n: bdia.karras_grid(n, sigma_min=0.02, sigma_max=20.0)),

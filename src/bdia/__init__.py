@@ -7,12 +7,13 @@
 
 from . import edm
 from .edm import from_denoiser, karras_grid, karras_grid_for, to_denoiser
+from .grids import make_grid
 from .models import ClassifierFreeGuidance, model_dtype, to_eps
 from .schedule import Grid, Schedule
 from . import flow
 from .flow import FlowSchedule
 from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Heun, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
-                      belm_gammas, ddim_transition, make_solver)
+                      Rex, belm_gammas, ddim_transition, make_solver)
 
 __version__ = "0.1.0"
 
@@ -40,5 +41,5 @@ def __getattr__(name: str):
 __all__ = [
     "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
     "NonFiniteError", "Schedule", "BDIAScheduler", "BDIAInverseScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
-    "make_solver", "flow", "FlowSchedule", "BDIAFlowScheduler",
+    "make_solver", "make_grid", "Rex", "flow", "FlowSchedule", "BDIAFlowScheduler",
 ]

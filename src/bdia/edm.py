@@ -39,7 +39,7 @@ import torch
 from .models import _Adapter
 from .schedule import Grid, Schedule
 
-__all__ = ["karras_sigmas", "karras_grid", "karras_grid_for", "schedule_sigmas", "sigma_to_t", "t_to_sigma",
+__all__ = ["karras_sigmas", "karras_grid", "karras_grid_for", "vp_grid_from_sigmas", "schedule_sigmas", "sigma_to_t", "t_to_sigma",
            "from_denoiser", "to_denoiser"]
 
 # EDM's defaults for its pixel-space models (Karras et al. 2022, Table 1).
@@ -87,7 +87,12 @@ def karras_grid(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float =
     ``sigma_max * torch.randn(...)`` (``grid.sigmas[0]``), as in EDM's Algorithm 1.
     """
     s = karras_sigmas(num_steps, sigma_min, sigma_max, rho)
-    return Grid(timesteps=s[:-1].clone(), alphas=torch.ones_like(s), sigmas=s)
+    return Grid(timesteps=s[:-1].clone(), alphas=torch.ones_like(s), sigmas=s, time_of=_model_time_is_sigma)
+
+
+def _model_time_is_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    """The VE grids' map from noise level to model time: EDM's sigma is the model time."""
+    return sigma
 
 
 def schedule_sigmas(schedule: Schedule) -> torch.Tensor:
@@ -131,8 +136,8 @@ def karras_grid_for(schedule: Schedule, num_steps: int, rho: float = RHO, *, sig
 
     ``quantize=True`` rounds each model time to the nearest integer timestep and moves the grid's
     noise level there too (k-diffusion's ``quantize``), for models that only accept integer t.
-    Note: :func:`bdia.to_eps` reads abar at the *rounded* timestep, so v- and x0-predicting models
-    are converted exactly only on a quantized grid.
+    :func:`bdia.to_eps` converts v- and x0-predictions with alpha and sigma at the fractional timestep
+    (:func:`t_to_sigma`), the grid point's own, on quantized and fractional grids alike.
     """
     n = _check_steps(num_steps)
     table = schedule_sigmas(schedule)
@@ -145,14 +150,26 @@ def karras_grid_for(schedule: Schedule, num_steps: int, rho: float = RHO, *, sig
             f"sigma range [{lo:.6g}, {hi:.6g}] leaves the schedule's [{lo_s:.6g}, {hi_s:.6g}]; the model was "
             "never trained outside it"
         )
-    s = karras_sigmas(n, lo, hi, rho)[:-1]
+    return vp_grid_from_sigmas(schedule, karras_sigmas(n, lo, hi, rho)[:-1], quantize=quantize)
+
+
+def vp_grid_from_sigmas(schedule: Schedule, sigmas: torch.Tensor, *, quantize: bool = False) -> Grid:
+    """The VP grid of a discrete model at the given EDM sigmas (descending, in the schedule's range) plus a clean end.
+
+    alpha = 1 / sqrt(1 + s^2), sigma = s alpha; model times are the fractional timesteps of
+    :func:`sigma_to_t` (rounded, with the noise level moved there, when ``quantize``).
+    """
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
     ts = sigma_to_t(schedule, s)
     if quantize:
         ts = ts.round()
         s = t_to_sigma(schedule, ts)
     s = torch.cat([s, s.new_zeros(1)])
     alphas = 1.0 / torch.sqrt(1.0 + s**2)
-    return Grid(timesteps=ts, alphas=alphas, sigmas=s * alphas)
+    if quantize:  # the model takes integer times only: nothing between the grid points
+        return Grid(timesteps=ts, alphas=alphas, sigmas=s * alphas)
+    return Grid(timesteps=ts, alphas=alphas, sigmas=s * alphas, time_of=schedule.time_of,
+                lambda_range=schedule.lambda_range)
 
 
 class _DenoiserToEps(_Adapter):

@@ -51,14 +51,19 @@ class _PredictionToEps(_Adapter):
     def __init__(self, model: Callable, schedule: Schedule, prediction_type: str):
         self.model = model
         self.prediction_type = prediction_type
-        self._abar = schedule.alphas_cumprod
+        self.schedule = schedule
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        from .edm import t_to_sigma  # edm builds on this module's adapters
+
         out = self.model(x, t, *args, **kwargs)
-        abar = self._abar.to(x.device)[t.to(x.device).round().long()]
+        # alpha and sigma at the model time itself, fractional or not (Karras grids, solver stages):
+        # lambda = t_to_sigma(t), as grids and analytic models read a fractional t (docs/math.md section 1)
+        lam = t_to_sigma(self.schedule, torch.as_tensor(t).detach().to(torch.float64).cpu())
         shape = (-1,) + (1,) * (x.dim() - 1)
-        alpha = abar.sqrt().reshape(shape).to(x.dtype)
-        sigma = (1 - abar).sqrt().reshape(shape).to(x.dtype)
+        alpha64 = 1.0 / torch.sqrt(1.0 + lam**2)
+        alpha = alpha64.reshape(shape).to(device=x.device, dtype=x.dtype)
+        sigma = (lam * alpha64).reshape(shape).to(device=x.device, dtype=x.dtype)
         if self.prediction_type == "v_prediction":
             return alpha * out + sigma * x
         return (x - alpha * out) / sigma  # "sample": x0-prediction

@@ -15,7 +15,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -194,7 +194,24 @@ class Schedule:
         """The sampling grid for ``num_steps`` model evaluations (docs/math.md section 2)."""
         ts = self.timesteps(num_steps)
         abar = torch.cat([self.alphas_cumprod[ts], torch.tensor([self.final_alphas_cumprod], dtype=torch.float64)])
-        return Grid.from_alphas_cumprod(ts, abar)
+        return Grid.from_alphas_cumprod(ts, abar, time_of=self)
+
+    def time_of(self, lam: torch.Tensor) -> torch.Tensor:
+        """The fractional training timestep of noise level lambda (log-linear, :func:`bdia.edm.sigma_to_t`).
+
+        A Grid built from this schedule uses it to call the model between its points (docs/math.md
+        section 2); levels outside the schedule's range [lambda(0), lambda(T-1)] are refused there.
+        """
+        from .edm import sigma_to_t  # edm builds on this module
+
+        return sigma_to_t(self, lam)
+
+    @property
+    def lambda_range(self) -> tuple[float, float]:
+        """(smallest, largest) noise level lambda = sigma/alpha the model was trained at."""
+        abar = self.alphas_cumprod
+        lam = ((1 - abar) / abar).sqrt()
+        return float(lam.min()), float(lam.max())
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,6 +232,11 @@ class Grid:
     alphas: torch.Tensor  # (N+1,) float64
     sigmas: torch.Tensor  # (N+1,) float64
     prediction: str = "epsilon"
+    # lambda -> model time between the grid points (the model is called there by multi-stage solvers);
+    # None: the model can only be called at the grid's own points. Not part of the fingerprint.
+    time_of: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    # the noise levels (lo, hi) at which time_of gives a time the model was trained at
+    lambda_range: tuple[float, float] = field(default=(0.0, math.inf), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         n = self.timesteps.numel()
@@ -245,12 +267,19 @@ class Grid:
             raise ValueError("grid must run from noisy to clean: sigma/alpha must decrease along it")
 
     @classmethod
-    def from_alphas_cumprod(cls, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> "Grid":
+    def from_alphas_cumprod(cls, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+                            time_of: "Callable[[torch.Tensor], torch.Tensor] | Schedule | None" = None) -> "Grid":
+        """A VP grid from abar at its N+1 points; ``time_of`` is a Schedule (its ``time_of``) or a callable."""
         abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        lam_range = (0.0, math.inf)
+        if isinstance(time_of, Schedule):
+            time_of, lam_range = time_of.time_of, time_of.lambda_range
         return cls(
             timesteps=torch.as_tensor(timesteps),
             alphas=abar.sqrt(),
             sigmas=(1.0 - abar).clamp_min(0.0).sqrt(),
+            time_of=time_of,
+            lambda_range=lam_range,
         )
 
     @property
@@ -280,7 +309,45 @@ class Grid:
                 "raise strength or the number of steps"
             )
         start = self.num_steps - keep
-        return Grid(self.timesteps[start:], self.alphas[start:], self.sigmas[start:], self.prediction)
+        return Grid(self.timesteps[start:], self.alphas[start:], self.sigmas[start:], self.prediction, self.time_of,
+                    self.lambda_range)
+
+    # ----- between the grid points ---------------------------------------------------------------------
+    @property
+    def variance_exploding(self) -> bool:
+        """alpha = 1 everywhere (EDM's VE grids); otherwise the grid is variance preserving."""
+        return bool((self.alphas == 1).all())
+
+    def can_evaluate(self, lam: float) -> bool:
+        """Whether the model can be called at noise level ``lam`` (between or at the grid's points)."""
+        lo, hi = self.lambda_range
+        tol = 1e-9 * max(abs(lo), abs(hi) if math.isfinite(hi) else 0.0, 1e-300)
+        return self.time_of is not None and lo - tol <= lam <= hi + tol and lam > 0
+
+    def at(self, lam: float) -> tuple[float, float, float]:
+        """(alpha, sigma, model time) at noise level lambda = sigma/alpha between the grid's points.
+
+        alpha and sigma follow the grid's family: VE (alpha = 1, sigma = lambda) or VP
+        (alpha = 1/sqrt(1 + lambda^2)); the model time comes from ``time_of`` (docs/math.md section 2).
+        """
+        lam = float(lam)
+        if self.time_of is None:
+            raise ValueError(
+                "this grid cannot call the model between its points (no lambda -> model time map); build it "
+                "with Schedule.grid, bdia.grids.make_grid, bdia.karras_grid or bdia.karras_grid_for (quantize=False)"
+            )
+        if not self.can_evaluate(lam):
+            lo, hi = self.lambda_range
+            raise ValueError(f"noise level {lam:.6g} is outside the range [{lo:.6g}, {hi:.6g}] the model was trained at")
+        if self.variance_exploding:
+            alpha, sigma = 1.0, lam
+        else:
+            if not torch.allclose(self.alphas**2 + self.sigmas**2, torch.ones_like(self.alphas), rtol=0, atol=1e-9):
+                raise ValueError("between its points a grid must be VE (alpha = 1) or VP (alpha^2 + sigma^2 = 1)")
+            alpha = 1.0 / math.sqrt(1.0 + lam * lam)
+            sigma = lam * alpha
+        t = float(self.time_of(torch.tensor(lam, dtype=torch.float64)))
+        return alpha, sigma, t
 
     def fingerprint(self) -> dict[str, Any]:
         """Plain-data description, stored with inversions to refuse a mismatched grid."""

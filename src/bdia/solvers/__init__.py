@@ -6,7 +6,8 @@ from .bdia import BDIA, BDIAState, belm_gammas
 from .ddim import DDIM, DDIMState, Heun
 from .edict import EDICT, EDICTState
 from .registry import SOLVERS, make_solver, solver_parameters
+from .rex import Rex, RexState
 
 __all__ = ["BDIA", "BDIAState", "DDIM", "DDIMState", "EDICT", "EDICTState", "Evaluator", "Heun", "Inversion",
-           "InversionPrecisionWarning", "NonFiniteError", "SOLVERS", "Solution", "Solver", "belm_gammas",
+           "InversionPrecisionWarning", "NonFiniteError", "Rex", "RexState", "SOLVERS", "Solution", "Solver", "belm_gammas",
            "ddim_transition", "drive", "make_solver", "solver_parameters"]

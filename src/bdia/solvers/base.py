@@ -133,7 +133,14 @@ class Evaluator:
         return f"{self.phase} step at grid point {i} (timestep {float(self.grid.timesteps[i]):g})"
 
     def __call__(self, z: torch.Tensor, i: int) -> torch.Tensor:
-        t = self.grid.timesteps[i].to(z.device).expand(z.shape[0])
+        return self._eval(z, self.grid.timesteps[i].to(z.device).expand(z.shape[0]), i)
+
+    def at_lambda(self, z: torch.Tensor, lam: float, i: int) -> torch.Tensor:
+        """eps at state z (scaled for noise level ``lam``, see ``Grid.at``) between grid points; ``i`` names the step."""
+        t = torch.tensor(self.grid.at(lam)[2], dtype=torch.float64)  # fractional model time
+        return self._eval(z, t.to(z.device).expand(z.shape[0]), i)
+
+    def _eval(self, z: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         out = self.model(z.to(self.run_dtype), t)
         self.nfe += 1
         if not isinstance(out, torch.Tensor):

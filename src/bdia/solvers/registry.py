@@ -16,10 +16,11 @@ from .base import Solver
 from .bdia import BDIA
 from .ddim import DDIM, Heun
 from .edict import EDICT
+from .rex import Rex
 
 __all__ = ["SOLVERS", "make_solver", "solver_parameters"]
 
-SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun}
+SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun, "rex": Rex}
 
 # Keywords every solver takes from the base class; the factory passes them itself.
 _COMMON = ("state_dtype", "model_dtype", "check_finite")
