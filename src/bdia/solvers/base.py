@@ -210,9 +210,18 @@ class Solver(ABC):
     exact_inversion: ClassVar[bool]
     State: ClassVar[type]  # the NamedTuple of this solver's state
     warmup: ClassVar[int] = 0  # positions that ``init`` covers (BDIA: its first plain step)
+    bit_exact: ClassVar[bool] = False  # integer fixed-point state (bdia.solvers.bitexact)
+
+    def __new__(cls, *args: Any, bit_exact: bool = False, **kwargs: Any):
+        """``bit_exact=True`` builds the method's fixed-point twin (:mod:`bdia.solvers.bitexact`)."""
+        if bit_exact and not cls.bit_exact:
+            from .bitexact import bit_exact_twin
+
+            cls = bit_exact_twin(cls)
+        return super().__new__(cls)
 
     def __init__(self, *, state_dtype: torch.dtype = torch.float64, model_dtype: torch.dtype | None = None,
-                 check_finite: bool = True):
+                 check_finite: bool = True, bit_exact: bool = False):
         if state_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
         if model_dtype is not None and not (isinstance(model_dtype, torch.dtype) and model_dtype.is_floating_point):
