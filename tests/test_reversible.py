@@ -214,3 +214,13 @@ def test_optimize_refusals():
         classifier_objective(classifier, [1], proximity=1.0)
     with pytest.raises(TypeError, match="must be an Inversion"):
         optimize(bdia.BDIA(), lambda x, t: x, torch.zeros(1, 2), LINEAR.grid(3), lambda x: x.sum())
+
+
+def test_reversible_sampling_warns_where_reconstruction_amplifies_rounding():
+    """The backward pass of sample() inverts: gamma = 0.5 over 40 steps in float32 loses the gradient, and says so."""
+    model = _mixture(torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    noise = torch.randn(2, 4, dtype=torch.float32, requires_grad=True)
+    with pytest.warns(bdia.InversionPrecisionWarning):
+        bdia.BDIA(0.5, state_dtype=torch.float32).sample(model, noise, LINEAR.grid(40), backprop="reversible")
+    with pytest.raises(ValueError, match="gamma is 0"):
+        bdia.BDIA([0.0, 1.0]).sample(model, noise, LINEAR.grid(3), backprop="reversible")
