@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from ..schedule import Grid
-from .base import Evaluator, Inversion, InversionPrecisionWarning, NonFiniteError, ddim_transition
+from .base import (Evaluator, Inversion, InversionPrecisionWarning, NonFiniteError, Solution, _check_grid, _check_tensor,
+                   ddim_transition)
 from .bdia import BDIA
 from .edict import EDICT
 
@@ -125,6 +126,7 @@ class _BitExact:
     bit_exact: ClassVar[bool] = True
     float_fields: ClassVar[int] = 2  # the state's leading fields are integer latents; then buffer, residual
     output_field: ClassVar[int]  # the latent that holds the sample
+    float_class: ClassVar[type]  # the float solver whose map this one rounds (its step gives the gradients)
 
     def _setup(self) -> None:
         if self.state_dtype != torch.float64:
@@ -163,12 +165,37 @@ class _BitExact:
         inv.metadata["bit_exact_state"] = exact
         return inv
 
+    def solve(self, model: Callable, start: torch.Tensor | Inversion, grid: Grid, *, callback: Any = None,
+              backprop: str = "autograd", params: Any = None) -> Solution:
+        """As :meth:`Solver.solve`. ``backprop="reversible"``: bit-exact sampling whose gradient follows the
+        exact trajectory, recovered by the integer inverse, through the float solver's steps
+        (:mod:`bdia.solvers.reversible`): no rounding amplified whatever gamma and N are."""
+        if backprop != "reversible":
+            return super().solve(model, start, grid, callback=callback, backprop=backprop, params=params)
+        from .reversible import reversible_bit_exact_drive
+
+        grid = _check_grid(grid)
+        self.check_grid(grid, inverting=False)
+        if isinstance(start, Inversion):
+            exact = self._check_inversion(start, grid)
+            floats = tuple(z.to(torch.float64) for z in start.latents)
+            ev = self.evaluator(model, grid, start.input_dtype, "sampling")
+        else:
+            noise = _check_tensor(start, "noise")
+            ev = self.evaluator(model, grid, noise.dtype, "sampling")
+            floats = tuple(self.float_class.init(self, ev, noise.to(torch.float64), grid))  # differentiable
+            shape = tuple(noise.shape)
+            exact = self.State(*(self.fixed.quantise(z) for z in floats), self.fixed.zeros(shape),
+                               torch.zeros(shape, dtype=torch.float64, device=noise.device))
+        final, views = reversible_bit_exact_drive(self, ev, exact, floats, grid, callback, params)
+        return Solution(final, views[self.output_field] + final.residual, ev.nfe)
+
     def _check_inversion(self, inv: Inversion, grid: Grid) -> tuple:
         floats = super()._check_inversion(inv, grid)
         exact = inv.metadata.get("bit_exact_state")
-        if exact is not None:
+        if exact is not None and all(torch.equal(v, z.detach().to(v)) for v, z in zip(self.views(exact), floats)):
             self.fixed.device = exact.residual.device
-            return exact
+            return exact  # the latents are the ones inverted (not edited since)
         qs = [self.fixed.quantise(z) for z in floats[: self.float_fields]]  # an Inversion rebuilt from floats
         shape = tuple(floats[0].shape)
         return self.State(*qs, self.fixed.zeros(shape), torch.zeros(shape, dtype=torch.float64))
@@ -189,6 +216,7 @@ class BitExactBDIA(_BitExact, BDIA):
 
     State: ClassVar[type] = BitExactBDIAState
     output_field: ClassVar[int] = 1
+    float_class: ClassVar[type] = BDIA
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -236,6 +264,7 @@ class BitExactEDICT(_BitExact, EDICT):
 
     State: ClassVar[type] = BitExactEDICTState
     output_field: ClassVar[int] = 0
+    float_class: ClassVar[type] = EDICT
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -187,6 +187,69 @@ class _ReversibleLoop(torch.autograd.Function):
         return (None, *cot, *param_grads)
 
 
+class _BitExactLoop(torch.autograd.Function):
+    """Sampling in bit-exact arithmetic, differentiated along the exact trajectory.
+
+    The backward pass recovers each earlier state exactly with the integer ``unstep`` and pulls the
+    cotangent through the float step (the twin's parent class) at that state's float64 values, so no
+    rounding is amplified whatever gamma and N are. The reconstruction's model call sees a different
+    tensor than the float step, so this costs two network forwards per step backward.
+    """
+
+    @staticmethod
+    def forward(ctx, run: _Run, exact_start: tuple, *inputs: torch.Tensor):
+        final = drive(run.solver, run.ev, exact_start, run.grid, "generate", run.callback)
+        ctx.run, ctx.final = run, final
+        return run.solver.views(final)
+
+    @staticmethod
+    def backward(ctx, *cotangent: torch.Tensor):
+        run, solver, grid = ctx.run, ctx.run.solver, ctx.run.grid
+        float_cls = solver.float_class
+        ev = solver.evaluator(run.ev.model, grid, run.ev.run_dtype, "gradient")
+        exact, cot = ctx.final, list(cotangent)
+        param_grads: list[torch.Tensor | None] = [None] * len(run.params)
+        for i in reversed(run.positions()):
+            with torch.no_grad():
+                exact = solver.unstep(ev, exact, grid, i)
+            with torch.enable_grad():
+                before = float_cls.State(*(z.requires_grad_() for z in solver.views(exact)))
+                again = float_cls.step(solver, ev, before, grid, i)
+                pairs = [(o, g) for o, g in zip(again, cot) if o.requires_grad]
+                grads = torch.autograd.grad([o for o, _ in pairs], list(before) + run.params, [g for _, g in pairs],
+                                            allow_unused=True)
+            cot = [torch.zeros_like(b) if g is None else g for g, b in zip(grads[: len(before)], before)]
+            for k, g in enumerate(grads[len(before):]):
+                if g is not None:
+                    param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
+        return (None, None, *cot, *param_grads)
+
+
+def reversible_bit_exact_drive(solver, ev: Evaluator, exact_start: tuple, float_start: tuple, grid: Grid,
+                               callback: Callable | None, params: Iterable[torch.Tensor] | None) -> tuple:
+    """Bit-exact sampling from ``exact_start`` whose float views carry gradients to ``float_start`` (same values).
+
+    Returns (the final exact state, its float views with gradients).
+    """
+    extra = differentiable_inputs(ev.model, params)
+    run = _Run(solver, ev, grid, "generate", callback, len(float_start), extra)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in list(float_start) + extra)) \
+            or not run.positions():
+        final = drive(solver, ev, exact_start, grid, "generate", callback)
+        return final, solver.views(final)
+    holder: list[tuple] = []
+
+    def keep(index, sigma, state):  # the exact final state, for Solution.state
+        if index == grid.num_steps:
+            holder.append(state)
+        if callback is not None:
+            callback(index, sigma, state)
+
+    run.callback = keep
+    views = _BitExactLoop.apply(run, exact_start, *float_start, *extra)
+    return holder[-1], views
+
+
 def reversible_drive(solver, ev: Evaluator, state: tuple, grid: Grid, direction: str,
                      callback: Callable | None, params: Iterable[torch.Tensor] | None) -> tuple:
     """:func:`~bdia.solvers.base.drive` whose gradient is computed by reversal (see the module docstring)."""
@@ -196,8 +259,8 @@ def reversible_drive(solver, ev: Evaluator, state: tuple, grid: Grid, direction:
             "only approximates its step: use bdia.BDIA or bdia.EDICT, or backprop='autograd'"
         )
     if getattr(solver, "bit_exact", False):
-        raise ValueError("bit-exact solvers keep an integer state that carries no gradients; "
-                         "use bit_exact=False with backprop='reversible'")
+        raise ValueError("bit-exact solvers take reversible gradients through sample/solve only (their inversion "
+                         "keeps integer latents); invert with bit_exact=False to differentiate an inversion")
     if direction == "generate":
         # the backward pass reconstructs by inversion: refuse gamma = 0, warn where it amplifies rounding
         solver.check_grid(grid, inverting=True)
