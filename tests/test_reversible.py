@@ -224,3 +224,21 @@ def test_reversible_sampling_warns_where_reconstruction_amplifies_rounding():
         bdia.BDIA(0.5, state_dtype=torch.float32).sample(model, noise, LINEAR.grid(40), backprop="reversible")
     with pytest.raises(ValueError, match="gamma is 0"):
         bdia.BDIA([0.0, 1.0]).sample(model, noise, LINEAR.grid(3), backprop="reversible")
+
+
+def test_bench_workload_quick_path(tmp_path, single_thread):
+    import json
+
+    from bdia.bench import reversible
+    from bdia.bench.config import BenchConfig
+
+    tiny = {"batch": 1, "grad_steps": (3, 5), "drift_steps": 4, "drift_gammas": (0.5,), "exact_steps": (3,),
+            "exact_gammas": (0.1,), "exact_batch": 1}
+    results = reversible.run(BenchConfig.quick(extra={"reversible": tiny}), log=lambda line: None)
+    json.dumps(results)
+    assert results["bit_exact"]["3/0.1"]["bit_exact"]["differing_bits"] == 0
+    assert results["float32_drift"]["0.5"]["bit_exact_reversible"] <= 1e-6
+    text = reversible.section(results)
+    assert "zero differing bits for every gamma and N: met" in text and "| 5 |" in text
+    assert reversible.plots(results, tmp_path, overwrite=False) == ["reversible_memory.png"]
+    assert (tmp_path / "reversible_memory.png").stat().st_size > 0
