@@ -140,6 +140,13 @@ def test_an_inversion_rebuilt_from_its_float_latents_still_samples():
     assert (solver.sample(model, inv, grid) - x0).abs().max() <= 1e-10
 
 
+def test_a_solver_rebuilt_from_its_config_is_the_same():
+    for solver in [bdia.BDIA(0.96, bit_exact=True), bdia.EDICT(0.93, bit_exact=True)]:
+        config = solver.config()
+        rebuilt = bdia.SOLVERS[config.pop("name")](**config)
+        assert type(rebuilt) is type(solver) and rebuilt.config() == solver.config()
+
+
 def test_refusals():
     assert isinstance(bdia.BDIA(0.5, bit_exact=True), BitExactBDIA)
     assert type(bdia.BDIA(0.5, bit_exact=False)) is bdia.BDIA

@@ -128,7 +128,9 @@ class _BitExact:
     output_field: ClassVar[int]  # the latent that holds the sample
     float_class: ClassVar[type]  # the float solver whose map this one rounds (its step gives the gradients)
 
-    def _setup(self) -> None:
+    def _setup(self, fraction_bits: int) -> None:
+        if fraction_bits != FRACTION_BITS:  # a config written by another version of this module
+            raise ValueError(f"this bdia computes bit-exact states with {FRACTION_BITS} fraction bits, not {fraction_bits}")
         if self.state_dtype != torch.float64:
             raise ValueError("bit-exact solvers keep integer state and float64 views; leave state_dtype at float64")
         self.fixed = FixedPoint(FRACTION_BITS)
@@ -218,9 +220,9 @@ class BitExactBDIA(_BitExact, BDIA):
     output_field: ClassVar[int] = 1
     float_class: ClassVar[type] = BDIA
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, fraction_bits: int = FRACTION_BITS, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._setup()
+        self._setup(fraction_bits)
 
     def _coupling(self, ev: Evaluator, q: np.ndarray, grid: Grid, i: int) -> tuple[np.ndarray, int, int]:
         """(round(2^k G(z_i)), n, d) with G = F - gamma B and gamma_i = n/d."""
@@ -266,9 +268,9 @@ class BitExactEDICT(_BitExact, EDICT):
     output_field: ClassVar[int] = 0
     float_class: ClassVar[type] = EDICT
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, fraction_bits: int = FRACTION_BITS, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._setup()
+        self._setup(fraction_bits)
 
     def init(self, ev: Evaluator, noise: torch.Tensor, grid: Grid) -> BitExactEDICTState:
         q = self.fixed.quantise(noise)
