@@ -152,6 +152,8 @@ def test_refusals():
     assert type(bdia.BDIA(0.5, bit_exact=False)) is bdia.BDIA
     with pytest.raises(ValueError, match="no exact inverse"):
         bdia.DDIM(bit_exact=True)
+    with pytest.raises(ValueError, match="gamma is 0"):
+        bdia.BDIA([0.0, 1.0, 1.0, 1.0], bit_exact=True).sample(_mixture(), _data(torch.float64), LINEAR.grid(5))
     with pytest.raises(ValueError, match="state_dtype"):
         bdia.BDIA(bit_exact=True, state_dtype=torch.float32)
     model, grid = _mixture(), LINEAR.grid(5)
@@ -198,4 +200,7 @@ def test_edited_latents_are_sampled_not_the_stored_exact_state():
     start = tuple(z.clone().requires_grad_() for z in inv.latents)
     x = solver.sample(model, dataclasses.replace(inv, latents=start), grid, backprop="reversible")
     assert torch.equal(x.detach(), x0)  # unchanged latents still regenerate x0 bit for bit
+    noise = _data(torch.float64, seed=6)
+    assert torch.equal(solver.sample(model, noise.requires_grad_(), grid, backprop="reversible").detach(),
+                       solver.sample(model, noise.detach(), grid))
     assert all(g.abs().sum() > 0 for g in torch.autograd.grad(x.sum(), start))

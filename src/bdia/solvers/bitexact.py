@@ -145,7 +145,7 @@ class _BitExact:
     def check_grid(self, grid: Grid, inverting: bool) -> None:
         with warnings.catch_warnings():  # no rounding to amplify: the arithmetic is exact
             warnings.simplefilter("ignore", InversionPrecisionWarning)
-            super().check_grid(grid, inverting)
+            super().check_grid(grid, inverting=True)  # both directions multiply by gamma reversibly: gamma > 0
 
     def evaluator(self, model: Callable, grid: Grid, input_dtype: torch.dtype, phase: str) -> Evaluator:
         ev = super().evaluator(model, grid, input_dtype, phase)
@@ -186,9 +186,7 @@ class _BitExact:
             noise = _check_tensor(start, "noise")
             ev = self.evaluator(model, grid, noise.dtype, "sampling")
             floats = tuple(self.float_class.init(self, ev, noise.to(torch.float64), grid))  # differentiable
-            shape = tuple(noise.shape)
-            exact = self.State(*(self.fixed.quantise(z) for z in floats), self.fixed.zeros(shape),
-                               torch.zeros(shape, dtype=torch.float64, device=noise.device))
+            exact = self.init(ev, noise.to(torch.float64), grid)  # the same start as without gradients
         final, views = reversible_bit_exact_drive(self, ev, exact, floats, grid, callback, params)
         return Solution(final, views[self.output_field] + final.residual, ev.nfe)
 
