@@ -233,12 +233,12 @@ def test_bench_workload_quick_path(tmp_path, single_thread):
     from bdia.bench.config import BenchConfig
 
     tiny = {"batch": 1, "grad_steps": (3, 5), "drift_steps": 4, "drift_gammas": (0.5,), "exact_steps": (3,),
-            "exact_gammas": (0.1,), "exact_batch": 1}
+            "exact_gammas": (0.1,), "exact_batch": 1, "arith_steps": 2, "arith_shapes": ((1, 1, 4, 4),)}
     results = reversible.run(BenchConfig.quick(extra={"reversible": tiny}), log=lambda line: None)
     json.dumps(results)
     assert results["bit_exact"]["3/0.1"]["bit_exact"]["differing_bits"] == 0
     assert results["float32_drift"]["0.5"]["bit_exact_reversible"] <= 1e-6
     text = reversible.section(results)
-    assert "zero differing bits for every gamma and N: met" in text and "| 5 |" in text
+    assert "zero differing bits for every gamma and N: met" in text and "| 5 |" in text and "| 1x1x4x4 |" in text
     assert reversible.plots(results, tmp_path, overwrite=False) == ["reversible_memory.png"]
     assert (tmp_path / "reversible_memory.png").stat().st_size > 0

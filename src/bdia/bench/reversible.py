@@ -30,9 +30,11 @@ from .config import BenchConfig
 __all__ = ["peak_memory_mb", "run", "section", "plots"]
 
 QUICK = {"batch": 2, "grad_steps": (4, 8, 16), "drift_steps": 8, "drift_gammas": (1.0, 0.5),
-         "exact_steps": (4, 8), "exact_gammas": (1.0, 0.96, 0.5, 0.1), "exact_batch": 1}
+         "exact_steps": (4, 8), "exact_gammas": (1.0, 0.96, 0.5, 0.1), "exact_batch": 1,
+         "arith_steps": 4, "arith_shapes": ((1, 1, 16, 16),)}
 FULL = {"batch": 4, "grad_steps": (10, 50, 200), "drift_steps": 50, "drift_gammas": (1.0, 0.9, 0.5),
-        "exact_steps": (10, 50, 200), "exact_gammas": (1.0, 0.96, 0.5, 0.1), "exact_batch": 2}
+        "exact_steps": (10, 50, 200), "exact_gammas": (1.0, 0.96, 0.5, 0.1), "exact_batch": 2,
+        "arith_steps": 10, "arith_shapes": ((2, 1, 16, 16), (1, 4, 64, 64))}
 
 MEMORY_TARGET = 1.2  # reversible peak memory at the largest N over the smallest N
 TIME_TARGET = 2.2  # gradient time over one forward sampling pass
@@ -161,6 +163,32 @@ def _bit_exact(s: dict[str, Any], model, eps_for, x0, noise, log) -> dict[str, A
     return out
 
 
+def _arithmetic_cost(s: dict[str, Any], log) -> dict[str, Any]:
+    """Milliseconds per step of a round trip's solver arithmetic alone (a model that costs nothing)."""
+    import bdia
+    from ..schedule import Schedule
+
+    grid = Schedule.from_config({}).grid(s["arith_steps"])
+    out = {}
+    for shape in s["arith_shapes"]:
+        x0 = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        row = {}
+        for key, solver in (("float64", bdia.BDIA(0.5)), ("bit_exact", bdia.BDIA(0.5, bit_exact=True))):
+            def round_trip():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return solver.sample(_free_model, solver.invert(_free_model, x0, grid), grid)
+            _, t = _timed(round_trip)
+            row[key] = 1e3 * t / (2 * grid.num_steps)
+        log(f"  reversible: arithmetic per step, shape {tuple(shape)}: {row}")
+        out["x".join(map(str, shape))] = row
+    return out
+
+
+def _free_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return 0.1 * x
+
+
 def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     try:
         from .. import digits
@@ -184,6 +212,7 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         "gradients": _gradients(s, model, eps, noise[: s["batch"]], log),
         "float32_drift": {"steps": s["drift_steps"], **_drift(s, model, eps, noise[: s["batch"]], log)},
         "bit_exact": _bit_exact(s, model, eps_exact, x0[: s["exact_batch"]], noise[: s["exact_batch"]], log),
+        "arithmetic_ms_per_step": _arithmetic_cost(s, log),
     }
 
 
@@ -229,7 +258,12 @@ def section(results: dict[str, Any]) -> str:
         lines.append(f"| {n} | {gamma} | {b.get('differing_bits', b.get('failed'))} | {fb} | {fe} | "
                      f"{b.get('max_latent', math.nan):.2g} | {b.get('seconds', math.nan):.2f} | {fs} | "
                      f"{row['buffer_bits_after_generation']:.1f} |")
-    lines += ["", f"Target: zero differing bits for every gamma and N: {'met' if all_zero else 'not met'}.", ""]
+    lines += ["", f"Target: zero differing bits for every gamma and N: {'met' if all_zero else 'not met'}.", "",
+              "Solver arithmetic alone (a model that costs nothing), BDIA gamma 0.5, ms per step:", "",
+              "| shape | float64 | bit-exact |", "|---|---|---|"]
+    lines += [f"| {k} | {v['float64']:.3f} | {v['bit_exact']:.1f} |"
+              for k, v in results.get("arithmetic_ms_per_step", {}).items()]
+    lines.append("")
     return "\n".join(lines)
 
 
