@@ -73,6 +73,20 @@ def test_demo_rejects_bad_arguments(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_demo_checks_its_extras_before_any_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from bdia.solvers import Solver
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(Solver, "invert", lambda *a, **k: pytest.fail("the demo ran before checking its extras"))
+    assert _demo(tmp_path / "d") == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and 'pip install "bdia[demo]"' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
 def test_demo_restores_the_thread_count(tmp_path):
     torch.set_num_threads(2)  # the demo runs on --threads (default 1), then puts the caller's count back
     assert _demo(tmp_path / "d", "--num-images", "1", "--steps", "3") == 0

@@ -61,14 +61,14 @@ def test_ddim_inversion_is_not_exact(image):
 def test_v_prediction_round_trip(image):
     ed = editor("sd-v")
     assert ed.schedule.prediction_type == "v_prediction"
-    assert ed.eps_model is not ed.model  # converted to eps by bdia.to_eps
+    assert ed.backend.eps_model is not ed.backend.model  # converted to eps by bdia.to_eps
     inv = ed.invert(image, "a cat", guidance_scale=2.0, num_steps=STEPS)
     assert ed.reconstruct(inv).latent_error < EXACT
 
 
 def test_sdxl_round_trip_and_added_conditioning(image):
     ed = editor("sdxl")
-    cond, uncond = ed.encode_prompt("a cat", None, 1, 32, 32)
+    cond, uncond = ed.backend.conditions(["a cat"], None, 32, 32)
     assert set(cond) == {"encoder_hidden_states", "text_embeds", "time_ids"}
     assert cond["encoder_hidden_states"].shape[-1] == 64  # both text encoders concatenated
     assert torch.equal(uncond["encoder_hidden_states"], torch.zeros_like(uncond["encoder_hidden_states"]))
@@ -126,24 +126,24 @@ def test_image_inputs_sizes_and_messages(tmp_path):
     ed = editor("sd")
     img = make_image((35, 32))
     with pytest.warns(ImageSizeWarning, match="35x32.*center-cropped to 34x32"):
-        pixels = ed.preprocess(img)
+        pixels = ed.backend.load_images(img)
     assert pixels.shape == (1, 3, 32, 34) and pixels.min() >= -1 and pixels.max() <= 1
-    assert ed.preprocess(img, size=(16, 24)).shape == (1, 3, 24, 16)
+    assert ed.backend.load_images(img, size=(16, 24)).shape == (1, 3, 24, 16)
     with pytest.raises(ValueError, match="multiples of the VAE factor"):
-        ed.preprocess(img, size=(15, 24))
+        ed.backend.load_images(img, size=(15, 24))
     img.save(tmp_path / "x.png")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ImageSizeWarning)
-        from_path = ed.preprocess(tmp_path / "x.png")
+        from_path = ed.backend.load_images(tmp_path / "x.png")
     tensor = torch.rand(3, 16, 16)
-    assert torch.allclose(ed.preprocess(tensor), tensor[None] * 2 - 1)
+    assert torch.allclose(ed.backend.load_images(tensor), tensor[None] * 2 - 1)
     assert from_path.shape == pixels.shape
     with pytest.raises(ValueError, match="one size"):
-        ed.preprocess([make_image((32, 32)), make_image((16, 16))])
+        ed.backend.load_images([make_image((32, 32)), make_image((16, 16))])
     with pytest.raises(FileNotFoundError):
-        ed.preprocess(tmp_path / "missing.png")
+        ed.backend.load_images(tmp_path / "missing.png")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        ed.preprocess(torch.full((3, 8, 8), 2.0))
+        ed.backend.load_images(torch.full((3, 8, 8), 2.0))
 
 
 def test_saved_inversion_round_trip(tmp_path, image):
@@ -195,7 +195,7 @@ def test_mismatched_pipeline_is_refused(image):
         editor("sd-v").reconstruct(inv)  # same weights, v-prediction scheduler
     with pytest.raises(ValueError, match="architecture"):
         editor("sdxl").reconstruct(inv)
-    trailing = Editor(editor("sd").pipe, progress=False, timestep_spacing="trailing")
+    trailing = Editor(editor("sd").backend.pipe, progress=False, timestep_spacing="trailing")
     with pytest.raises(ValueError, match="grid"):
         trailing.edit(inv, "a dog")
 
@@ -216,7 +216,7 @@ def test_half_precision_unet_keeps_a_float64_state(image):
 
     pipe = DiffusionPipeline.from_pretrained(model_dir("sd"), torch_dtype=torch.bfloat16)
     ed = Editor(pipe, progress=False)
-    assert ed.model.dtype == torch.bfloat16
+    assert ed.backend.dtype == torch.bfloat16
     inv = ed.invert(image, "a cat", guidance_scale=2.0, num_steps=STEPS)
     assert inv.latents[0].dtype == torch.float64 and inv.model["dtype"] == "bfloat16"
     assert ed.reconstruct(inv).latent_error < EXACT

@@ -33,8 +33,9 @@ def test_gamma_zero_matches_ddim_scheduler_in_a_pipeline(kind):
     from diffusers import DDIMScheduler
 
     pipe = _pipe(kind)
-    config = pipe.scheduler.config
-    pipe.scheduler = DDIMScheduler.from_config(config, clip_sample=False)
+    config = pipe.scheduler.config  # SDXL's is EulerDiscreteScheduler's: no clip_sample, so both clip x0
+    pipe.scheduler = DDIMScheduler.from_config(config)
+    assert pipe.scheduler.config.clip_sample == (kind == "sdxl")
     ddim = _latents(pipe)
     pipe.scheduler = BDIAScheduler.from_config(config, gamma=0.0)
     assert pipe.scheduler.config.prediction_type == config.prediction_type
@@ -54,7 +55,7 @@ def test_pipeline_with_scheduler_matches_editor_generate(kind):
     ed = editor(kind)
     ours = ed.generate("a cat", num_steps=5, height=32, width=32, guidance_scale=3.0, gamma=0.5, seed=4)
     pipe = _pipe(kind)
-    pipe.scheduler = BDIAScheduler.from_config(pipe.scheduler.config, gamma=0.5)
+    pipe.scheduler = BDIAScheduler.from_config(pipe.scheduler.config, gamma=0.5, clip_sample=False)  # as Editor
     theirs = _latents(pipe, steps=5, seed=4)
     torch.testing.assert_close(ours.latents.float(), theirs, atol=1e-4, rtol=1e-4)
 
@@ -94,6 +95,7 @@ def test_config_save_load_and_conventions(tmp_path):
     again = BDIAScheduler.from_pretrained(tmp_path)
     assert again.config.gamma == 0.7 and again.config.prediction_type == "v_prediction"
     assert again.config.beta_schedule == "scaled_linear" and again.config.steps_offset == 1
+    assert again.schedule == Schedule.from_config({**SD_SCHEDULER, "prediction_type": "v_prediction"})
     assert again.init_noise_sigma == 1.0 and again.order == 1
     x = torch.randn(1, 4, 2, 2)
     assert again.scale_model_input(x, 5) is x

@@ -10,14 +10,18 @@ from .edm import from_denoiser, karras_grid, karras_grid_for, to_denoiser
 from .models import ClassifierFreeGuidance, model_dtype, to_eps
 from .schedule import Grid, Schedule
 from .solvers import (BDIA, DDIM, EDICT, SOLVERS, Heun, Inversion, InversionPrecisionWarning, NonFiniteError, Solver,
-                      belm_gammas, ddim_transition)
+                      belm_gammas, ddim_transition, make_solver)
 
 __version__ = "0.1.0"
 
 # Integrations with heavy dependencies load on first use, so `import bdia` needs only torch/numpy.
 _LAZY = {
     "BDIAScheduler": ("bdia.pipelines.scheduler", "BDIAScheduler"),
+    "BDIAInverseScheduler": ("bdia.pipelines.scheduler", "BDIAInverseScheduler"),
     "pipelines": ("bdia.pipelines", None),
+    "analytic": ("bdia.analytic", None),
+    "digits": ("bdia.digits", None),
+    "nulltext": ("bdia.nulltext", None),
 }
 
 
@@ -32,5 +36,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
-    "NonFiniteError", "Schedule", "optimize", "BDIAScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
+    "NonFiniteError", "Schedule", "BDIAScheduler", "BDIAInverseScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
+    "make_solver", "optimize",
 ]

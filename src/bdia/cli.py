@@ -16,14 +16,21 @@ from typing import Sequence
 COMMAND_MODULES: list[str] = ["bdia.demo", "bdia.pipelines.cli", "bdia.bench"]
 
 
-class CommandError(Exception):
+class CommandError(ValueError):
     """An error the user can fix; printed as one line without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other bad input (``--help`` shows the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="bdia", description="Exact diffusion inversion (BDIA) and its baselines.")
+    parser = _Parser(prog="bdia", description="Exact diffusion inversion (BDIA) and its baselines.")
     parser.add_argument("--version", action="version", version=f"bdia {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -39,12 +46,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CommandError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"bdia {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (CommandError, ValueError, OSError) as e:  # OSError: files, folders, Pillow's decoders
+        return _fail(args.command, e)
+    except Exception as e:
+        if type(e).__module__.split(".")[0] == "PIL":  # e.g. DecompressionBombError, not an OSError
+            return _fail(args.command, e)
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, error: BaseException) -> int:
+    """Bad input: one line, exit code 2 (the commands check what they can before any work)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    print(f"bdia {command}: error: {text}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""``bdia demo``: exact inversion and editing on the embedded digits model, in under a minute on a CPU.
+"""``bdia demo``: exact inversion and editing on the embedded digits model, in well under two minutes on a CPU.
 
 Inverts a few held-out digits with DDIM inversion, EDICT and BDIA, reconstructs them, and edits each
-to another class by regenerating from its inversion under the new class. Prints a table (method,
+to another class by regenerating from its inversion under the new class, all through the same
+:class:`bdia.pipelines.Editor` as ``bdia invert/reconstruct/edit``. Prints a table (method,
 NFE, round-trip error, pixel-identical fraction, edit accuracy by the judge classifier, time) and
 writes ``figure.png`` and ``results.json`` into the output folder.
 """
@@ -21,10 +22,12 @@ LABELS = {"ddim": "DDIM inversion", "edict": "EDICT", "bdia": "BDIA"}
 
 
 def register(subparsers: Any) -> None:
+    from .pipelines.cli import _gamma, _guidance, _p, _seed, _steps, _strength
+
     p = subparsers.add_parser(
         "demo",
-        help="invert, reconstruct and edit held-out digits with DDIM, EDICT and BDIA (CPU, < 1 min)",
-        description="Exact inversion and editing on the embedded digits model, in under a minute on a CPU: "
+        help="invert, reconstruct and edit held-out digits with DDIM, EDICT and BDIA (CPU, well under two minutes)",
+        description="Exact inversion and editing on the embedded digits model, in well under two minutes on a CPU: "
                     "held-out digits are inverted with DDIM inversion, EDICT and BDIA, reconstructed, and "
                     "regenerated under another class. Writes figure.png and results.json to --out.",
     )
@@ -32,28 +35,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument("--overwrite", action="store_true", help="replace results in a non-empty output folder")
     p.add_argument("--num-images", type=int, default=6, help="held-out digits to invert (default 6)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    p.add_argument("--guidance", type=float, default=1.0,
+    p.add_argument("--steps", type=_steps, default=50, help="sampling steps (default 50)")
+    p.add_argument("--guidance", type=_guidance, default=1.0,
                    help="classifier-free guidance scale of inversion and reconstruction (default 1.0)")
-    p.add_argument("--edit-guidance", type=float, default=1.0,
+    p.add_argument("--edit-guidance", type=_guidance, default=1.0,
                    help="guidance scale of the edits toward the target class (default 1.0: higher follows the "
                         "class more strictly and keeps less of the source's style)")
-    p.add_argument("--strength", type=float, default=1.0,
+    p.add_argument("--strength", type=_strength, default=1.0,
                    help="invert only this fraction of the grid (default 1.0; much lower makes the edits noisy)")
-    p.add_argument("--gamma", type=float, default=1.0, help="BDIA's gamma (default 1.0)")
-    p.add_argument("--p", type=float, default=0.93, help="EDICT's mixing p (default 0.93)")
-    p.add_argument("--seed", type=int, default=0, help="chooses the digits and the target classes")
+    p.add_argument("--gamma", type=_gamma, default=1.0, help="BDIA's gamma in (0, 1] or 'belm' (default 1.0)")
+    p.add_argument("--p", type=_p, default=0.93, help="EDICT's mixing p (default 0.93)")
+    p.add_argument("--seed", type=_seed, default=0, help="chooses the digits and the target classes")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the model is tiny, and more threads mostly add overhead)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}/ is not empty; choose another --out or pass --overwrite")
 
 
 def _pick(seed: int, num_images: int):
@@ -76,33 +72,6 @@ def _pick(seed: int, num_images: int):
     shift = torch.randint(1, NUM_CLASSES, (num_images,), generator=gen)
     target = (source + shift) % NUM_CLASSES
     return test.images[idx], source, target, idx
-
-
-class _Counting:
-    """Counts calls of a canonical eps model (one call = one NFE; guidance batches both branches)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model, self.calls = model, 0
-
-    @property
-    def dtype(self) -> Any:
-        from .models import model_dtype
-
-        return model_dtype(self.model)
-
-    def __call__(self, x: Any, t: Any) -> Any:
-        self.calls += 1
-        return self.model(x, t)
-
-
-def _solver(name: str, args: argparse.Namespace):
-    import bdia
-
-    if name == "ddim":
-        return bdia.DDIM()
-    if name == "edict":
-        return bdia.EDICT(p=args.p)
-    return bdia.BDIA(gamma=args.gamma)
 
 
 def _strip(images) -> Any:
@@ -148,82 +117,89 @@ def _figure(path: Path, originals, source, target, rows: list[dict[str, Any]], o
 
 
 def run(args: argparse.Namespace) -> int:
+    from .io import check_output_dir
+    from .pipelines.policy import require
     from .runtime import torch_threads
 
+    # Everything that can be refused is refused here, before any model call.
+    require("demo", "matplotlib", "PIL", "safetensors", "tqdm", "sklearn")
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if not 1 <= args.num_images <= 100:
+        raise ValueError(f"--num-images must be between 1 and 100, got {args.num_images}")
+    solvers = {name: _solver(name, args) for name in METHODS}
+    check_output_dir(args.out, args.overwrite)
     with torch_threads(args.threads):
-        return _run(args)
+        return _run(args, solvers)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _solver(name: str, args: argparse.Namespace):
+    from .solvers import make_solver
+
+    try:
+        return make_solver(name, gamma=args.gamma if name == "bdia" else None, p=args.p if name == "edict" else None)
+    except ValueError as e:
+        raise ValueError(f"--{'gamma' if name == 'bdia' else 'p'}: {e}") from None
+
+
+def _run(args: argparse.Namespace, solvers: dict[str, Any]) -> int:
     import torch
     from tqdm import tqdm
 
-    from .digits import eps_model, load_classifier, load_model, to_model, to_uint8
+    from .digits import load_classifier, to_model, to_uint8
     from .io import atomic_path
+    from .pipelines import Editor
 
-    if not 1 <= args.num_images <= 100:
-        raise ValueError(f"--num-images must be between 1 and 100, got {args.num_images}")
     out = Path(args.out)
-    _check_out(out, args.overwrite)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     torch.manual_seed(args.seed)
-    model, judge = load_model(), load_classifier()
-    grid = model.schedule.grid(args.steps).truncated(args.strength)
+    editor, judge = Editor.from_pretrained("digits", device="cpu", progress=False), load_classifier()
     originals, source, target, idx = _pick(args.seed, args.num_images)
-    x0 = to_model(originals).to(torch.float64)
-    eps_source = eps_model(model, source, args.guidance)
-    eps_target = eps_model(model, target, args.edit_guidance)
+    source_prompts, target_prompts = [str(c) for c in source.tolist()], [str(c) for c in target.tolist()]
     log(f"bdia demo: {args.num_images} held-out digits {source.tolist()} -> {target.tolist()}, "
         f"{args.steps} steps, guidance {args.guidance} (edits {args.edit_guidance})")
 
     rows: list[dict[str, Any]] = []
-    with torch.no_grad():
-        for name in METHODS:
-            solver = _solver(name, args)
-            bar = tqdm(total=3, desc=f"{LABELS[name]:<15}", unit="phase", disable=args.quiet, file=sys.stderr,
-                       bar_format="{desc} {bar:20} {n}/{total}{postfix}")
-            source_model, target_model = _Counting(eps_source), _Counting(eps_target)
-            t0 = time.perf_counter()
-            bar.set_postfix_str("inverting")
-            inv = solver.invert(source_model, x0, grid)
-            t_invert = time.perf_counter() - t0
-            bar.update()
-            bar.set_postfix_str("reconstructing")
-            rec = solver.sample(source_model, inv, grid)
-            t_round_trip = time.perf_counter() - t0
-            bar.update()
-            bar.set_postfix_str("editing")
-            edit = solver.sample(target_model, inv, grid)
-            t_total = time.perf_counter() - t0
-            bar.set_postfix_str(f"{t_total:.1f}s")
-            bar.update()
-            bar.close()
-            rec8, edit8 = to_uint8(rec), to_uint8(edit)
-            identical = (rec8 == originals)
-            edit_pred = judge.predict(to_model(edit8))
-            rows.append({
-                "method": name,
-                "label": LABELS[name],
-                "solver": solver.config(),
-                "exact_inversion": solver.exact_inversion,
-                "nfe_invert": inv.nfe,
-                "nfe_round_trip": source_model.calls,
-                "nfe_edit": target_model.calls,
-                "round_trip_max_error": float((rec - x0).abs().max()),
-                "pixel_identical_fraction": float(identical.float().mean()),
-                "images_pixel_identical": int(identical.flatten(1).all(1).sum()),
-                "edit_accuracy": float((edit_pred == target).float().mean()),
-                "edit_predicted": edit_pred.tolist(),
-                "seconds_invert": round(t_invert, 3),
-                "seconds_round_trip": round(t_round_trip, 3),
-                "seconds_total": round(t_total, 3),
-                "reconstructions": rec8,
-                "edits": edit8,
-            })
-
+    for name, solver in solvers.items():
+        bar = tqdm(total=3, desc=f"{LABELS[name]:<15}", unit="phase", disable=args.quiet, file=sys.stderr,
+                   bar_format="{desc} {bar:20} {n}/{total}{postfix}")
+        bar.set_postfix_str("inverting")
+        inv = editor.invert(originals, source_prompts, guidance_scale=args.guidance, num_steps=args.steps,
+                            strength=args.strength, method=solver)
+        bar.update()
+        bar.set_postfix_str("reconstructing")
+        rec = editor.reconstruct(inv)
+        bar.update()
+        bar.set_postfix_str("editing")
+        edit = editor.edit(inv, target_prompts, guidance_scale=args.edit_guidance)
+        t_invert, t_round_trip = inv.info["seconds"], inv.info["seconds"] + rec.seconds
+        t_total = t_round_trip + edit.seconds
+        bar.set_postfix_str(f"{t_total:.1f}s")
+        bar.update()
+        bar.close()
+        rec8, edit8 = to_uint8(rec.latents), to_uint8(edit.latents)
+        identical = rec8 == originals
+        edit_pred = judge.predict(to_model(edit8))
+        rows.append({
+            "method": name,
+            "label": LABELS[name],
+            "solver": solver.config(),
+            "exact_inversion": solver.exact_inversion,
+            "nfe_invert": inv.inversion.nfe,
+            "nfe_round_trip": inv.inversion.nfe + rec.nfe,
+            "nfe_edit": edit.nfe,
+            "round_trip_max_error": rec.latent_error,
+            "pixel_identical_fraction": float(identical.float().mean()),
+            "images_pixel_identical": int(identical.flatten(1).all(1).sum()),
+            "edit_accuracy": float((edit_pred == target).float().mean()),
+            "edit_predicted": edit_pred.tolist(),
+            "seconds_invert": round(t_invert, 3),
+            "seconds_round_trip": round(t_round_trip, 3),
+            "seconds_total": round(t_total, 3),
+            "reconstructions": rec8,
+            "edits": edit8,
+        })
     header = f"{'method':<15} {'NFE':>5} {'max error':>10} {'identical px':>13} {'edit acc':>9} {'time s':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:

@@ -24,7 +24,7 @@ give the same samples on both. BDIA and EDICT do not: their mixing acts on the s
 EDM's x on the VE grid (the paper's BDIA-EDM) but ``alpha * xbar`` on the VP grid, i.e. gamma there is
 ``gamma * alpha_{i-1} / alpha_{i+1}`` in EDM's variables, which damps the oscillating mode at high noise.
 On the VE grid to sigma 80 that mode grows in generation by about sigma_max / (data scale), so a float32
-round trip loses about three digits more than on the VP grid (measured in benchmarks/edm_section.py).
+round trip loses about three digits more than on the VP grid (measured by `bdia bench`, workload edm).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _check_steps(num_steps: Any) -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
         raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__}")
     if num_steps < 2:
-        raise ValueError(f"num_steps must be at least 2 (BDIA needs two states), got {num_steps}")
+        raise ValueError(f"num_steps must be at least 2 (every grid has two steps or more), got {num_steps}")
     return int(num_steps)
 
 

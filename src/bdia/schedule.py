@@ -150,6 +150,20 @@ class Schedule:
             config=cfg,
         )
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when every value derived from the config is: the abar table (exactly) and the grid settings."""
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return (self._key() == other._key()
+                and self.alphas_cumprod.dtype == other.alphas_cumprod.dtype
+                and torch.equal(self.alphas_cumprod, other.alphas_cumprod))
+
+    def __hash__(self) -> int:
+        return hash((self._key(), self.alphas_cumprod.numpy().tobytes()))
+
+    def _key(self) -> tuple:
+        return (self.final_alphas_cumprod, self.timestep_spacing, self.steps_offset, self.prediction_type)
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.numel())
@@ -160,7 +174,7 @@ class Schedule:
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
             raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__}")
         if num_steps < 2:
-            raise ValueError(f"num_steps must be at least 2 (BDIA needs two states), got {num_steps}")
+            raise ValueError(f"num_steps must be at least 2 (every grid has two steps or more), got {num_steps}")
         if num_steps > T:
             raise ValueError(f"num_steps ({num_steps}) cannot exceed num_train_timesteps ({T})")
         if self.timestep_spacing == "linspace":

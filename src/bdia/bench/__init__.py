@@ -1,22 +1,15 @@
 """``bdia bench``: exactness, fidelity to the true ODE, accuracy and cost of every inversion method, side by side.
 
-Workloads: :mod:`.analytic` (a Gaussian mixture with exact eps and an exact reference ODE),
-:mod:`.digits` (the embedded digits model, fine-grid references), :mod:`.unet` (SD 1.5's UNet
-architecture with random weights: time, memory, precision) and the EDM section of
-``benchmarks/edm_section.py`` when present. :mod:`.measures` holds the measures, :mod:`.report`
-and :mod:`.plots` the output; :func:`run_bench` runs a :class:`BenchConfig` into a folder.
+Workloads, one module each (the contract is in :mod:`.runner`, which lists them): :mod:`.analytic`
+(a Gaussian mixture with exact eps and an exact reference ODE), :mod:`.digits` (the embedded digits
+model, fine-grid references), :mod:`.unet` (SD 1.5's UNet architecture with random weights: time,
+memory, precision), :mod:`.edm` (Euler, Heun and BDIA-EDM on Karras grids at equal NFE).
+:mod:`.methods` lists the solvers, :mod:`.measures` holds the measures, :mod:`.report` and
+:mod:`.plots` the output; :func:`run_bench` runs a :class:`BenchConfig` into a folder.
 """
 
 from .cli import register
 from .config import BenchConfig
+from .runner import WORKLOADS, run_bench
 
-__all__ = ["BenchConfig", "register", "run_bench"]
-
-
-def run_bench(*args, **kwargs):  # noqa: D103 - imported lazily so `bdia --help` stays light
-    from .runner import run_bench as _run
-
-    return _run(*args, **kwargs)
-
-
-run_bench.__doc__ = "Run every workload of a BenchConfig into a folder (see :func:`bdia.bench.runner.run_bench`)."
+__all__ = ["BenchConfig", "WORKLOADS", "register", "run_bench"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from typing import Any
 
-from .config import WORKLOADS
+from .runner import WORKLOADS
 
 
 def register(subparsers: Any) -> None:
@@ -28,30 +30,31 @@ def register(subparsers: Any) -> None:
     p.add_argument("--render", action="store_true",
                    help="measure nothing: rewrite report.md and the plots from --out's results.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import CommandError
     from .config import BenchConfig
-    from .runner import run_bench
-
-    if args.render:
-        from .runner import render_folder
-
-        render_folder(args.out, log=print if not args.quiet else (lambda *a: None))
-        return 0
-    workloads = tuple(w.strip() for w in args.only.split(",") if w.strip())
-    bad = [w for w in workloads if w not in WORKLOADS]
-    if bad:
-        raise ValueError(f"unknown workload(s) {bad}; choose from {list(WORKLOADS)}")
-    make = BenchConfig.full if args.mode == "full" else BenchConfig.quick
-    cfg = make(seed=args.seed, workloads=workloads, threads=args.threads)
+    from .runner import render_folder, run_bench
 
     def log(msg: str) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    res = run_bench(cfg, args.out, overwrite=args.overwrite, log=log)
-    print(f"wrote {', '.join(res['files'])} to {args.out}/")
+    try:
+        with warnings.catch_warnings() if args.quiet else contextlib.nullcontext():
+            if args.quiet:
+                warnings.simplefilter("ignore")
+            if args.render:
+                render_folder(args.out, log=log)
+                return 0
+            workloads = tuple(w.strip() for w in args.only.split(",") if w.strip())
+            make = BenchConfig.full if args.mode == "full" else BenchConfig.quick
+            cfg = make(seed=args.seed, workloads=workloads, threads=args.threads)
+            res = run_bench(cfg, args.out, overwrite=args.overwrite, log=log)
+    except (ImportError, PermissionError) as e:
+        raise CommandError(str(e)) from None
+    log(f"wrote {', '.join(res['files'])} to {args.out}/")
     return 0

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["BenchConfig", "WORKLOADS"]
-
-WORKLOADS = ("analytic", "digits", "unet", "edm")
+__all__ = ["BenchConfig"]
 
 
 @dataclass(frozen=True)
@@ -16,7 +14,7 @@ class BenchConfig:
 
     mode: str = "quick"
     seed: int = 0
-    workloads: tuple[str, ...] = WORKLOADS
+    workloads: tuple[str, ...] | None = None  # names from bench.runner.WORKLOADS; None: all of them
     methods: tuple[str, ...] = ("ddim", "edict", "bdia-1", "bdia-0.96", "bdia-0.9", "bdia-0.5", "belm")
     dtypes: tuple[str, ...] = ("float64", "float32")
     headline_steps: int = 50
@@ -29,7 +27,7 @@ class BenchConfig:
     analytic_std: float = 0.3
     analytic_batch: int = 4
     analytic_steps: tuple[int, ...] = (10, 20, 50, 100)
-    analytic_check_dim: int = 16  # also a small mixture like docs/math.md section 4's (8 components, std 0.3); 0 skips
+    analytic_check_dim: int = 16  # also a small mixture in this many dimensions (8 components, std 0.3); 0 skips
     # Workload 2: the embedded digits model; references by Heun on a fine grid.
     digits_batch: int = 8
     digits_steps: tuple[int, ...] = (10, 20, 50)
@@ -48,6 +46,25 @@ class BenchConfig:
     nulltext_width: float = 0.1
     nulltext_steps: int = 10  # 0 skips null-text inversion
     nulltext_inner: int = 10
+    # Workload 4: EDM's Karras grids; solvers compared at equal NFE budgets.
+    edm_methods: tuple[str, ...] = ("ddim", "heun", "bdia-1", "bdia-0.5", "bdia-heun-1", "bdia-heun-0.96",
+                                    "bdia-heun-0.5")
+    edm_samples: int = 32
+    edm_budgets: tuple[int, ...] = (10, 20, 50, 100, 200)  # the order is fitted over the three largest
+    edm_round_trip_methods: tuple[str, ...] = ("bdia-heun-1", "bdia-heun-0.96", "bdia-heun-0.5", "heun", "ddim")
+    edm_round_trip_steps: int = 25
+    edm_round_trip_samples: int = 16
+    edm_digits_methods: tuple[str, ...] = ("ddim", "heun", "bdia-heun-1", "bdia-heun-0.5")
+    edm_digits_per_class: int = 10  # 0 skips the digits model's Frechet distance
+    edm_digits_budgets: tuple[int, ...] = (10, 20)
+    edm_digits_guidance: float = 2.0
+    # Editing on the digits model: held-out digits inverted, regenerated under other classes.
+    editing_methods: tuple[str, ...] = ("ddim", "edict", "bdia-1", "belm")
+    editing_images: int = 10
+    editing_targets: int = 2  # other classes per image (9: all)
+    editing_steps: int = 20
+    editing_strengths: tuple[float, ...] = (0.6, 1.0)
+    editing_guidances: tuple[float, ...] = (1.0, 3.0)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -61,6 +78,10 @@ class BenchConfig:
             analytic_batch=8,
             digits_batch=16, digits_steps=(10, 20, 50, 100), digits_ref_stride=1,
             unet_width=1.0, unet_repeats=3, solver_repeats=7, nulltext_steps=20,
+            edm_samples=256, edm_round_trip_samples=64, edm_digits_per_class=50, edm_digits_budgets=(10, 20, 50),
+            edm_digits_methods=BenchConfig.edm_methods,
+            editing_images=40, editing_targets=9, editing_steps=50, editing_strengths=(0.4, 0.6, 0.8, 1.0),
+            editing_guidances=(1.0, 2.0, 3.0, 5.0),
         )
         return replace(base, **overrides)
 

@@ -9,6 +9,7 @@ every grid's starting noise (its state at that grid's first point) and the one s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from ..solvers import Heun
 from .common import measure_method
 from .config import BenchConfig
 from .methods import get_methods
+from .report import reference_tables
 
 
 def fine_grid(schedule: Schedule, grids: dict[int, Grid], stride: int) -> Grid:
@@ -31,28 +33,22 @@ def fine_grid(schedule: Schedule, grids: dict[int, Grid], stride: int) -> Grid:
 
 def references(eps, fine: Grid, grids: dict[int, Grid], x0: torch.Tensor, gen: torch.Generator):
     """(reference noise of x0 per grid, noise per grid, the shared reference sample) by Heun on ``fine``."""
-    want = {int(g.timesteps[0]): n for n, g in grids.items()}
     fine_t = [int(t) for t in fine.timesteps.tolist()]
-    ref_noise: dict[int, torch.Tensor] = {}
 
-    def keep_inv(index: int, sigma: float, state: tuple) -> None:
-        if index < len(fine_t) and fine_t[index] in want:
+    def keep(into: dict[int, torch.Tensor]):
+        """A callback that stores the state wherever the fine run passes a coarse grid's first point."""
+        def callback(index: int, sigma: float, state: tuple) -> None:
             for n, g in grids.items():
-                if int(g.timesteps[0]) == fine_t[index]:
-                    ref_noise[n] = state.z.clone()
+                if index < len(fine_t) and int(g.timesteps[0]) == fine_t[index]:
+                    into[n] = state.z.clone()
+        return callback
 
     solver = Heun()
-    solver.invert(eps, x0, fine, callback=keep_inv)
+    ref_noise: dict[int, torch.Tensor] = {}
+    solver.invert(eps, x0, fine, callback=keep(ref_noise))
     start = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     noise = {n: start for n, g in grids.items() if int(g.timesteps[0]) == fine_t[0]}
-
-    def keep_sample(index: int, sigma: float, state: tuple) -> None:
-        if index < len(fine_t) and fine_t[index] in want:
-            for n, g in grids.items():
-                if int(g.timesteps[0]) == fine_t[index]:
-                    noise[n] = state.z.clone()
-
-    sample = solver.sample(eps, start, fine, callback=keep_sample)
+    sample = solver.sample(eps, start, fine, callback=keep(noise))
     return ref_noise, noise, {n: sample for n in grids}
 
 
@@ -86,6 +82,22 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
                         f"labels, guidance {cfg.digits_guidance:g}, schedule {schedule.config.get('beta_schedule')} / "
                         f"{schedule.timestep_spacing}; reference: Heun on a {fine.num_steps}-step grid"),
         "steps": list(cfg.digits_steps),
+        "dtypes": list(cfg.dtypes),
         "reference_steps": fine.num_steps,
         "results": results,
     }
+
+
+PLOT = "digits_error_vs_nfe.png"
+
+
+def section(results: dict[str, Any]) -> str:
+    return "\n\n".join(["## Workload 2: the embedded digits model", results["description"] + ".",
+                         f"![digits: error against NFE]({PLOT})", reference_tables(results, results["dtypes"])])
+
+
+def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
+    from .plots import error_vs_nfe
+
+    error_vs_nfe(results, "digits model, fine-grid reference", out_dir / PLOT, overwrite)
+    return [PLOT]

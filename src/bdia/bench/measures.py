@@ -1,8 +1,9 @@
-"""The measures of docs/math.md section 8, and the instruments that take them (counting, timing, memory).
+"""The measures of docs/math.md section 8, and the instruments that take them (timing, memory).
 
 Code name -> measure: ``round_trip`` -> |regenerate(invert(x0)) - x0|; ``fidelity`` -> |inverted
 noise - the exact ODE's noise|; ``accuracy`` -> |sample from noise - the exact ODE's sample from the
-same noise|; ``order`` -> -slope of log(error) against log(N); ``nfe`` -> model evaluations.
+same noise|; ``order`` -> -slope of log(error) against log(N); ``nfe`` -> model evaluations, as the
+solvers count them (``Inversion.nfe``, ``solver.solve(...).nfe``).
 Errors are given as ``max`` (largest absolute element difference over the batch) and ``rms``
 (root mean square element difference).
 """
@@ -16,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["error_stats", "fit_order", "CountingModel", "ZeroModel", "interleaved_times", "median", "finite_or_none"]
+__all__ = ["error_stats", "fit_order", "ZeroModel", "interleaved_times", "median", "finite_or_none"]
 
 
 def error_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -42,23 +43,6 @@ def fit_order(steps: Sequence[int], errors: Sequence[float], floor: float = 1e-1
     sxx = sum((p[0] - mx) ** 2 for p in pts)
     sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
     return -sxy / sxx if sxx > 0 else None
-
-
-class CountingModel:
-    """Wraps an eps model and counts its calls (NFE); forwards the wrapped model's dtype declaration."""
-
-    def __init__(self, model: Callable):
-        self.model, self.calls = model, 0
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        from ..models import model_dtype
-
-        return model_dtype(self.model)
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.model(x, t)
 
 
 class ZeroModel:

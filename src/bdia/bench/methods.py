@@ -1,4 +1,8 @@
-"""The inversion methods the benchmark compares, each a name, a label and a solver factory."""
+"""The solvers the benchmark compares: the one bench-side list of methods, each a key, a label and a constructor.
+
+Every workload takes its methods from here by key (``get_methods``), so a label or a parameter is
+written once.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..solvers import BDIA, DDIM, EDICT, Solver
+from ..solvers import BDIA, DDIM, EDICT, Heun, Solver
 
 __all__ = ["Method", "METHODS", "get_methods"]
 
@@ -16,22 +20,29 @@ __all__ = ["Method", "METHODS", "get_methods"]
 class Method:
     key: str  # stable name in results.json
     label: str  # name in tables and plots
-    make: Callable[[torch.dtype], Solver]  # state dtype -> solver
-    gamma: float | str | None = None
+    build: Callable[[torch.dtype], Solver]  # state dtype -> solver
+
+    def make(self, state_dtype: torch.dtype = torch.float64) -> Solver:
+        return self.build(state_dtype)
 
 
-def _bdia(gamma: float | str) -> Callable[[torch.dtype], Solver]:
-    return lambda dt: BDIA(gamma, state_dtype=dt)
+def _bdia(gamma: float | str, forward: str = "euler") -> Callable[[torch.dtype], Solver]:
+    return lambda dt: BDIA(gamma, forward=forward, state_dtype=dt)
 
 
 METHODS: dict[str, Method] = {m.key: m for m in [
-    Method("ddim", "DDIM inversion", lambda dt: DDIM(state_dtype=dt)),
+    Method("ddim", "DDIM", lambda dt: DDIM(state_dtype=dt)),
+    Method("heun", "Heun (EDM)", lambda dt: Heun(state_dtype=dt)),
     Method("edict", "EDICT p=0.93", lambda dt: EDICT(0.93, state_dtype=dt)),
-    Method("bdia-1", "BDIA gamma=1", _bdia(1.0), 1.0),
-    Method("bdia-0.96", "BDIA gamma=0.96", _bdia(0.96), 0.96),
-    Method("bdia-0.9", "BDIA gamma=0.9", _bdia(0.9), 0.9),
-    Method("bdia-0.5", "BDIA gamma=0.5", _bdia(0.5), 0.5),
-    Method("belm", "O-BELM (BDIA gamma='belm')", _bdia("belm"), "belm"),
+    Method("bdia-1", "BDIA gamma=1", _bdia(1.0)),
+    Method("bdia-0.96", "BDIA gamma=0.96", _bdia(0.96)),
+    Method("bdia-0.9", "BDIA gamma=0.9", _bdia(0.9)),
+    Method("bdia-0.5", "BDIA gamma=0.5", _bdia(0.5)),
+    Method("belm", "O-BELM (BDIA gamma='belm')", _bdia("belm")),
+    # BDIA-EDM (docs/math.md section 6): EDM's Heun forward move, the Euler move back.
+    Method("bdia-heun-1", "BDIA-Heun gamma=1", _bdia(1.0, "heun")),
+    Method("bdia-heun-0.96", "BDIA-Heun gamma=0.96", _bdia(0.96, "heun")),
+    Method("bdia-heun-0.5", "BDIA-Heun gamma=0.5", _bdia(0.5, "heun")),
 ]}
 
 

@@ -1,7 +1,13 @@
-"""The markdown report: headline table, targets, and one section per workload, from results.json's data."""
+"""The markdown report: the document around the workloads' sections (headline, targets, settings),
+the tables the workloads share, and the number formatting, all from results.json's data.
+
+Each workload writes its own section (``section(results)`` in its module); :func:`render` puts them
+in registry order between the cross-workload summaries and the settings.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -22,7 +28,7 @@ def fmt(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -49,23 +55,30 @@ def headline(results: dict[str, Any]) -> str:
         rows.append([
             res["label"], r64.get("nfe_invert", 0) + r64.get("nfe_reconstruct", 0),
             r64["round_trip"]["max"], r32["round_trip"]["max"] if r32 else None,
-            r64["fidelity"]["max"], r64["fidelity"]["rms"], r64["accuracy"]["rms"], res["order"]["accuracy"],
+            r64["fidelity"]["max"], r64["fidelity"]["rms"], r64["accuracy"]["rms"], order_cell(res["order"]),
             f"{ratios[method]:.3f}x" if method in ratios else "n/a",
         ])
     header = ["Method", "NFE inv+rec", "round trip max (f64)", "round trip max (f32)", "noise error max",
-              "noise error rms", "sample error rms", "sampling order", "time vs DDIM (UNet, CPU)"]
+              "noise error rms", "sample error rms", "sampling order (declared)", "time vs DDIM (UNet, CPU)"]
     return (f"Gaussian mixture in {tuple(cfg['analytic_shape'])} with exact eps, SD 1.5 schedule, {n} steps; "
             "errors against the exact ODE. Time: invert + reconstruct on the SD 1.5 UNet workload, ratio of median "
-            f"CPU times to DDIM inversion's {TIMING_NOTE.split(':')[0]}).\n\n" + _table(header, rows))
+            f"CPU times to DDIM's {TIMING_NOTE.split(':')[0]}). Sampling order: measured from the errors over N, "
+            "the solver's declared `order_on(grid)` in brackets.\n\n" + table(header, rows))
 
 
-def _workload_tables(wl: dict[str, Any], dtypes: list[str]) -> str:
+def order_cell(order: dict[str, Any], measure: str = "accuracy") -> str:
+    """The measured order of ``measure`` with the solver's declared order (``order_on(grid)``) in brackets."""
+    return f"{fmt(order[measure])} ({fmt(order.get('declared'))})"
+
+
+def reference_tables(wl: dict[str, Any], dtypes: list[str]) -> str:
+    """Round trip, fidelity and accuracy per method and N, and the cost, of a workload with a reference ODE."""
     out = []
     for measure, title in (("round_trip", "Round-trip error max |regenerate(invert(x0)) - x0|"),
                            ("fidelity", "Inversion fidelity: inverted noise vs the reference's, max (rms)"),
                            ("accuracy", "Sampling accuracy: sample vs the reference from the same noise, max (rms)")):
         for dtype in dtypes if measure == "round_trip" else dtypes[:1]:
-            header = ["Method"] + [f"N={n}" for n in wl["steps"]] + (["order"] if measure != "round_trip" else [])
+            header = ["Method"] + [f"N={n}" for n in wl["steps"]] + (["order (declared)"] if measure != "round_trip" else [])
             rows = []
             for key, res in wl["results"].items():
                 if not key.endswith("/" + dtype):
@@ -78,9 +91,9 @@ def _workload_tables(wl: dict[str, Any], dtypes: list[str]) -> str:
                     else:
                         cells.append(f"{fmt(e['max'])} ({fmt(e['rms'])})")
                 if measure != "round_trip":
-                    cells.append(res["order"][measure])
+                    cells.append(order_cell(res["order"], measure))
                 rows.append(cells)
-            out.append(f"**{title}, {dtype} state**\n\n" + _table(header, rows))
+            out.append(f"**{title}, {dtype} state**\n\n" + table(header, rows))
     nfe_rows = []
     for key, res in wl["results"].items():
         if key.endswith("/" + dtypes[0]):
@@ -88,8 +101,10 @@ def _workload_tables(wl: dict[str, Any], dtypes: list[str]) -> str:
             nfe_rows.append([res["label"], r.get("nfe_invert"), r.get("nfe_reconstruct"), r.get("nfe_sample"),
                              r.get("amplification"), r.get("seconds_invert_reconstruct")])
     out.append(f"**Cost at N={wl['steps'][-1]}** (amplification: prod 1/gamma_i, the lower bound on how much "
-               f"inversion amplifies rounding; seconds {TIMING_NOTE})\n\n"
-               + _table(["Method", "NFE invert", "NFE reconstruct", "NFE sample", "amplification", "seconds inv+rec"],
+               f"inversion amplifies rounding; seconds {TIMING_NOTE}). Measured order: minus the slope of log rms "
+               "error against log N; declared, in brackets: the solver's `order_on(grid)` for these grids (for the "
+               "fidelity of inversion the declaration is generation's order, a guide only).\n\n"
+               + table(["Method", "NFE invert", "NFE reconstruct", "NFE sample", "amplification", "seconds inv+rec"],
                         nfe_rows))
     return "\n\n".join(out)
 
@@ -112,7 +127,16 @@ def _fidelity_vs_ddim(wl: dict[str, Any], dtype: str = "float64") -> tuple[str, 
             if ratio > 1 and (m.startswith("bdia") or m == "belm"):
                 worse.append((res["label"], n, ratio))
         rows.append(cells)
-    return _table(["Method"] + [f"N={n}" for n in wl["steps"]], rows), worse
+    return table(["Method"] + [f"N={n}" for n in wl["steps"]], rows), worse
+
+
+def _growing(wl: dict[str, Any], keys: list[str]) -> list[str]:
+    """Labels of ``keys`` whose inverted noise moves away from the reference's between the two largest N."""
+    if len(wl["steps"]) < 2:
+        return []
+    a, b = wl["steps"][-2], wl["steps"][-1]
+    return [wl["results"][k]["label"] for k in keys if k in wl["results"]
+            and wl["results"][k]["by_steps"][str(b)]["fidelity"]["rms"] > wl["results"][k]["by_steps"][str(a)]["fidelity"]["rms"]]
 
 
 def _growth(wl: dict[str, Any]) -> str:
@@ -120,8 +144,7 @@ def _growth(wl: dict[str, Any]) -> str:
     if len(wl["steps"]) < 2:
         return ""
     a, b = wl["steps"][-2], wl["steps"][-1]
-    grow = [res["label"] for key, res in wl["results"].items() if key.endswith("/float64")
-            and res["by_steps"][str(b)]["fidelity"]["rms"] > res["by_steps"][str(a)]["fidelity"]["rms"]]
+    grow = _growing(wl, [k for k in wl["results"] if k.endswith("/float64")])
     if not grow:
         return f"Every method's inverted noise gets closer to the exact ODE's from N={a} to N={b}."
     return f"Inverted noise moving away from the exact ODE's as N grows from {a} to {b}: {', '.join(grow)}."
@@ -185,22 +208,16 @@ def targets(results: dict[str, Any]) -> str:
                          + ", ".join(f"{lab}: {fmt(v)}" for lab, v in vals) + f" ({'met' if ok else 'NOT met'}).")
     wl = wls.get("analytic", {})
     if "results" in wl:
-        table, worse = _fidelity_vs_ddim(wl)
+        ratios, worse = _fidelity_vs_ddim(wl)
         msg = ("- **Inverted noise vs DDIM inversion's** (analytic, rms distance to the exact ODE's noise, as a "
-               "multiple of DDIM inversion's; >1x means further from the true noise than DDIM inversion):\n\n" + table)
+               "multiple of DDIM inversion's; >1x means further from the true noise than DDIM inversion):\n\n" + ratios)
         if worse:
             msg += "\n\n  Further than DDIM inversion: " + "; ".join(f"{lab} at N={n} ({r:.3g}x)" for lab, n, r in worse) + "."
         n = 50 if 50 in wl["steps"] else max(wl["steps"])
-        math_md = {"ddim": 0.54, "edict": 0.82, "bdia-1": 0.16, "bdia-0.96": 0.93, "bdia-0.9": 10}
-        here = [(wl["results"][f"{m}/float64"]["label"], _row(wl, m, "float64", n)["fidelity"]["max"], v)
-                for m, v in math_md.items() if f"{m}/float64" in wl["results"]]
-        msg += (f"\n\n  Largest distance of the inverted noise from the exact ODE's at {n} steps, here (docs/math.md "
-                "section 4's 16-dimensional mixture in brackets): "
-                + ", ".join(f"{lab} {fmt(a)} ({v:g})" for lab, a, v in here) + ". "
-                + ("Same ordering of the methods as there. " if [h[0] for h in sorted(here, key=lambda h: h[1])]
-                   == [h[0] for h in sorted(here, key=lambda h: h[2])] else
-                   "The ordering differs from docs/math.md's in places; the absolute values depend on the mixture. ")
-                + _growth(wl))
+        here = sorted((_row(wl, key.split("/")[0], "float64", n)["fidelity"]["max"], res["label"])
+                      for key, res in wl["results"].items() if key.endswith("/float64"))
+        msg += (f"\n\n  Largest distance of the inverted noise from the exact ODE's at {n} steps, closest first: "
+                + ", ".join(f"{lab} {fmt(v)}" for v, lab in here) + ". " + _growth(wl))
         lines.append(msg)
     return "\n".join(lines)
 
@@ -232,8 +249,52 @@ def defaults_paragraph(results: dict[str, Any]) -> str:
         text += (" nearly everywhere; the exceptions: "
                  + "; ".join(f"{name} N={n}: {lab} at {r:.3g}x gamma=1's rms error"
                              for name, ex in exceptions.items() for n, lab, r in ex))
-    text += (f". Its round trip stays at rounding level at every N (worst {fmt(max(rt))} over all step counts "
-             "and both state dtypes; prod 1/gamma_i = 1, no amplification), while gamma < 1 moves the inverted "
-             "noise away from the ODE's as N grows. The library's default `BDIA(gamma=1.0)` is supported by "
-             "these numbers; smaller gamma damps the oscillating mode, which helps generation, not inversion.")
+    growing = {name: _growing(w, [f"{m}/float64" for m in ("bdia-0.96", "bdia-0.9", "bdia-0.5")]) for name, w in wls.items()}
+    text += (f". Its round trip: worst {fmt(max(rt))} over all step counts and both state dtypes (prod 1/gamma_i = 1, "
+             "no amplification). Inverted noise of gamma < 1 moving away from the ODE's between the two largest N: "
+             + ("; ".join(f"{name}: {', '.join(labs)}" for name, labs in growing.items() if labs) or "none")
+             + ". " + ("These numbers support the library's default `BDIA(gamma=1.0)`; smaller gamma damps the "
+                       "oscillating mode, which helps generation, not inversion (docs/math.md section 4)."
+                       if not any(exceptions.values()) else
+                       "Where another gamma is closer, it is listed above."))
     return text
+
+
+def render(results: dict[str, Any], sections: dict[str, str]) -> str:
+    """The whole report.md: header, headline, targets, the workloads' ``sections`` (by name, in order), settings."""
+    from .methods import METHODS
+
+    cfg = results["config"]
+    mode = cfg["mode"]
+    methods = ", ".join(METHODS[k].label if k in METHODS else k for k in cfg["methods"])
+    parts = [
+        "# BDIA benchmark report",
+        f"Generated by `bdia bench --{mode} --seed {cfg['seed']}` ({mode} mode"
+        + (": smaller sizes than the full mode, see the settings below" if mode != "full" else "")
+        + ")" + ("; this text and the plots were rewritten from its `results.json` by `bdia bench --render`"
+                 if results.get("rendered_from_json") else "")
+        + f". Every number is in `results.json`. Wall time of this run: "
+        f"{sum(results['seconds'].values()) / 60:.1f} min {TIMING_NOTE}.",
+        f"Methods: {methods}"
+        + (", and null-text inversion (optimisation-based, on the UNet workload)" if "unet" in results["workloads"]
+           else "")
+        + ". DDIM inversion is approximate; the others invert exactly up to rounding. Measures "
+        "(docs/math.md section 8): round-trip error, inversion fidelity (inverted noise against the exact ODE's noise "
+        "for the same input), sampling accuracy (sample against the exact ODE's sample from the same noise), "
+        "empirical order (minus the slope of log rms error against log N) beside the order each solver declares, "
+        "NFE (as the solvers count it), wall time, peak memory.",
+        "## Headline", headline(results),
+        "## Targets", targets(results),
+        defaults_paragraph(results),
+    ]
+    for name, wl in results["workloads"].items():
+        if "skipped" in wl:
+            parts.append(f"## Workload {name}\n\nNot run: {wl['skipped']}.")
+        else:
+            parts.append(sections[name])
+    settings = {k: v for k, v in cfg.items() if k != "extra"}
+    parts.append("## Settings and environment\n\n`BenchConfig`: `" + json.dumps(settings, default=str)
+                 + "`.\n\nEnvironment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items())
+                 + f". Seconds per workload {TIMING_NOTE}: "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items()) + ".")
+    return "\n\n".join(p for p in parts if p) + "\n"

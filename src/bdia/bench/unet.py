@@ -17,18 +17,23 @@ Measured here, in one process, each timing repeated with the methods interleaved
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 import warnings
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 
 from ..models import ClassifierFreeGuidance
 from ..schedule import Schedule
-from ..solvers import BDIA, DDIM, EDICT
 from .analytic import SD15_SCHEDULE
 from .config import BenchConfig
-from .measures import CountingModel, ZeroModel, error_stats, interleaved_times, median
+from .measures import ZeroModel, error_stats, interleaved_times, median
+from .methods import METHODS
+from .report import fmt, table
 
 # Stable Diffusion 1.5's unet/config.json (runwayml/stable-diffusion-v1-5), written out.
 SD15_UNET: dict[str, Any] = {
@@ -41,12 +46,7 @@ SD15_UNET: dict[str, Any] = {
     "cross_attention_dim": 768, "attention_head_dim": 8,
 }
 TEXT_TOKENS, TEXT_DIM = 77, 768
-COST_METHODS = {  # key -> (label, solver factory by state dtype)
-    "ddim": ("DDIM inversion", lambda dt: DDIM(state_dtype=dt)),
-    "bdia-1": ("BDIA gamma=1", lambda dt: BDIA(1.0, state_dtype=dt)),
-    "edict": ("EDICT p=0.93", lambda dt: EDICT(0.93, state_dtype=dt)),
-}
-TIMED = ("ddim", "bdia-1", "edict")
+TIMED = ("ddim", "bdia-1", "edict")  # METHODS keys whose cost is measured
 
 
 def unet_config(width: float) -> dict[str, Any]:
@@ -83,12 +83,27 @@ def _guided(unet, cfg: BenchConfig, gen: torch.Generator) -> ClassifierFreeGuida
     return ClassifierFreeGuidance(UNetEps(unet), cond, uncond, cfg.unet_guidance)
 
 
+@contextlib.contextmanager
+def _fd2_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: the profiler's C++ side writes start/stop lines straight to it.
+    Python exceptions still propagate, and are printed after the descriptor is restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_torch_bytes(fn: Callable[[], Any]) -> int:
     """Peak of the torch CPU allocations made during ``fn()`` and alive at once (the profiler's memory
     events); memory allocated before the call, such as the model's weights, is not counted."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _fd2_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     live = peak = 0
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
@@ -100,9 +115,9 @@ def peak_torch_bytes(fn: Callable[[], Any]) -> int:
 
 def _round_trip(solver, model, x0, grid) -> tuple[torch.Tensor, int]:
     """Invert then reconstruct; returns the reconstruction and the NFE of both."""
-    counted = CountingModel(model)
-    inv = solver.invert(counted, x0, grid)
-    return solver.sample(counted, inv, grid), counted.calls
+    inv = solver.invert(model, x0, grid)
+    rec = solver.solve(model, inv, grid)
+    return rec.x, inv.nfe + rec.nfe
 
 
 def solver_arithmetic(cfg: BenchConfig, shape: tuple[int, ...], schedule: Schedule) -> dict[str, Any]:
@@ -113,7 +128,7 @@ def solver_arithmetic(cfg: BenchConfig, shape: tuple[int, ...], schedule: Schedu
     tasks = {}
     for key in TIMED:
         for dt in ("float64", "float32"):
-            solver = COST_METHODS[key][1](getattr(torch, dt))
+            solver = METHODS[key].make(getattr(torch, dt))
             tasks[f"{key}/{dt}"] = (lambda s=solver: _round_trip(s, zero, x0, grid))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -156,7 +171,7 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         guided(x0, t_fwd)  # warm-up
         tasks: dict[str, Callable[[], Any]] = {"forward": lambda: [guided(x0, t_fwd) for _ in range(3)]}
         for key in TIMED:
-            solver = COST_METHODS[key][1](torch.float64)
+            solver = METHODS[key].make(torch.float64)
             tasks[key] = (lambda s=solver, k=key: results.__setitem__(k, _round_trip(s, guided, x0, grid)))
         cpu: dict[str, list[float]] = {}
         times = interleaved_times(tasks, cfg.unet_repeats, cpu)
@@ -166,7 +181,7 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     timing = {}
     for key, ts in times.items():
         rec, nfe = results[key]
-        timing[key] = {"label": COST_METHODS[key][0], "seconds": median(ts), "times": ts,
+        timing[key] = {"label": METHODS[key].label, "seconds": median(ts), "times": ts,
                        "cpu_seconds": median(cpu[key]), "cpu_times": cpu[key],
                        "cpu_ratio_to_ddim": median(cpu[key]) / median(cpu["ddim"]),
                        "ratio_to_ddim": median(ts) / median(times["ddim"]),
@@ -181,7 +196,7 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     memory = {}
     with torch.no_grad():
         for key in TIMED:
-            solver = COST_METHODS[key][1](torch.float64)
+            solver = METHODS[key].make(torch.float64)
             peak = peak_torch_bytes(lambda: _round_trip(solver, guided, x0, mgrid))
             zpeak = peak_torch_bytes(lambda: _round_trip(solver, ZeroModel(shape), x0, mgrid))
             memory[key] = {"peak_bytes": peak, "solver_peak_bytes": zpeak,
@@ -193,10 +208,10 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for key in cfg.unet_float32_methods:
-            rec, _ = _round_trip(COST_METHODS[key][1](torch.float32), guided, x0, grid)
-            dtype_rt[key] = {"label": COST_METHODS[key][0], "float32": error_stats(rec, x0),
+            rec, _ = _round_trip(METHODS[key].make(torch.float32), guided, x0, grid)
+            dtype_rt[key] = {"label": METHODS[key].label, "float32": error_stats(rec, x0),
                              "float64": timing[key]["round_trip_float64"]}
-        dtype_rt["ddim"] = {"label": "DDIM inversion", "float64": timing["ddim"]["round_trip_float64"]}
+        dtype_rt["ddim"] = {"label": METHODS["ddim"].label, "float64": timing["ddim"]["round_trip_float64"]}
     out["state_dtype_round_trip"] = dtype_rt
 
     if cfg.nulltext_steps:
@@ -254,10 +269,10 @@ def nulltext(cfg: BenchConfig, schedule: Schedule, shape: tuple[int, ...], log=p
     with torch.no_grad():
         guided(x0, grid.timesteps[:1])  # warm-up
         for key in ("ddim", "bdia-1"):
-            solver = COST_METHODS[key][1](torch.float64)
+            solver = METHODS[key].make(torch.float64)
             c0, t0 = time.process_time(), time.perf_counter()
             rec, nfe = _round_trip(solver, guided, x0, grid)
-            rows[key] = {"label": COST_METHODS[key][0], "seconds": time.perf_counter() - t0,
+            rows[key] = {"label": METHODS[key].label, "seconds": time.perf_counter() - t0,
                          "cpu_seconds": time.process_time() - c0,
                          "nfe": nfe, "round_trip": error_stats(rec, x0)}
     c0, t0 = time.process_time(), time.perf_counter()
@@ -274,3 +289,81 @@ def nulltext(cfg: BenchConfig, schedule: Schedule, shape: tuple[int, ...], log=p
     return {"width": cfg.nulltext_width, "parameters": sum(p.numel() for p in unet.parameters()),
             "steps": cfg.nulltext_steps, "inner_steps": cfg.nulltext_inner, "guidance": cfg.unet_guidance,
             "rows": rows}
+
+
+PLOT = "unet_time.png"
+
+
+def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
+    from .plots import time_per_method
+
+    time_per_method(results, out_dir / PLOT, overwrite)
+    return [PLOT]
+
+
+def section(u: dict[str, Any]) -> str:
+    s = u["setup"]
+    out = ["## Workload 3: SD 1.5 UNet architecture, cost",
+           f"diffusers `UNet2DConditionModel` with SD 1.5's configuration, block_out_channels "
+           f"{tuple(s['block_out_channels'])} (width x{s['width']:g}; {s['parameters'] / 1e6:.1f}M parameters), random "
+           f"weights, float32; latent {tuple(s['latent_shape'])}; random 77x768 text embeddings, classifier-free "
+           f"guidance {s['guidance']:g} (both branches in one batch); {s['steps']} steps; SD 1.5 schedule; solver state "
+           f"float64 unless stated; torch threads: {s['threads']}. Random weights make the guided ODE unlike a trained "
+           f"model's (DDIM inversion's round trip here: max error "
+           f"{fmt(u['invert_reconstruct']['ddim']['round_trip_float64']['max'])}), so this workload is about cost and exactness, not image "
+           "quality. Times vary from run to run and machine to machine; the errors and memory are deterministic "
+           "for the seed."]
+    out.append(f"![time per method]({PLOT})")
+    ir = u["invert_reconstruct"]
+    per_nfe = ir["ddim"]["cpu_seconds"] / ir["ddim"]["nfe"]
+    fastest = min(ir["ddim"]["times"])
+    rows = [[r["label"], r["nfe"], r["seconds"], f"{r['ratio_to_ddim']:.3f}x", f"{min(r['times']) / fastest:.3f}x",
+             f"{r['cpu_ratio_to_ddim']:.3f}x", f"{r['cpu_seconds'] / r['nfe'] / per_nfe:.3f}x",
+             r["round_trip_float64"]["max"]] for r in ir.values()]
+    out.append(f"**Invert + reconstruct** (median of {s['repeats']} interleaved repeats; one guided UNet forward: "
+               f"{1000 * u['forward_seconds']:.1f} ms). BDIA's reconstruction from the inverted pair (z_0, z_1) "
+               "needs N - 1 evaluations, so invert + reconstruct costs 2N - 1 NFE against DDIM's 2N; the per-NFE "
+               "column (CPU time) removes that advantage. Seconds: median wall time; fastest: ratio of the fastest "
+               "runs; CPU: ratio of median process CPU times, which other processes on the machine disturb less "
+               "than wall time.\n\n"
+               + table(["Method", "NFE", "seconds", "vs DDIM (median wall)", "vs DDIM (fastest wall)",
+                         "vs DDIM (CPU)", "per NFE vs DDIM (CPU)", "round trip max"], rows))
+    sd = u.get("sd15_forward")
+    if sd:
+        fr = sd["arithmetic_fraction"]
+        pr = sd["predicted_ratio_to_ddim"]
+        out.append(f"**Full-width SD 1.5 UNet** ({sd['parameters'] / 1e6:.0f}M parameters, same latent): one guided "
+                   f"forward {sd['forward_seconds']:.2f} s (median of {len(sd['times'])}). Solver arithmetic per step "
+                   f"as a share of it: BDIA {100 * fr['bdia-1/float64']:.4f}% (float64 state), DDIM "
+                   f"{100 * fr['ddim/float64']:.4f}%, EDICT {100 * fr['edict/float64']:.4f}%. Predicted invert + "
+                   f"reconstruct time at {s['steps']} steps (NFE x forward + steps x arithmetic): BDIA "
+                   f"{pr['bdia-1']:.4f}x DDIM, EDICT {pr['edict']:.3f}x. Too slow on this CPU to time whole "
+                   "inversions repeatedly, hence the prediction.")
+    ar = u["solver_arithmetic"]
+    rows = [[k.split("/")[0], k.split("/")[1], 1e6 * v["seconds_per_step"], f"{100 * u['arithmetic_fraction'][k]:.3f}%"]
+            for k, v in ar.items()]
+    out.append("**Solver arithmetic per grid step** (invert + reconstruct with a zero-cost eps model of the same "
+               "shape: state updates, dtype casts and finiteness checks, no network)\n\n"
+               + table(["Method", "state", "microseconds / step", "of one UNet forward"], rows))
+    rows = [[k, m["peak_bytes"] / 2**20, m["solver_peak_bytes"] / 2**10, m["state_bytes"] / 2**10]
+            for k, m in u["memory"].items()]
+    out.append("**Peak memory** of the torch CPU allocations made during invert + reconstruct and alive at once "
+               "(the weights, allocated before, excluded; torch profiler memory "
+               f"events; {next(iter(u['memory'].values()))['steps']} steps, float64 state): with the UNet (MiB), with the zero-cost model (the solver alone, "
+               "KiB), and the solver state held between steps (KiB)\n\n"
+               + table(["Method", "peak with UNet (MiB)", "solver alone peak (KiB)", "state (KiB)"], rows))
+    rows = [[r["label"], r.get("float32", {}).get("max"), r["float64"]["max"]] for r in u["state_dtype_round_trip"].values()]
+    out.append("**Round trip by solver state dtype** (UNet in float32, guidance "
+               f"{s['guidance']:g}, {s['steps']} steps)\n\n" + table(["Method", "float32 state", "float64 state"], rows))
+    nt = u.get("nulltext")
+    if nt:
+        rows = [[r["label"], r["nfe"], r["round_trip"]["max"], r["round_trip"]["rms"], r["seconds"],
+                 f"{r['time_ratio_to_ddim']:.2f}x", f"{r['cpu_ratio_to_ddim']:.2f}x"] for r in nt["rows"].values()]
+        out.append(f"**Null-text inversion** (Mokady et al. 2023) against the exact methods under guidance "
+                   f"{nt['guidance']:g}: UNet width x{nt['width']:g} ({nt['parameters'] / 1e6:.1f}M parameters), "
+                   f"{nt['steps']} steps, at most {nt['inner_steps']} Adam iterations per step. NFE: guided evaluations "
+                   "for the solvers; for null-text, single-branch UNet passes during inversion (forward and backward "
+                   "each counted) plus the guided evaluations of the reconstruction.\n\n"
+                   + table(["Method", "NFE", "round trip max", "round trip rms", "seconds", "time vs DDIM",
+                            "CPU time vs DDIM"], rows))
+    return "\n\n".join(out)

@@ -80,7 +80,7 @@ def load_classifier(device: str | torch.device = "cpu", path: str | Path | None 
 def parse_label(prompt: str | int) -> int:
     """The class a prompt names: ``"3"`` (or ``3``) -> 3."""
     s = str(prompt).strip()
-    if not (s.isdigit() and 0 <= int(s) < NUM_CLASSES):
+    if not (s.isascii() and s.isdigit() and 0 <= int(s) < NUM_CLASSES):  # isascii: "²" is a digit to Python
         raise ValueError(f"the digits model's prompt is a class, one of 0..9; got {prompt!r}")
     return int(s)
 

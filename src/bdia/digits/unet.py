@@ -102,7 +102,8 @@ class DigitsUNet(nn.Module):
         labels = torch.as_tensor(labels, device=x.device, dtype=torch.long)
         if labels.dim() == 0:
             labels = labels.expand(x.shape[0])
-        emb = self.time_mlp(timestep_embedding(t, self.config["emb_dim"]).to(x.dtype)) + self.class_emb(labels)  # float64 copies too
+        # The embedding is computed in float32 (exact timesteps), then follows the model's dtype (float16/bfloat16).
+        emb = self.time_mlp(timestep_embedding(t, self.config["emb_dim"]).to(x.dtype)) + self.class_emb(labels)
         h = self.conv_in(x)
         skips = []
         for i, block in enumerate(self.down):

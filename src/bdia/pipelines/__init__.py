@@ -1,9 +1,11 @@
-"""Stable Diffusion integration (needs the ``diffusers`` extra): real-image inversion and editing,
-saved inversions, a diffusers-compatible BDIA scheduler, and the image commands of the CLI.
+"""Real-image inversion and editing: one :class:`Editor` over model backends (Stable Diffusion via
+the ``diffusers`` extra, the embedded digits model), saved inversions, a diffusers-compatible BDIA
+scheduler, and the image commands of the CLI.
 
     editor = bdia.pipelines.Editor.from_pretrained("path/or/hub-id", torch_dtype=torch.float16)
     inv = editor.invert("cat.png", "a photo of a cat", num_steps=50)
     editor.edit(inv, "a photo of a dog").images[0].save("dog.png")
+    digits = bdia.pipelines.Editor.from_pretrained("digits")   # no diffusers needed
 
 Names are imported on first use, so ``import bdia.pipelines`` does not import diffusers.
 """
@@ -15,17 +17,25 @@ from typing import Any
 
 _EXPORTS = {
     "Editor": ".editor",
-    "BaseEditor": ".editor",
-    "DigitsEditor": ".digits_editor",
+    "Backend": ".editor",
     "EditResult": ".editor",
-    "make_solver": ".editor",
+    "load_editor": ".editor",
+    "StableDiffusionBackend": ".diffusers_model",
+    "DigitsBackend": ".digits_editor",
+    "make_solver": "..solvers",
     "ImageInversion": ".saved",
     "save_inversion": ".saved",
     "load_inversion": ".saved",
     "BDIAScheduler": ".scheduler",
+    "BDIAInverseScheduler": ".scheduler",
     "UNetModel": ".diffusers_model",
     "encode_prompts": ".diffusers_model",
     "ImageSizeWarning": ".images",
+    "ImageConversionWarning": ".images",
+    "ImageReadError": ".images",
+    "read_image": ".images",
+    "load_pipeline": ".loading",
+    "UnsafeWeightsError": ".loading",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,5 +1,8 @@
 """The edge between diffusers' Stable Diffusion pipelines and the core's model contract.
 
+:class:`StableDiffusionBackend` is the Stable Diffusion family (SD 1.x, 2.x, SDXL) behind
+:class:`~bdia.pipelines.Editor`: VAE latents, text prompts, classifier-free guidance.
+
 :class:`UNetModel` turns a ``UNet2DConditionModel`` into ``model(x, t, cond) -> prediction`` with
 ``cond`` a flat dict of tensors (``encoder_hidden_states``; for SDXL also ``text_embeds`` and
 ``time_ids``), which ``bdia.to_eps`` and ``bdia.ClassifierFreeGuidance`` compose with.
@@ -10,12 +13,24 @@ negative prompt, two text encoders) stay those of diffusers.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Sequence
+import os
+import re
+import warnings
+from typing import Any, Iterator, Sequence
 
 import torch
 
-__all__ = ["UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl", "pipeline_fingerprint"]
+from ..models import to_eps
+from ..schedule import Schedule
+from ..solvers import NonFiniteError
+from .editor import Backend
+from .images import to_pixels
+from .policy import choose_device, prompt_list, resolve_dtype
+from .saved import dtype_name
+
+__all__ = ["StableDiffusionBackend", "UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl", "pipeline_fingerprint"]
 
 
 def is_sdxl(pipe: Any) -> bool:
@@ -74,17 +89,6 @@ class UNetModel(torch.nn.Module):
         return out.float()
 
 
-def _as_list(prompt: str | Sequence[str], batch: int, what: str) -> list[str]:
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"{what} must be a string or a list of strings")
-    if len(prompts) == 1:
-        prompts = prompts * batch
-    if len(prompts) != batch:
-        raise ValueError(f"got {len(prompts)} {what}s for {batch} images; give one, or one per image")
-    return prompts
-
-
 def encode_prompts(pipe: Any, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None,
                    batch: int, height: int, width: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(cond, uncond) dicts for ``UNetModel`` with batch ``batch`` (one prompt, or one per image).
@@ -93,8 +97,8 @@ def encode_prompts(pipe: Any, prompt: str | Sequence[str], negative_prompt: str 
     for SDXL checkpoints with ``force_zeros_for_empty_prompt``). ``height, width`` are the image's
     pixel size, used for SDXL's size conditioning (original = target size, no crop).
     """
-    prompts = _as_list(prompt, batch, "prompt")
-    negatives = None if negative_prompt is None else _as_list(negative_prompt, batch, "negative prompt")
+    prompts = prompt_list(prompt, batch, "prompt")
+    negatives = None if negative_prompt is None else prompt_list(negative_prompt, batch, "negative prompt")
     device = pipe.unet.device
     with torch.no_grad():
         if is_sdxl(pipe):
@@ -167,3 +171,193 @@ def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str 
         if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-4):
             return f"the UNet weights differ ({name})"
     return None
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return bool(_HUB_ID.match(model)) and ".." not in model and not model.endswith((".ckpt", ".safetensors"))
+
+
+def _has_safety_checker(name: str, revision: str | None) -> bool:
+    try:
+        from diffusers import DiffusionPipeline
+
+        return "safety_checker" in DiffusionPipeline.load_config(name, revision=revision)
+    except Exception:  # let from_pretrained report what is wrong with the model
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_loading(progress: bool) -> Iterator[None]:
+    """Hide the loaders' progress bars unless progress is wanted, and transformers' torch_dtype notice."""
+    from diffusers.utils import logging as dlog
+
+    was_enabled = dlog.is_progress_bar_enabled()
+    try:
+        from transformers.utils import logging as tlog
+    except ImportError:  # pragma: no cover - transformers is required by SD pipelines
+        tlog = None
+    t_enabled = tlog.is_progress_bar_enabled() if tlog else False
+    if not progress:
+        dlog.disable_progress_bar()
+        if tlog:
+            tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated")
+            yield
+    finally:
+        if was_enabled:
+            dlog.enable_progress_bar()
+        if tlog and t_enabled:
+            tlog.enable_progress_bar()
+
+
+def _model_folder(model: str | os.PathLike) -> str:
+    """A diffusers folder (expanded) or a hub id; FileNotFoundError for anything else."""
+    name = os.fspath(model)
+    if not os.path.isdir(os.path.expanduser(name)):
+        if not _looks_like_hub_id(name) or os.path.exists(name):
+            raise FileNotFoundError(
+                f"no model folder at {name!r}: give a folder saved with save_pretrained "
+                "(holding model_index.json) or a hub id such as 'org/model'"
+            )
+        return name
+    name = os.path.expanduser(name)
+    if not os.path.isfile(os.path.join(name, "model_index.json")):
+        raise FileNotFoundError(
+            f"{name!r} has no model_index.json: it is not a diffusers pipeline folder "
+            "(single-file .ckpt/.safetensors checkpoints: convert them with diffusers first)"
+        )
+    return name
+
+
+class StableDiffusionBackend(Backend):
+    """A diffusers SD 1.x/2.x/SDXL pipeline as an editor backend: VAE latents, text prompts, CFG.
+
+    Args:
+        pipe: a loaded ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (any scheduler;
+            only its config is used, to build the :class:`~bdia.Schedule`).
+        model_id, revision: recorded in saved inversions (``from_pretrained`` fills them in).
+        schedule_overrides: scheduler config keys to replace, e.g. ``timestep_spacing="trailing"``.
+    """
+
+    def __init__(self, pipe: Any, *, model_id: str | None = None, revision: str | None = None,
+                 **schedule_overrides: Any):
+        check_pipeline(pipe)
+        self.pipe = pipe
+        self.schedule = Schedule.from_config(dict(pipe.scheduler.config), **schedule_overrides)
+        self.model = UNetModel(pipe.unet)
+        self.eps_model = to_eps(self.model, self.schedule)
+        self.vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
+        # SDXL's VAE overflows in float16; diffusers upcasts it, so do we (the latents stay the same).
+        if pipe.vae.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+            pipe.vae.to(torch.float32)
+        self.model_id = model_id or getattr(pipe, "name_or_path", None) or None
+        self.revision = revision
+        self._fingerprint: dict[str, Any] | None = None
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None = None,
+                        device: str | torch.device | None = None, revision: str | None = None,
+                        variant: str | None = None, progress: bool = True, **kwargs: Any) -> "StableDiffusionBackend":
+        """Load a pipeline from a local folder or a hub id (hub ids download on the user's machine)."""
+        from diffusers import DiffusionPipeline
+
+        name = _model_folder(model)
+        dtype = resolve_dtype(torch_dtype)
+        dev = choose_device(device)
+        load_kwargs = dict(kwargs)
+        for key, value in (("torch_dtype", dtype), ("revision", revision), ("variant", variant)):
+            if value is not None:
+                load_kwargs[key] = value
+        if _has_safety_checker(name, revision):
+            # Inversion and editing use the UNet, VAE and text encoders only; skip loading the checker.
+            load_kwargs.setdefault("safety_checker", None)
+            load_kwargs.setdefault("requires_safety_checker", False)
+        try:
+            with _quiet_loading(progress):
+                pipe = DiffusionPipeline.from_pretrained(name, **load_kwargs)
+        except OSError as e:
+            raise FileNotFoundError(f"could not load model {name!r}: {e}") from None
+        pipe = pipe.to(dev)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=not progress)
+        model_id = os.path.abspath(name) if os.path.isdir(name) else name
+        return cls(pipe, model_id=model_id, revision=revision)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        size = int(self.pipe.unet.config.sample_size) * self.vae_factor
+        return size, size
+
+    def load_images(self, images: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Images (PIL, path, tensor in [0, 1], or a list) to a batch in [-1, 1], sized for the VAE."""
+        return to_pixels(images, self.vae_factor, size)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scaled VAE latents (float32) of pixels in [-1, 1]: the posterior mean, deterministic."""
+        vae = self.pipe.vae
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean.float()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = (latents - shift) * vae.config.scaling_factor
+        if not torch.isfinite(latents).all():
+            raise NonFiniteError(
+                f"the VAE encoder returned NaN or inf in {vae.dtype}; load the model with torch_dtype=float32"
+            )
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] (float32, clipped) from scaled latents."""
+        vae = self.pipe.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = latents.float() / vae.config.scaling_factor + shift
+        pixels = vae.decode(z.to(vae.device, vae.dtype)).sample.float()
+        if not torch.isfinite(pixels).all():
+            raise NonFiniteError(f"the VAE decoder returned NaN or inf in {vae.dtype}; use torch_dtype=float32")
+        return pixels.clamp(-1.0, 1.0)
+
+    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
+                   width: int) -> tuple[dict, dict]:
+        return encode_prompts(self.pipe, prompts, negatives, len(prompts), height, width)
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        if height % self.vae_factor or width % self.vae_factor or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be multiples of the VAE factor {self.vae_factor}, "
+                             f"got {width}x{height}")
+        return (batch, self.pipe.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
+
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = pipeline_fingerprint(self.pipe)
+        return self._fingerprint
+
+    def record(self) -> dict[str, Any]:
+        return {"id": self.model_id, "revision": self.revision, "class": type(self.pipe).__name__,
+                "dtype": dtype_name(self.dtype), "fingerprint": self.fingerprint()}
+
+    def check_record(self, record: dict[str, Any]) -> None:
+        saved = record.get("fingerprint", {})
+        if "unet_config" not in saved:
+            raise ValueError(
+                f"this inversion was made with model {record.get('id')!r} ({record.get('class')}), not a "
+                f"Stable Diffusion pipeline; load that model (bdia: --model {record.get('id')}, or no --model)"
+            )
+        mismatch = fingerprint_mismatch(saved, self.fingerprint())
+        if mismatch:
+            raise ValueError(
+                f"this inversion was made with model {record.get('id')!r} ({record.get('class')}) and "
+                f"{mismatch} in the loaded model {self.model_id!r}; load the model it was inverted with"
+            )

@@ -1,40 +1,45 @@
-"""Invert, reconstruct and edit real images with a Stable Diffusion pipeline (SD 1.x, 2.x, SDXL).
+"""Invert, reconstruct, edit and generate images with one :class:`Editor` over a small model backend.
 
     editor = Editor.from_pretrained("path/or/hub-id", torch_dtype=torch.float16, device="cuda")
     inv = editor.invert("cat.png", "a photo of a cat", num_steps=50)
     editor.edit(inv, "a photo of a dog").images[0].save("dog.png")
 
-Inversion: VAE encode (posterior mean, times the scaling factor), then ``solver.invert`` with
-classifier-free guidance under the source prompt. Reconstruction regenerates with the same guided
+    digits = Editor.from_pretrained("digits")      # the embedded 16x16 digits model; prompts "0".."9"
+
+Inversion: the backend encodes the images to latents (Stable Diffusion: the VAE's posterior mean
+times the scaling factor; digits: the pixels themselves), then ``solver.invert`` runs under the
+backend's guided eps model for the source prompt. Reconstruction regenerates with the same guided
 model, so BDIA and EDICT return the latents exactly (up to rounding); an edit regenerates from the
-same latents under another prompt and guidance. The UNet and VAE run in the pipeline's dtype while
-the solver state stays in ``state_dtype`` (float64 by default).
+same latents under another prompt and guidance. The model runs in its own dtype while the solver
+state stays in ``state_dtype`` (float64 by default).
+
+What is model-specific lives in a :class:`Backend`; the Editor holds the flow that every model
+shares. A new model family (e.g. flow-matching models) is a new backend, not a new editor.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import time
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from ..models import ClassifierFreeGuidance, to_eps
+from ..models import ClassifierFreeGuidance
 from ..schedule import Grid, Schedule
-from ..solvers import BDIA, SOLVERS, NonFiniteError, Solver
-from .diffusers_model import (UNetModel, _as_list, check_pipeline, encode_prompts, fingerprint_mismatch,
-                             pipeline_fingerprint)
-from .images import pixel_errors, to_pil, to_pixels
-from .saved import ImageInversion, dtype_from_name, dtype_name
+from ..solvers import Solver, make_solver
+from .images import pixel_errors, to_pil
+from ..digits.data import to_uint8 as _to_uint8
+from .policy import as_size, prompt_list, resolve_dtype, state_dtype_for
+from .saved import ImageInversion, dtype_name
 
-__all__ = ["BaseEditor", "Editor", "EditResult", "make_solver", "resolve_dtype"]
+__all__ = ["Backend", "Editor", "EditResult", "compare_pixels", "load_editor"]
 
 Prompt = str | Sequence[str]
 SAME = type("Same", (), {"__repr__": lambda self: "SAME"})()  # edit(): keep the inversion's negative prompt
+DIGITS = "digits"  # the model id of the embedded digits model
 
 
 @dataclass
@@ -49,28 +54,87 @@ class EditResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``torch.float16``, "fp16", "float16", "bf16", "bfloat16", "fp32", "float32" or None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32",
-             "fp64": "float64", "double": "float64"}
-    return dtype_from_name(names.get(str(dtype).lower(), str(dtype).lower()))
+class Backend(ABC):
+    """The model-specific pieces the :class:`Editor` needs; everything else is shared.
 
+    ========================================  ===============================================================
+    ``schedule``                               the :class:`bdia.Schedule` grids are built from
+    ``grid(num_steps, strength)``              the grid (default: ``schedule.grid``, truncated to ``strength``)
+    ``device``, ``dtype``                      where and in which dtype the model runs
+    ``load_images(images, size)``              paths/PIL/tensors (or a list) -> a pixel batch in [-1, 1]
+    ``encode(pixels)`` / ``decode(latents)``   pixels <-> latents (float32 out; decode clips to [-1, 1])
+    ``conditions(prompts, negatives, h, w)``   (cond, uncond) for the eps model; ``negatives`` None is the
+                                               model's default unconditional branch
+    ``guided(cond, uncond, scale)``            the canonical eps model ``(x, t) -> eps`` under guidance
+                                               (default: classifier-free guidance over ``eps_model``)
+    ``latent_shape(batch, h, w)``              the latents' shape (ValueError for an unsupported size)
+    ``default_size``                           (width, height) that ``generate`` makes by default
+    ``record()`` / ``check_record(record)``    the model id, class, dtype and fingerprint saved with an
+                                               inversion; refuse an inversion of another model
+    ========================================  ===============================================================
 
-def make_solver(method: str | Solver = "bdia", *, gamma: float | Sequence[float] | str = 1.0, p: float = 0.93,
-                state_dtype: torch.dtype = torch.float64) -> Solver:
-    """A solver by name ("bdia", "edict", "ddim"), or ``method`` itself when it is a Solver."""
-    if isinstance(method, Solver):
-        return method
-    name = str(method).lower()
-    if name == "bdia":
-        return BDIA(gamma, state_dtype=state_dtype)
-    if name == "edict":
-        return SOLVERS["edict"](p, state_dtype=state_dtype)
-    if name in SOLVERS:
-        return SOLVERS[name](state_dtype=state_dtype)
-    raise ValueError(f"unknown method {method!r}; choose one of {sorted(SOLVERS)}")
+    Optional: ``check_prompt(prompt)`` refuses a prompt the model cannot take, before any work;
+    ``to_images(pixels)`` (default RGB, or grayscale for one channel); ``latent_name`` and
+    ``lossy_codec`` (True when decode(encode(x)) != x, e.g. a VAE) shape the reports;
+    ``default_guidance`` is generate()'s guidance scale.
+    """
+
+    latent_name = "latent"
+    lossy_codec = True
+    default_guidance = 7.5
+    schedule: Schedule
+    eps_model: Any  # model(x, t, cond) -> eps
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @abstractmethod
+    def load_images(self, images: Any, size: tuple[int, int] | None = None) -> torch.Tensor: ...
+
+    @abstractmethod
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int, width: int) -> tuple[Any, Any]: ...
+
+    @abstractmethod
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]: ...
+
+    @property
+    @abstractmethod
+    def default_size(self) -> tuple[int, int]: ...
+
+    @abstractmethod
+    def record(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def check_record(self, record: dict[str, Any]) -> None: ...
+
+    def grid(self, num_steps: int, strength: float = 1.0) -> Grid:
+        grid = self.schedule.grid(int(num_steps))
+        return grid if float(strength) == 1.0 else grid.truncated(strength)
+
+    def guided(self, cond: Any, uncond: Any, scale: float) -> Any:
+        return ClassifierFreeGuidance(self.eps_model, cond, uncond, scale)
+
+    def check_prompt(self, prompt: str) -> None:
+        """Refuse a prompt this model cannot take (any text is fine by default)."""
+
+    def to_images(self, pixels: torch.Tensor) -> list:
+        """PIL images from pixels in [-1, 1]: RGB, or grayscale ("L") for one channel."""
+        if pixels.shape[1] != 1:
+            return to_pil(pixels)
+        from PIL import Image
+
+        return [Image.fromarray(im[0].numpy(), mode="L") for im in _to_uint8(pixels.cpu())]
 
 
 class _Progress:
@@ -96,165 +160,145 @@ class _Progress:
             self.bar.close()
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+def _solver_params(method: str | Solver, gamma: Any, p: Any) -> dict[str, Any]:
+    """The editor's gamma/p knobs for ``method``: each applies to its own method, None otherwise."""
+    if isinstance(method, Solver):
+        return {}
+    name = str(method).lower()
+    return {"gamma": gamma if name == "bdia" else None, "p": p if name == "edict" else None}
 
 
-def _looks_like_hub_id(model: str) -> bool:
-    return bool(_HUB_ID.match(model)) and ".." not in model and not model.endswith((".ckpt", ".safetensors"))
+class Editor:
+    """Inversion, reconstruction, editing and generation over a :class:`Backend`.
 
-
-def _has_safety_checker(name: str, revision: str | None) -> bool:
-    try:
-        from diffusers import DiffusionPipeline
-
-        return "safety_checker" in DiffusionPipeline.load_config(name, revision=revision)
-    except Exception:  # let from_pretrained report what is wrong with the model
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_loading(progress: bool) -> Iterator[None]:
-    """Hide the loaders' progress bars unless progress is wanted, and transformers' torch_dtype notice."""
-    from diffusers.utils import logging as dlog
-
-    was_enabled = dlog.is_progress_bar_enabled()
-    try:
-        from transformers.utils import logging as tlog
-    except ImportError:  # pragma: no cover - transformers is required by SD pipelines
-        tlog = None
-    t_enabled = tlog.is_progress_bar_enabled() if tlog else False
-    if not progress:
-        dlog.disable_progress_bar()
-        if tlog:
-            tlog.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated")
-            yield
-    finally:
-        if was_enabled:
-            dlog.enable_progress_bar()
-        if tlog and t_enabled:
-            tlog.enable_progress_bar()
-
-
-class BaseEditor:
-    """What every editor shares: inversion, reconstruction, editing and generation with a core solver.
-
-    A subclass supplies the model: ``schedule``, ``state_dtype``, ``progress``, ``device``/``dtype``,
-    latents (``preprocess``, ``encode``, ``decode``, ``to_images``, ``latent_shape``,
-    ``default_size``), prompts (``encode_prompt``, ``eps_model``) and the record saved with an
-    inversion (``_model_record``, ``check_model``). :class:`Editor` is Stable Diffusion (VAE
-    latents, text prompts); :class:`~bdia.pipelines.digits_editor.DigitsEditor` is the embedded
-    digits model (pixels, class labels).
+    Args:
+        backend: a :class:`Backend`, or a loaded diffusers ``StableDiffusionPipeline`` /
+            ``StableDiffusionXLPipeline`` (wrapped in :class:`~bdia.pipelines.diffusers_model.StableDiffusionBackend`
+            with ``model_id``, ``revision`` and ``schedule_overrides`` such as ``timestep_spacing="trailing"``).
+        state_dtype: the solver state's dtype (float64 by default; float32 loses digits, see docs/math.md).
+        progress: show a progress bar on the sampling loops (tqdm); each call may override it.
     """
 
-    latent_name = "latent"  # what the round-trip error is measured on, for reports
-    default_guidance = 7.5  # generate()'s guidance scale when none is given
+    def __init__(self, backend: Any, *, state_dtype: torch.dtype = torch.float64, progress: bool = True,
+                 **pipeline_options: Any):
+        if not isinstance(backend, Backend):
+            from .diffusers_model import StableDiffusionBackend
 
-    schedule: Schedule
-    state_dtype: torch.dtype
-    progress: bool
-    eps_model: Any
+            backend = StableDiffusionBackend(backend, **pipeline_options)
+        elif pipeline_options:
+            raise TypeError(f"options {sorted(pipeline_options)} apply to a diffusers pipeline, not a {type(backend).__name__}")
+        self.backend = backend
+        self.state_dtype = state_dtype_for(backend.device, state_dtype)
+        self.progress = progress
 
-    # ----- what a subclass supplies -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: Any, *, torch_dtype: str | torch.dtype | None = None,
+                        device: str | torch.device | None = None, state_dtype: torch.dtype = torch.float64,
+                        progress: bool = True, **kwargs: Any) -> "Editor":
+        """An editor for ``model``: "digits" (the embedded digits model), a diffusers folder or a hub id.
+
+        ``torch_dtype`` is the model's dtype (float16 halves memory; the solver state stays float64);
+        ``device`` defaults to CUDA, else MPS, else the CPU. Other keywords (``revision``,
+        ``variant``, ...) go to ``DiffusionPipeline.from_pretrained``.
+        """
+        if str(model) == DIGITS:
+            from .digits_editor import DigitsBackend
+
+            if kwargs:
+                raise ValueError(f"{', '.join(sorted(kwargs))}: these apply to diffusers models; the digits model "
+                                 "ships with bdia")
+            backend: Backend = DigitsBackend.load(device=device, dtype=torch_dtype)
+        else:
+            from .diffusers_model import StableDiffusionBackend
+
+            backend = StableDiffusionBackend.from_pretrained(model, torch_dtype=torch_dtype, device=device,
+                                                             progress=progress, **kwargs)
+        return cls(backend, state_dtype=state_dtype, progress=progress)
+
+    # ----- what callers read ----------------------------------------------------------------------
+    @property
+    def schedule(self) -> Schedule:
+        return self.backend.schedule
+
     @property
     def device(self) -> torch.device:
-        raise NotImplementedError
+        return self.backend.device
 
     @property
-    def dtype(self) -> torch.dtype:
-        raise NotImplementedError
+    def default_guidance(self) -> float:
+        return self.backend.default_guidance
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def preprocess(self, image: Any, size: int | Sequence[int] | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def encode_prompt(self, prompt: Prompt, negative_prompt: Prompt | None, batch: int,
-                      height: int, width: int) -> tuple[Any, Any]:
-        raise NotImplementedError
-
-    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
-        """The latents' shape for ``batch`` images of ``width`` x ``height`` pixels (ValueError if unsupported)."""
-        raise NotImplementedError
-
-    def default_size(self) -> tuple[int, int]:
-        """(width, height) that ``generate`` makes by default."""
-        raise NotImplementedError
-
-    def fingerprint(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _model_record(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def check_model(self, inv: ImageInversion) -> None:
-        """Refuse an inversion made with another model (ValueError naming both)."""
-        raise NotImplementedError
-
-    def validate_prompt(self, prompt: Prompt | None) -> None:
-        """Refuse a prompt this model cannot take, before any work is done (any text is fine by default)."""
-
-    def to_images(self, pixels: torch.Tensor) -> list:
-        """PIL images from decoded pixels in [-1, 1]."""
-        return to_pil(pixels)
-
-    # ----- shared ---------------------------------------------------------------------------------------
     def grid(self, num_steps: int, strength: float = 1.0) -> Grid:
         """The grid of ``num_steps`` steps, keeping the last ``strength`` fraction of it."""
-        grid = self.schedule.grid(int(num_steps))
-        return grid if float(strength) == 1.0 else grid.truncated(strength)
+        return self.backend.grid(num_steps, strength)
 
-    def guided(self, cond: Any, uncond: Any, guidance_scale: float) -> ClassifierFreeGuidance:
-        return ClassifierFreeGuidance(self.eps_model, cond, uncond, guidance_scale)
+    def validate_prompt(self, prompt: Prompt | None) -> None:
+        """Refuse a prompt (or list of prompts) the model cannot take, before any work is done."""
+        if prompt is None:
+            return
+        for p in [prompt] if isinstance(prompt, str) else list(prompt):
+            self.backend.check_prompt(p)
+
+    def _conditions(self, prompt: Prompt, negative: Prompt | None, batch: int, height: int, width: int):
+        prompts = prompt_list(prompt, batch, "prompt")
+        negatives = None if negative is None else prompt_list(negative, batch, "negative prompt")
+        self.validate_prompt(prompts)
+        self.validate_prompt(negatives)
+        return prompts, negatives, self.backend.conditions(prompts, negatives, height, width)
+
+    def _run(self, solver: Solver, model: Any, start: Any, grid: Grid, progress: bool | None, what: str) -> Any:
+        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} {what}", grid.num_steps)
+        try:
+            if what == "inversion":
+                return solver.invert(model, start, grid, callback=bar)
+            return solver.solve(model, start, grid, callback=bar)
+        finally:
+            bar.close()
 
     # ----- inversion, reconstruction, editing -------------------------------------------------------
     @torch.no_grad()
     def invert(self, image: Any, prompt: Prompt = "", *, negative_prompt: Prompt | None = None,
                guidance_scale: float = 1.0, num_steps: int = 50, strength: float = 1.0,
-               method: str | Solver = "bdia", gamma: float | Sequence[float] | str = 1.0, p: float = 0.93,
-               size: int | Sequence[int] | None = None, progress: bool | None = None) -> ImageInversion:
+               method: str | Solver = "bdia", gamma: float | Sequence[float] | str | None = None,
+               p: float | None = None, size: int | Sequence[int] | None = None,
+               progress: bool | None = None) -> ImageInversion:
         """Invert real images under ``prompt`` (one, or one per image) with classifier-free guidance.
 
         ``strength`` < 1 inverts only the last part of the grid (the BDIA authors edit with 0.8):
         the result sits at an intermediate noise level, and edits keep more of the image.
-        ``method`` is "bdia" (with ``gamma``), "edict" (mixing ``p``), "ddim" (approximate), or a
-        Solver. ``size=(width, height)`` resizes the images; without it, :class:`Editor` center-crops
-        images that are not multiples of the VAE factor (with a warning).
+        ``method`` is "bdia" (with ``gamma``, default 1), "edict" (mixing ``p``, default 0.93),
+        "ddim" (approximate), or a Solver. ``size=(width, height)`` resizes the images; without it
+        the backend decides (Stable Diffusion center-crops to the VAE factor, with a warning).
         """
-        solver = make_solver(method, gamma=gamma, p=p, state_dtype=self.state_dtype)
-        grid = self.grid(num_steps, strength)
-        pixels = self.preprocess(image, size)
+        solver = make_solver(method, state_dtype=self.state_dtype, **_solver_params(method, gamma, p))
+        grid = self.backend.grid(num_steps, strength)
+        pixels = self.backend.load_images(image, as_size(size))
         batch, _, height, width = pixels.shape
+        prompts, negatives, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
         start = time.perf_counter()
-        clean = self.encode(pixels)
-        cond, uncond = self.encode_prompt(prompt, negative_prompt, batch, height, width)
-        model = self.guided(cond, uncond, guidance_scale)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} inversion", grid.num_steps)
-        try:
-            core = solver.invert(model, clean.to(self.state_dtype), grid, callback=bar)
-        finally:
-            bar.close()
-        prompts = _as_list(prompt, batch, "prompt")
-        negatives = None if negative_prompt is None else _as_list(negative_prompt, batch, "negative prompt")
+        clean = self.backend.encode(pixels)
+        model = self.backend.guided(cond, uncond, guidance_scale)
+        core = self._run(solver, model, clean.to(self.state_dtype), grid, progress, "inversion")
         return ImageInversion(
             inversion=core, prompt=prompts, negative_prompt=negatives, guidance_scale=float(guidance_scale),
             num_steps=int(num_steps), strength=float(strength), image_size=(int(width), int(height)),
-            schedule=_plain(self.schedule.config), model=self._model_record(), state_dtype=self.state_dtype,
-            clean=clean, info={"seconds": time.perf_counter() - start},
+            schedule=_plain(self.backend.schedule.config), model=self.backend.record(),
+            state_dtype=self.state_dtype, clean=clean, info={"seconds": time.perf_counter() - start},
         )
 
     @torch.no_grad()
     def reconstruct(self, inv: ImageInversion, *, progress: bool | None = None) -> EditResult:
-        """Regenerate the inverted images with the same prompt and guidance (exact for BDIA and EDICT)."""
+        """Regenerate the inverted images with the same prompt and guidance (exact for BDIA and EDICT).
+
+        ``latent_error`` is the max latent difference from the inverted latents; ``info["identical"]``
+        the fraction of 8-bit pixels equal to those of the decoded inverted latents.
+        """
         result = self._regenerate(inv, inv.prompt, inv.negative_prompt, inv.guidance_scale, progress, "reconstruction")
         if inv.clean is not None:
-            result.latent_error = float((result.latents - inv.clean.to(result.latents)).abs().max())
+            clean = inv.clean.to(result.latents)
+            result.latent_error = float((result.latents - clean).abs().max())
+            same = _to_uint8(self.backend.decode(result.latents)) == _to_uint8(self.backend.decode(clean))
+            result.info["identical"] = float(same.double().mean())
         return result
 
     @torch.no_grad()
@@ -262,7 +306,7 @@ class BaseEditor:
              guidance_scale: float | None = None, progress: bool | None = None) -> EditResult:
         """Regenerate the inverted images under ``prompt``: an edit.
 
-        ``guidance_scale`` and ``negative_prompt`` default to the inversion's (None: the pipeline's
+        ``guidance_scale`` and ``negative_prompt`` default to the inversion's (None: the model's
         default unconditional branch).
         """
         negative = inv.negative_prompt if negative_prompt is SAME else negative_prompt
@@ -271,277 +315,142 @@ class BaseEditor:
 
     @torch.no_grad()
     def generate(self, prompt: Prompt, *, negative_prompt: Prompt | None = None, guidance_scale: float | None = None,
-                 num_steps: int = 50, method: str | Solver = "bdia", gamma: float | Sequence[float] | str = 0.5,
-                 p: float = 0.93, height: int | None = None, width: int | None = None, num_images: int = 1,
+                 num_steps: int = 50, method: str | Solver = "bdia", gamma: float | Sequence[float] | str | None = None,
+                 p: float | None = None, height: int | None = None, width: int | None = None, num_images: int = 1,
                  generator: torch.Generator | None = None, seed: int | None = None,
                  progress: bool | None = None) -> EditResult:
         """Text to image with a core solver from Gaussian noise (float64 state, like inversion).
 
-        ``gamma`` defaults to 0.5, the BDIA authors' choice for text-to-image at few steps;
-        ``guidance_scale`` to the editor's ``default_guidance`` (7.5 for Stable Diffusion).
+        ``gamma`` defaults to 0.5 for BDIA, the authors' choice for text-to-image at few steps;
+        ``guidance_scale`` to the backend's ``default_guidance`` (7.5 for Stable Diffusion, 2 for digits).
         """
         if guidance_scale is None:
-            guidance_scale = self.default_guidance
-        solver = make_solver(method, gamma=gamma, p=p, state_dtype=self.state_dtype)
-        grid = self.grid(num_steps)
-        default_w, default_h = self.default_size()
+            guidance_scale = self.backend.default_guidance
+        if gamma is None and str(method).lower() == "bdia":
+            gamma = 0.5
+        solver = make_solver(method, state_dtype=self.state_dtype, **_solver_params(method, gamma, p))
+        grid = self.backend.grid(num_steps)
+        default_w, default_h = self.backend.default_size
         height, width = int(height or default_h), int(width or default_w)
-        prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
-        shape = self.latent_shape(len(prompts), height, width)
+        batch = num_images if isinstance(prompt, str) else len(prompt)
+        shape = self.backend.latent_shape(batch, height, width)
+        _, _, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device).to(self.device)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
         start = time.perf_counter()
-        cond, uncond = self.encode_prompt(prompts, negative_prompt, len(prompts), height, width)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} sampling", grid.num_steps)
-        try:
-            out = solver.solve(self.guided(cond, uncond, guidance_scale), noise.to(self.state_dtype), grid, callback=bar)
-        finally:
-            bar.close()
-        images = self.to_images(self.decode(out.x))
+        model = self.backend.guided(cond, uncond, guidance_scale)
+        out = self._run(solver, model, noise.to(self.device, self.state_dtype), grid, progress, "sampling")
+        images = self.backend.to_images(self.backend.decode(out.x))
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
     def pixel_errors(self, image: Any, result: EditResult | torch.Tensor, inv: ImageInversion | None = None,
                      size: int | Sequence[int] | None = None) -> dict[str, float]:
-        """Pixel errors of a reconstruction against ``image``, beside the VAE's own round trip.
-
-        Mean absolute errors in [0, 1] units (see :func:`bdia.pipelines.images.pixel_errors`).
-        Pass the inversion's size if it was resized (``size=``).
+        """Errors of a reconstruction against ``image`` (see :func:`compare_pixels`); with a lossy codec (a
+        VAE) also ``vae_roundtrip`` (the codec's own round trip, which exact inversion cannot beat) and
+        ``vs_vae`` (reconstruction against that round trip; :func:`bdia.pipelines.images.pixel_errors`).
+        Pass the inversion's size if it was resized.
         """
-        pixels = self.preprocess(image, size if size is not None else (inv.image_size if inv else None))
+        pixels = self.backend.load_images(image, as_size(size) or (inv.image_size if inv else None))
         latents = result.latents if isinstance(result, EditResult) else result
-        rec = self.decode(latents)
-        vae = self.decode(inv.clean if inv is not None and inv.clean is not None else self.encode(pixels))
-        return pixel_errors(pixels, vae, rec)
+        rec = self.backend.decode(latents)
+        errors = compare_pixels(pixels, rec)
+        if not self.backend.lossy_codec:
+            return errors
+        clean = inv.clean if inv is not None and inv.clean is not None else self.backend.encode(pixels)
+        codec = self.backend.decode(clean.to(self.device)).float().cpu()
+        return {**errors, **pixel_errors(pixels.float().cpu(), codec, rec.float().cpu())}
+
+    def file_errors(self, image: Any, written: Any, size: int | Sequence[int] | None = None) -> dict[str, float]:
+        """:func:`compare_pixels` of image files as written (e.g. after a lossy format) against ``image``."""
+        size = as_size(size)
+        return compare_pixels(self.backend.load_images(image, size), self.backend.load_images(written, size))
 
     def check(self, inv: ImageInversion) -> Grid:
         """Refuse an inversion made with another model, schedule, grid or latent shape; return its grid."""
-        self.check_model(inv)
+        if not isinstance(inv, ImageInversion):
+            raise TypeError(f"expected an ImageInversion (from invert or load_inversion), got {type(inv).__name__}")
+        self.backend.check_record(inv.model)
+        schedule = self.backend.schedule
         saved_schedule = Schedule.from_config(inv.schedule)
-        if not torch.equal(saved_schedule.alphas_cumprod, self.schedule.alphas_cumprod):
-            raise ValueError("this inversion was made with another noise schedule (betas) than this pipeline's; "
+        if not torch.equal(saved_schedule.alphas_cumprod, schedule.alphas_cumprod):
+            raise ValueError("this inversion was made with another noise schedule (betas) than this model's; "
                              "load the model it was inverted with")
-        if saved_schedule.prediction_type != self.schedule.prediction_type:
+        if saved_schedule.prediction_type != schedule.prediction_type:
             raise ValueError(
                 f"this inversion was made with a {saved_schedule.prediction_type!r}-prediction model and this "
-                f"pipeline predicts {self.schedule.prediction_type!r}; load the model it was inverted with"
+                f"model predicts {schedule.prediction_type!r}; load the model it was inverted with"
             )
-        grid = self.grid(inv.num_steps, inv.strength)
+        grid = self.backend.grid(inv.num_steps, inv.strength)
         if not grid.matches(inv.inversion.grid):
             raise ValueError(
                 f"this inversion's grid ({inv.num_steps} steps, strength {inv.strength}, "
-                f"{saved_schedule.timestep_spacing} spacing) differs from this pipeline's "
-                f"({self.schedule.timestep_spacing} spacing, steps_offset {self.schedule.steps_offset}); "
+                f"{saved_schedule.timestep_spacing} spacing) differs from this model's "
+                f"({schedule.timestep_spacing} spacing, steps_offset {schedule.steps_offset}); "
                 "pass the scheduler settings used for inversion"
             )
         shape = tuple(inv.inversion.latents[0].shape)
         w, h = inv.image_size
-        expected = tuple(self.latent_shape(shape[0], h, w))
+        expected = tuple(self.backend.latent_shape(shape[0], h, w))
         if shape != expected:
             raise ValueError(f"this inversion's latents have shape {shape}, but this model makes {expected} "
                              f"for {w}x{h} images")
-        if inv.model.get("dtype") not in (None, dtype_name(self.dtype)):
+        if inv.model.get("dtype") not in (None, dtype_name(self.backend.dtype)):
             warnings.warn(
-                f"this inversion was made with the UNet in {inv.model['dtype']} and it now runs in "
-                f"{dtype_name(self.dtype)}: the reconstruction is exact only with the same dtype",
+                f"this inversion was made with the model in {inv.model['dtype']} and it now runs in "
+                f"{dtype_name(self.backend.dtype)}: the reconstruction is exact only with the same dtype",
                 stacklevel=3,
             )
         return grid
 
     def _regenerate(self, inv: ImageInversion, prompt: Prompt, negative_prompt: Prompt | None,
                     guidance_scale: float, progress: bool | None, what: str) -> EditResult:
-        if not isinstance(inv, ImageInversion):
-            raise TypeError(f"expected an ImageInversion (from invert or load_inversion), got {type(inv).__name__}")
         grid = self.check(inv)
         solver = inv.make_solver()
         w, h = inv.image_size
+        _, _, (cond, uncond) = self._conditions(prompt, negative_prompt, inv.batch_size, h, w)
         start = time.perf_counter()
-        cond, uncond = self.encode_prompt(prompt, negative_prompt, inv.batch_size, h, w)
-        model = self.guided(cond, uncond, guidance_scale)
+        model = self.backend.guided(cond, uncond, guidance_scale)
         core = inv.inversion
         if any(z.device != self.device for z in core.latents):
             core = type(core)(tuple(z.to(self.device) for z in core.latents), core.nfe, core.solver, core.grid,
                               core.input_dtype, core.metadata)
-        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} {what}", grid.num_steps)
-        try:
-            out = solver.solve(model, core, grid, callback=bar)
-        finally:
-            bar.close()
-        images = self.to_images(self.decode(out.x))
+        out = self._run(solver, model, core, grid, progress, what)
+        images = self.backend.to_images(self.backend.decode(out.x))
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
 
-class Editor(BaseEditor):
-    """Exact inversion, reconstruction and editing of real images with a diffusers SD pipeline.
+def load_editor(model: str, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+                revision: str | None = None, progress: bool = True, **kwargs: Any) -> Editor:
+    """An editor with the command line's defaults: "auto" dtype is float16 for Stable Diffusion on
+    CUDA and float32 elsewhere (the digits model always defaults to float32)."""
+    from .policy import choose_device
 
-    Args:
-        pipe: a loaded ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (any scheduler;
-            only its config is used, to build the :class:`~bdia.Schedule`).
-        state_dtype: the solver state's dtype (float64 by default; float32 loses digits, see docs/math.md).
-        progress: show a progress bar on the sampling loops (tqdm); each call may override it.
-        model_id, revision: recorded in saved inversions (``from_pretrained`` fills them in).
-        schedule_overrides: scheduler config keys to replace, e.g. ``timestep_spacing="trailing"``.
-    """
-
-    def __init__(self, pipe: Any, *, state_dtype: torch.dtype = torch.float64, progress: bool = True,
-                 model_id: str | None = None, revision: str | None = None, **schedule_overrides: Any):
-        check_pipeline(pipe)
-        if state_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
-        if state_dtype == torch.float64 and pipe.unet.device.type == "mps":
-            warnings.warn("MPS has no float64: the solver state is kept in float32 (the round trip loses digits)",
-                          stacklevel=2)
-            state_dtype = torch.float32
-        self.pipe = pipe
-        self.state_dtype = state_dtype
-        self.progress = progress
-        self.schedule = Schedule.from_config(dict(pipe.scheduler.config), **schedule_overrides)
-        self.model = UNetModel(pipe.unet)
-        self.eps_model = to_eps(self.model, self.schedule)
-        self.vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-        # SDXL's VAE overflows in float16; diffusers upcasts it, so do we (the latents stay the same).
-        if pipe.vae.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
-            pipe.vae.to(torch.float32)
-        self.model_id = model_id or getattr(pipe, "name_or_path", None) or None
-        self.revision = revision
-        self._fingerprint: dict[str, Any] | None = None
-
-    # ----- loading ------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, revision: str | None = None,
-                        variant: str | None = None, state_dtype: torch.dtype = torch.float64, progress: bool = True,
-                        **kwargs: Any) -> "Editor":
-        """Load a pipeline from a local folder or a hub id (hub ids download on the user's machine).
-
-        ``torch_dtype`` is the UNet's/VAE's dtype (float16 halves memory; the solver state stays
-        float64). ``device`` defaults to CUDA when available, else CPU.
-        """
-        from diffusers import DiffusionPipeline
-
-        name = os.fspath(model)
-        dtype = resolve_dtype(torch_dtype)
-        if not os.path.isdir(os.path.expanduser(name)):
-            if not _looks_like_hub_id(name) or os.path.exists(name):
-                raise FileNotFoundError(
-                    f"no model folder at {name!r}: give a folder saved with save_pretrained "
-                    "(holding model_index.json) or a hub id such as 'org/model'"
-                )
-        else:
-            name = os.path.expanduser(name)
-            if not os.path.isfile(os.path.join(name, "model_index.json")):
-                raise FileNotFoundError(
-                    f"{name!r} has no model_index.json: it is not a diffusers pipeline folder "
-                    "(single-file .ckpt/.safetensors checkpoints: convert them with diffusers first)"
-                )
-        load_kwargs = dict(kwargs)
-        if dtype is not None:
-            load_kwargs["torch_dtype"] = dtype
+    dev = choose_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    if model == DIGITS:
         if revision is not None:
-            load_kwargs["revision"] = revision
-        if variant is not None:
-            load_kwargs["variant"] = variant
-        if _has_safety_checker(name, revision):
-            # Inversion and editing use the UNet, VAE and text encoders only; skip loading the checker.
-            load_kwargs.setdefault("safety_checker", None)
-            load_kwargs.setdefault("requires_safety_checker", False)
-        try:
-            with _quiet_loading(progress):
-                pipe = DiffusionPipeline.from_pretrained(name, **load_kwargs)
-        except OSError as e:
-            raise FileNotFoundError(f"could not load model {name!r}: {e}") from None
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = pipe.to(device)
-        if hasattr(pipe, "set_progress_bar_config"):
-            pipe.set_progress_bar_config(disable=not progress)
-        model_id = os.path.abspath(name) if os.path.isdir(name) else name
-        return cls(pipe, state_dtype=state_dtype, progress=progress, model_id=model_id, revision=revision)
+            raise ValueError("--revision applies to hub models; the digits model ships with bdia")
+    else:
+        if torch_dtype is None:
+            torch_dtype = torch.float16 if dev.type == "cuda" else torch.float32
+        if revision is not None:
+            kwargs["revision"] = revision
+    return Editor.from_pretrained(model, torch_dtype=torch_dtype, device=dev, progress=progress, **kwargs)
 
-    # ----- the pieces -----------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.pipe.unet.device
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+def compare_pixels(original: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """Errors of ``other`` against ``original`` (both pixels in [-1, 1], one shape): ``reconstruction``
+    (mean absolute error in [0, 1] units), ``max_error`` (in 8-bit levels) and ``identical`` (fraction
+    of equal 8-bit values, as image files hold them)."""
+    if original.shape != other.shape:
+        raise ValueError(f"{original.shape[0]} image(s) of shape {tuple(original.shape[1:])} given for "
+                         f"{other.shape[0]} of shape {tuple(other.shape[1:])}")
+    a, b = original.detach().double().cpu(), other.detach().double().cpu()
+    diff8 = (_to_uint8(a).int() - _to_uint8(b).int()).abs()
+    return {"reconstruction": float((a - b).abs().mean() / 2.0), "max_error": int(diff8.max()),
+            "identical": float((diff8 == 0).double().mean())}
 
-    def fingerprint(self) -> dict[str, Any]:
-        if self._fingerprint is None:
-            self._fingerprint = pipeline_fingerprint(self.pipe)
-        return self._fingerprint
-
-    def encode_prompt(self, prompt: Prompt, negative_prompt: Prompt | None, batch: int,
-                      height: int, width: int) -> tuple[dict, dict]:
-        return encode_prompts(self.pipe, prompt, negative_prompt, batch, height, width)
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Scaled VAE latents (float32) of pixels in [-1, 1]: the posterior mean, deterministic."""
-        vae = self.pipe.vae
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        latents = dist.mean.float()
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        latents = (latents - shift) * vae.config.scaling_factor
-        if not torch.isfinite(latents).all():
-            raise NonFiniteError(
-                f"the VAE encoder returned NaN or inf in {vae.dtype}; load the model with torch_dtype=float32"
-            )
-        return latents
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] (float32, clipped) from scaled latents."""
-        vae = self.pipe.vae
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        z = latents.float() / vae.config.scaling_factor + shift
-        pixels = vae.decode(z.to(vae.device, vae.dtype)).sample.float()
-        if not torch.isfinite(pixels).all():
-            raise NonFiniteError(f"the VAE decoder returned NaN or inf in {vae.dtype}; use torch_dtype=float32")
-        return pixels.clamp(-1.0, 1.0)
-
-    def preprocess(self, image: Any, size: int | Sequence[int] | None = None) -> torch.Tensor:
-        """Images (PIL, path, tensor in [0, 1], or a list) to a batch in [-1, 1], sized for the VAE."""
-        return to_pixels(image, self.vae_factor, size)
-
-    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
-        if height % self.vae_factor or width % self.vae_factor or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be multiples of the VAE factor {self.vae_factor}, "
-                             f"got {width}x{height}")
-        return (batch, self.pipe.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
-
-    def default_size(self) -> tuple[int, int]:
-        size = int(self.pipe.unet.config.sample_size) * self.vae_factor
-        return size, size
-
-    def check_model(self, inv: ImageInversion) -> None:
-        saved = inv.model.get("fingerprint", {})
-        if "unet_config" not in saved:
-            raise ValueError(
-                f"this inversion was made with model {inv.model.get('id')!r} ({inv.model.get('class')}), not a "
-                f"Stable Diffusion pipeline; load that model (bdia: --model {inv.model.get('id')}, or no --model)"
-            )
-        mismatch = fingerprint_mismatch(saved, self.fingerprint())
-        if mismatch:
-            raise ValueError(
-                f"this inversion was made with model {inv.model.get('id')!r} ({inv.model.get('class')}) and "
-                f"{mismatch} in the loaded model {self.model_id!r}; load the model it was inverted with"
-            )
-
-    # ----- helpers ---------------------------------------------------------------------------------
-    def _model_record(self) -> dict[str, Any]:
-        return {
-            "id": self.model_id, "revision": self.revision, "class": type(self.pipe).__name__,
-            "dtype": dtype_name(self.dtype), "fingerprint": self.fingerprint(),
-        }
 
 def _plain(config: Any) -> dict[str, Any]:
-    out = {}
-    for k, v in dict(config).items():
-        if isinstance(v, torch.Tensor):
-            v = v.tolist()
-        elif hasattr(v, "tolist"):
-            v = v.tolist()
-        out[k] = v
-    return out
+    return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in dict(config).items()}

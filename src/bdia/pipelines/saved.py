@@ -7,13 +7,16 @@ image size, and the clean VAE latents (for the round-trip error).
 
 File format: safetensors tensors ``latent.0``, ``latent.1`` ... (noisiest first) and ``clean``;
 metadata ``format`` = ``bdia.inversion``, ``version``, ``bdia`` (JSON of everything else) and
-``sha256`` over the tensors and that JSON. Loading verifies the checksum; pickles are never read.
+``sha256`` over the tensors and that JSON. Loading verifies the checksum, then the whole header
+against that format (a checksum shows damage, not who wrote the file: anyone can recompute it), so a
+malformed file is a ValueError naming what is wrong before anything is built; pickles are never read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,8 @@ from typing import Any
 import torch
 
 from ..io import atomic_path
-from ..solvers import SOLVERS, Inversion, Solver
+from ..schedule import Grid, Schedule
+from ..solvers import SOLVERS, Inversion, Solver, make_solver
 
 __all__ = ["ImageInversion", "save_inversion", "load_inversion", "solver_from_config"]
 
@@ -44,11 +48,10 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 def solver_from_config(config: dict[str, Any], state_dtype: torch.dtype = torch.float64) -> Solver:
     """Rebuild a solver from ``Solver.config()`` (``{"name": ..., **params}``)."""
-    params = dict(config)
-    name = params.pop("name", None)
-    if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r} in the inversion; known: {sorted(SOLVERS)}")
-    return SOLVERS[name](**params, state_dtype=state_dtype)
+    try:
+        return make_solver(config, state_dtype=state_dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the inversion records a solver bdia cannot rebuild ({e})") from None
 
 
 @dataclass
@@ -164,21 +167,171 @@ def load_inversion(path: str | os.PathLike, device: str | torch.device = "cpu") 
         raise ValueError(f"{p} is not a safetensors file written by bdia ({e}); pickled files are never loaded") from None
     if metadata.get("format") != FORMAT or "bdia" not in metadata:
         raise ValueError(f"{p} is a safetensors file but not a bdia inversion (no '{FORMAT}' metadata)")
-    if int(metadata.get("version", "0")) > VERSION:
+    version = metadata.get("version", "0")
+    if not version.isdigit():
+        raise ValueError(f"{p} has format version {version[:20]!r}, expected a number; the file is not bdia's")
+    if int(version) > VERSION:
         raise ValueError(f"{p} was written by a newer bdia (format version {metadata['version']}); upgrade bdia")
     if _checksum(tensors, metadata["bdia"]) != metadata.get("sha256"):
         raise ValueError(f"{p} fails its sha256 checksum: the file was modified or damaged after it was written")
-    d = json.loads(metadata["bdia"])
-    latents = []
-    while f"latent.{len(latents)}" in tensors:
-        latents.append(tensors[f"latent.{len(latents)}"].to(device))
-    core = Inversion(tuple(latents), int(d["nfe"]), d["solver"], d["grid"],
-                     input_dtype=dtype_from_name(d["input_dtype"]))
+    # A checksum is integrity, not authenticity: anyone can recompute it, so the header is validated in full.
+    try:
+        return _parse(metadata["bdia"], tensors, device)
+    except _HeaderError as e:
+        raise ValueError(f"{p} is not a valid bdia inversion: {e}") from None
+
+
+class _HeaderError(ValueError):
+    """What is wrong with a saved inversion's header (the caller adds the file name)."""
+
+
+_FIELDS = {"solver", "grid", "nfe", "input_dtype", "prompt", "negative_prompt", "guidance_scale", "num_steps",
+           "strength", "image_size", "schedule", "model", "state_dtype", "latent_shape"}
+_OPTIONAL_FIELDS = {"info"}
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise _HeaderError(message)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | torch.device) -> ImageInversion:
+    """The header's JSON and the tensors checked against the format :meth:`ImageInversion.describe` writes."""
+    try:
+        d = json.loads(description)
+    except (ValueError, RecursionError) as e:
+        raise _HeaderError(f"its metadata is not JSON ({e})") from None
+    _need(isinstance(d, dict), f"its metadata is a JSON {type(d).__name__}, expected an object")
+    missing, unknown = sorted(_FIELDS - set(d)), sorted(set(d) - _FIELDS - _OPTIONAL_FIELDS)
+    _need(not missing, f"its metadata lacks {missing}")
+    _need(not unknown, f"its metadata has unknown fields {unknown}")
+
+    shape = d["latent_shape"]
+    _need(isinstance(shape, list) and len(shape) >= 2 and all(_is_int(n) and n > 0 for n in shape),
+          f"latent_shape must be a list of positive ints (batch first), got {_short_repr(shape)}")
+    batch = shape[0]
+    for key in ("prompt", "negative_prompt"):
+        v = d[key]
+        _need((v is None and key == "negative_prompt")
+              or (isinstance(v, list) and len(v) == batch and all(isinstance(t, str) for t in v)),
+              f"{key} must be a list of {batch} strings (one per image), got {_short_repr(v)}")
+    _need(_is_number(d["guidance_scale"]),
+          f"guidance_scale must be a finite number, got {_short_repr(d['guidance_scale'])}")
+    _need(_is_number(d["strength"]) and 0 < d["strength"] <= 1,
+          f"strength must be in (0, 1], got {_short_repr(d['strength'])}")
+    _need(_is_int(d["nfe"]) and d["nfe"] >= 0, f"nfe must be a non-negative int, got {_short_repr(d['nfe'])}")
+    size = d["image_size"]
+    _need(isinstance(size, list) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size),
+          f"image_size must be [width, height] in pixels, got {_short_repr(size)}")
+    _need(isinstance(d["input_dtype"], str) and d["input_dtype"] in _DTYPES,
+          f"input_dtype must be one of {sorted(_DTYPES)}, got {_short_repr(d['input_dtype'])}")
+    _need(isinstance(d["state_dtype"], str) and d["state_dtype"] in ("float32", "float64"),
+          f"state_dtype must be float32 or float64, got {_short_repr(d['state_dtype'])}")
+    _need(isinstance(d.get("info", {}), dict), "info must be an object")
+    _check_model_record(d["model"])
+    schedule = _check_schedule(d["schedule"])
+    steps = d["num_steps"]
+    _need(_is_int(steps) and 2 <= steps <= schedule.num_train_timesteps,
+          f"num_steps must be an int in [2, {schedule.num_train_timesteps}], got {_short_repr(steps)}")
+    grid = _check_grid(d["grid"], steps, d["strength"])
+    state_dtype = _DTYPES[d["state_dtype"]]
+    solver = _check_solver(d["solver"], state_dtype, grid)
+
+    names = [f"latent.{k}" for k in range(solver.num_latents)]
+    expected = set(names) | ({"clean"} & set(tensors))
+    _need(set(tensors) == expected, f"a {solver.name} inversion holds tensors {sorted(expected)}, "
+                                    f"this file {sorted(tensors)}")
+    for name, t in tensors.items():
+        _need(t.is_floating_point(), f"tensor {name!r} is {dtype_name(t.dtype)}, expected a floating-point dtype")
+        _need(list(t.shape) == shape, f"tensor {name!r} has shape {list(t.shape)}, latent_shape says {shape}")
+        _need(bool(torch.isfinite(t).all()), f"tensor {name!r} holds NaN or inf")
+    core = Inversion(tuple(tensors[n].to(device) for n in names), d["nfe"], d["solver"], d["grid"],
+                     input_dtype=_DTYPES[d["input_dtype"]])
     clean = tensors.get("clean")
     return ImageInversion(
         inversion=core, prompt=d["prompt"], negative_prompt=d["negative_prompt"],
-        guidance_scale=float(d["guidance_scale"]), num_steps=int(d["num_steps"]), strength=float(d["strength"]),
-        image_size=tuple(d["image_size"]), schedule=d["schedule"], model=d["model"],
-        state_dtype=dtype_from_name(d["state_dtype"]), clean=None if clean is None else clean.to(device),
-        info=d.get("info", {}),
+        guidance_scale=float(d["guidance_scale"]), num_steps=d["num_steps"], strength=float(d["strength"]),
+        image_size=(size[0], size[1]), schedule=d["schedule"], model=d["model"], state_dtype=state_dtype,
+        clean=None if clean is None else clean.to(device), info=d.get("info", {}),
     )
+
+
+def _short_repr(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _check_model_record(model: Any) -> None:
+    _need(isinstance(model, dict), f"model must be an object, got {_short_repr(model)}")
+    for key in ("id", "revision", "class", "dtype"):
+        _need(model.get(key) is None or isinstance(model[key], str), f"model.{key} must be a string or null")
+    _need(model.get("dtype") in (None, *_DTYPES), f"model.dtype must be one of {sorted(_DTYPES)}")
+    fingerprint = model.get("fingerprint", {})
+    _need(isinstance(fingerprint, dict), "model.fingerprint must be an object")
+    for key in ("unet_config", "vae_config", "config"):
+        _need(isinstance(fingerprint.get(key, {}), dict), f"model.fingerprint.{key} must be an object")
+    probe = fingerprint.get("unet_probe", {})
+    _need(isinstance(probe, dict)
+          and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in probe.values()),
+          "model.fingerprint.unet_probe must map names to lists of numbers")
+
+
+_MAX_TRAIN_TIMESTEPS = 100_000  # far above any trained model's (1000); bounds what a header can make us allocate
+
+
+def _check_schedule(schedule: Any) -> Schedule:
+    _need(isinstance(schedule, dict), f"schedule must be an object, got {_short_repr(schedule)}")
+    t = schedule.get("num_train_timesteps", 1000)
+    _need(_is_int(t) and 2 <= t <= _MAX_TRAIN_TIMESTEPS,
+          f"schedule.num_train_timesteps must be an int in [2, {_MAX_TRAIN_TIMESTEPS}], got {_short_repr(t)}")
+    try:
+        return Schedule.from_config(schedule)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RuntimeError) as e:
+        raise _HeaderError(f"its schedule is not a valid scheduler config ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:200]})") from None
+
+
+def _check_grid(grid: Any, num_steps: int, strength: float) -> Grid:
+    keys = {"timesteps", "alphas", "sigmas"}
+    _need(isinstance(grid, dict) and set(grid) == keys, f"grid must be an object with keys {sorted(keys)}")
+    for key in sorted(keys):
+        _need(isinstance(grid[key], list) and all(_is_number(x) for x in grid[key]),
+              f"grid.{key} must be a list of finite numbers")
+    try:
+        g = Grid(*(torch.tensor(grid[key], dtype=torch.float64) for key in ("timesteps", "alphas", "sigmas")))
+    except ValueError as e:
+        raise _HeaderError(f"its grid is not valid ({e})") from None
+    steps = num_steps if strength == 1.0 else int(round(strength * num_steps))
+    _need(g.num_steps == steps, f"its grid has {g.num_steps} steps, but {num_steps} steps at strength {strength} "
+                                f"make {steps}")
+    return g
+
+
+def _check_solver(config: Any, state_dtype: torch.dtype, grid: Grid) -> Solver:
+    _need(isinstance(config, dict), f"solver must be an object, got {_short_repr(config)}")
+    name = config.get("name")
+    _need(isinstance(name, str) and name in SOLVERS, f"unknown solver {_short_repr(name)}; known: {sorted(SOLVERS)}")
+    allowed = set(SOLVERS[name]().params())
+    unknown = sorted(set(config) - allowed - {"name"})
+    _need(not unknown, f"solver {name!r} has no parameter(s) {unknown} (it takes {sorted(allowed)})")
+    try:
+        solver = solver_from_config(config, state_dtype)
+        solver.check_grid(grid, inverting=False)  # e.g. a gamma sequence of the wrong length
+    except (ValueError, TypeError) as e:
+        raise _HeaderError(f"its solver {_short_repr(config)} is not valid ({e})") from None
+    _need(solver.config() == config, f"its solver {_short_repr(config)} is not complete (bdia writes "
+                                     f"{_short_repr(solver.config())})")
+    return solver

@@ -5,9 +5,8 @@ from .base import (Evaluator, Inversion, InversionPrecisionWarning, NonFiniteErr
 from .bdia import BDIA, BDIAState, belm_gammas
 from .ddim import DDIM, DDIMState, Heun
 from .edict import EDICT, EDICTState
-
-SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun}
+from .registry import SOLVERS, make_solver, solver_parameters
 
 __all__ = ["BDIA", "BDIAState", "DDIM", "DDIMState", "EDICT", "EDICTState", "Evaluator", "Heun", "Inversion",
            "InversionPrecisionWarning", "NonFiniteError", "SOLVERS", "Solution", "Solver", "belm_gammas",
-           "ddim_transition", "drive"]
+           "ddim_transition", "drive", "make_solver", "solver_parameters"]

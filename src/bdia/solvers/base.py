@@ -393,7 +393,7 @@ def log_amplification(factors: Sequence[float]) -> float:
 
 
 def warn_amplified_rounding(what: str, factors: Sequence[float], num_steps: int, state_dtype: torch.dtype,
-                            fix: str) -> None:
+                            fix: str, bound: str = "at least") -> None:
     """Warn (InversionPrecisionWarning) when prod(1/f) * eps(state dtype) exceeds AMPLIFIED_ROUNDING_WARN."""
     log_amp = log_amplification(factors)
     log_expected = log_amp + math.log(torch.finfo(state_dtype).eps)
@@ -402,7 +402,7 @@ def warn_amplified_rounding(what: str, factors: Sequence[float], num_steps: int,
     if state_dtype != torch.float64:
         fix += ", or state_dtype=torch.float64"
     warnings.warn(
-        f"{what} inversion amplifies rounding error by at least {_exp10(log_amp)}x over {num_steps} steps; with "
+        f"{what} inversion amplifies rounding error by {bound} {_exp10(log_amp)}x over {num_steps} steps; with "
         f"{state_dtype} state expect a relative round-trip error around {_exp10(log_expected)}. Use {fix}",
         InversionPrecisionWarning,
         stacklevel=4,

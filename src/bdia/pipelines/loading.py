@@ -1,0 +1,151 @@
+"""Loading a diffusers pipeline safely: safetensors weights only, unless pickles are explicitly allowed.
+
+A model path can come from a file someone else wrote (a saved inversion records the model it was
+made with, and ``reconstruct`` loads it), and a pickled checkpoint (``.bin``, ``.ckpt``, ``.pt``)
+can run code when it is unpickled. So :func:`load_pipeline` passes ``use_safetensors=True`` to
+diffusers and refuses a folder whose weights are pickles, naming the files, unless the caller
+passes ``allow_pickle=True`` (the CLI's ``--allow-pickle``) for files they trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+__all__ = ["UnsafeWeightsError", "load_pipeline", "resolve_model", "pickled_weights"]
+
+# Weight files that torch.load unpickles (diffusers' and transformers' names, and generic checkpoints).
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class UnsafeWeightsError(ValueError):
+    """A model's weights are pickles, and loading them was not explicitly allowed."""
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return bool(_HUB_ID.match(model)) and ".." not in model and not model.endswith((".ckpt", ".safetensors"))
+
+
+def resolve_model(model: str | os.PathLike) -> str:
+    """The absolute folder of a local pipeline, or a hub id; a clear FileNotFoundError for anything else."""
+    name = os.fspath(model)
+    folder = os.path.expanduser(name)
+    if os.path.isdir(folder):
+        if not os.path.isfile(os.path.join(folder, "model_index.json")):
+            raise FileNotFoundError(
+                f"{name!r} has no model_index.json: it is not a diffusers pipeline folder "
+                "(single-file .ckpt/.safetensors checkpoints: convert them with diffusers first)"
+            )
+        return os.path.abspath(folder)
+    if not _looks_like_hub_id(name) or os.path.exists(name):
+        raise FileNotFoundError(
+            f"no model folder at {name!r}: give a folder saved with save_pretrained "
+            "(holding model_index.json) or a hub id such as 'org/model'"
+        )
+    return name
+
+
+def pickled_weights(folder: str | os.PathLike) -> list[str]:
+    """Pickled weight files in a pipeline folder's components that have no safetensors copy beside them."""
+    found = []
+    root = Path(folder)
+    for component in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [p for p in component.iterdir() if p.is_file()]
+        if any(p.name.endswith(".safetensors") for p in files):
+            continue  # use_safetensors=True picks these
+        found += [os.fspath(p.relative_to(root)) for p in files if p.name.endswith(PICKLE_SUFFIXES)]
+    return found
+
+
+def _refusal(model: str, files: list[str]) -> UnsafeWeightsError:
+    listed = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return UnsafeWeightsError(
+        f"model {model!r} has pickled weights ({listed}), which can run code when loaded; bdia loads "
+        "safetensors only: re-save the model with save_pretrained(..., safe_serialization=True), or pass "
+        "allow_pickle=True (--allow-pickle) if you trust these files"
+    )
+
+
+def _has_safety_checker(name: str, revision: str | None) -> bool:
+    try:
+        from diffusers import DiffusionPipeline
+
+        return "safety_checker" in DiffusionPipeline.load_config(name, revision=revision)
+    except Exception:  # let from_pretrained report what is wrong with the model
+        return False
+
+
+@contextlib.contextmanager
+def quiet_loading(progress: bool) -> Iterator[None]:
+    """Hide the loaders' progress bars unless progress is wanted, and transformers' torch_dtype notice."""
+    from diffusers.utils import logging as dlog
+
+    was_enabled = dlog.is_progress_bar_enabled()
+    try:
+        from transformers.utils import logging as tlog
+    except ImportError:  # pragma: no cover - transformers is required by SD pipelines
+        tlog = None
+    t_enabled = tlog.is_progress_bar_enabled() if tlog else False
+    if not progress:
+        dlog.disable_progress_bar()
+        if tlog:
+            tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated")
+            yield
+    finally:
+        if was_enabled:
+            dlog.enable_progress_bar()
+        if tlog and t_enabled:
+            tlog.enable_progress_bar()
+
+
+def load_pipeline(model: str | os.PathLike, *, dtype: torch.dtype | None = None, revision: str | None = None,
+                  variant: str | None = None, allow_pickle: bool = False, progress: bool = True,
+                  **kwargs: Any) -> Any:
+    """A diffusers pipeline from a local folder or a hub id, with safetensors weights only by default.
+
+    ``allow_pickle=True`` lets diffusers fall back to pickled weights (only for files you trust).
+    The safety checker is not loaded (inversion and editing use the UNet, VAE and text encoders).
+    Raises FileNotFoundError for a missing or unloadable model, :class:`UnsafeWeightsError` for
+    pickled weights that were not allowed.
+    """
+    from diffusers import DiffusionPipeline
+
+    name = resolve_model(model)
+    if not allow_pickle and os.path.isdir(name):
+        files = pickled_weights(name)
+        if files:
+            raise _refusal(name, files)
+    load_kwargs = dict(kwargs)
+    if not allow_pickle:
+        load_kwargs["use_safetensors"] = True
+    if dtype is not None:
+        load_kwargs["torch_dtype"] = dtype
+    if revision is not None:
+        load_kwargs["revision"] = revision
+    if variant is not None:
+        load_kwargs["variant"] = variant
+    if _has_safety_checker(name, revision):
+        load_kwargs.setdefault("safety_checker", None)
+        load_kwargs.setdefault("requires_safety_checker", False)
+    try:
+        with quiet_loading(progress):
+            return DiffusionPipeline.from_pretrained(name, **load_kwargs)
+    except OSError as e:
+        message = " ".join(str(e).split())
+        if not allow_pickle and not os.path.isdir(name) and "safetensors" in message:  # a hub model of pickles
+            raise UnsafeWeightsError(
+                f"could not load model {name!r} from safetensors weights ({message}); if it has only pickled "
+                "weights and you trust them, pass allow_pickle=True (--allow-pickle)"
+            ) from None
+        raise FileNotFoundError(f"could not load model {name!r}: {message}") from None
