@@ -98,8 +98,10 @@ def test_generation_matches_the_float_solver(exact, reference):
     assert (exact.sample(model, noise, grid) - reference.sample(model, noise, grid)).abs().max() <= 1e-10
 
 
-def test_unstep_inverts_step_exactly_at_every_position():
-    solver, model, grid = bdia.BDIA(0.3, bit_exact=True), _mixture(), LINEAR.grid(8)
+@pytest.mark.parametrize("solver", [bdia.BDIA(0.3, bit_exact=True), bdia.EDICT(0.93, bit_exact=True)],
+                         ids=["bdia", "edict"])
+def test_unstep_inverts_step_exactly_at_every_position(solver):
+    model, grid = _mixture(), LINEAR.grid(8)
     ev = solver.evaluator(model, grid, torch.float64, "test")
     rng = random.Random(0)
     for i in range(solver.warmup, grid.num_steps):
