@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/doodl.png")
     # 50 steps: EDICT's sampler saturates on this model at 20 steps or fewer, even from fresh noise
     ap.add_argument("--steps", type=int, default=50, help="sampling steps")
-    ap.add_argument("--iterations", type=int, default=8, help="gradient steps on the latents")
+    ap.add_argument("--iterations", type=int, default=15, help="gradient steps on the latents")
     ap.add_argument("--proximity", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     ap.add_argument("--overwrite", action="store_true")
