@@ -5,7 +5,7 @@
     x0_again = bdia.BDIA(gamma=1.0).sample(eps_model, inv, grid)
 """
 
-from . import edm
+from . import edm, optimize
 from .edm import from_denoiser, karras_grid, karras_grid_for, to_denoiser
 from .grids import make_grid
 from .models import ClassifierFreeGuidance, model_dtype, to_eps
@@ -41,5 +41,5 @@ def __getattr__(name: str):
 __all__ = [
     "BDIA", "DDIM", "EDICT", "Heun", "SOLVERS", "edm", "from_denoiser", "karras_grid", "karras_grid_for", "to_denoiser", "ClassifierFreeGuidance", "Grid", "Inversion", "InversionPrecisionWarning",
     "NonFiniteError", "Schedule", "BDIAScheduler", "BDIAInverseScheduler", "Solver", "belm_gammas", "ddim_transition", "model_dtype", "to_eps",
-    "make_solver", "make_grid", "Rex", "flow", "FlowSchedule", "BDIAFlowScheduler",
+    "make_solver", "make_grid", "Rex", "flow", "FlowSchedule", "BDIAFlowScheduler", "optimize",
 ]

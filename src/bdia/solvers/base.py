@@ -229,9 +229,18 @@ class Solver(ABC):
     exact_inversion: ClassVar[bool]
     State: ClassVar[type]  # the NamedTuple of this solver's state
     warmup: ClassVar[int] = 0  # positions that ``init`` covers (BDIA: its first plain step)
+    bit_exact: ClassVar[bool] = False  # integer fixed-point state (bdia.solvers.bitexact)
+
+    def __new__(cls, *args: Any, bit_exact: bool = False, **kwargs: Any):
+        """``bit_exact=True`` builds the method's fixed-point twin (:mod:`bdia.solvers.bitexact`)."""
+        if bit_exact and not cls.bit_exact:
+            from .bitexact import bit_exact_twin
+
+            cls = bit_exact_twin(cls)
+        return super().__new__(cls)
 
     def __init__(self, *, state_dtype: torch.dtype = torch.float64, model_dtype: torch.dtype | None = None,
-                 check_finite: bool = True):
+                 check_finite: bool = True, bit_exact: bool = False):
         if state_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
         if model_dtype is not None and not (isinstance(model_dtype, torch.dtype) and model_dtype.is_floating_point):
@@ -292,19 +301,30 @@ class Solver(ABC):
         run_dtype = self.model_dtype or _declared_dtype(model) or input_dtype
         return Evaluator(model, grid, self.state_dtype, run_dtype, self.check_finite, phase)
 
-    def invert(self, model: Callable, x0: torch.Tensor, grid: Grid, *, callback: Callback | None = None) -> Inversion:
-        """Map a clean sample ``x0`` (B, ...) to latents at the noise end of ``grid``."""
+    def invert(self, model: Callable, x0: torch.Tensor, grid: Grid, *, callback: Callback | None = None,
+               backprop: str = "autograd", params: Sequence[torch.Tensor] | None = None) -> Inversion:
+        """Map a clean sample ``x0`` (B, ...) to latents at the noise end of ``grid``.
+
+        ``backprop="reversible"`` (exact solvers): gradients by reversal in memory independent of N
+        (:mod:`bdia.solvers.reversible`), to ``x0``, the model's parameters and ``params``.
+        """
+        _check_backprop(backprop, params)
         x0 = _check_tensor(x0, "x0")
         grid = _check_grid(grid)
         self.check_grid(grid, inverting=True)
         ev = self.evaluator(model, grid, x0.dtype, "inversion")
         state = self.init_inverse(ev, x0.to(self.state_dtype), grid)
-        state = drive(self, ev, state, grid, "invert", callback)
+        state = self._drive(ev, state, grid, "invert", callback, backprop, params)
         return Inversion(tuple(state), ev.nfe, self.config(), grid.fingerprint(), input_dtype=x0.dtype)
 
     def solve(self, model: Callable, start: torch.Tensor | Inversion, grid: Grid, *,
-              callback: Callback | None = None) -> Solution:
-        """Generate from noise ``start`` or regenerate from an :class:`Inversion`; returns state, sample and NFE."""
+              callback: Callback | None = None, backprop: str = "autograd",
+              params: Sequence[torch.Tensor] | None = None) -> Solution:
+        """Generate from noise ``start`` or regenerate from an :class:`Inversion`; returns state, sample and NFE.
+
+        ``backprop`` and ``params`` as in :meth:`invert`.
+        """
+        _check_backprop(backprop, params)
         grid = _check_grid(grid)
         self.check_grid(grid, inverting=False)
         if isinstance(start, Inversion):
@@ -317,20 +337,30 @@ class Solver(ABC):
             ev.watch(state, self.warmup)
             if callback is not None and self.warmup:
                 callback(self.warmup, float(grid.lambdas[self.warmup]), state)
-        state = drive(self, ev, state, grid, "generate", callback)
+        state = self._drive(ev, state, grid, "generate", callback, backprop, params)
         return Solution(state, self.output(state), ev.nfe)
 
     def sample(self, model: Callable, start: torch.Tensor | Inversion, grid: Grid, *,
-               callback: Callback | None = None) -> torch.Tensor:
+               callback: Callback | None = None, backprop: str = "autograd",
+               params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Generate from plain noise ``start`` (B, ...), or regenerate from an :class:`Inversion`.
 
         Returns the clean end of the grid in ``state_dtype`` (use :meth:`solve` for the NFE too). With
         an Inversion and the model used to invert it, this is the reconstruction (exact up to rounding
         when ``exact_inversion``); with another model (condition, guidance) it is an edit.
+        ``backprop="reversible"``: gradients by reversal, memory independent of N (see :meth:`invert`).
         """
-        return self.solve(model, start, grid, callback=callback).x
+        return self.solve(model, start, grid, callback=callback, backprop=backprop, params=params).x
 
     # ----- helpers ---------------------------------------------------------------------------------
+    def _drive(self, ev: Evaluator, state: tuple, grid: Grid, direction: str, callback: Callback | None,
+               backprop: str, params: Sequence[torch.Tensor] | None) -> tuple:
+        if backprop == "reversible":
+            from .reversible import reversible_drive
+
+            return reversible_drive(self, ev, state, grid, direction, callback, params)
+        return drive(self, ev, state, grid, direction, callback)
+
     def _check_inversion(self, inv: Inversion, grid: Grid) -> tuple:
         mine = self.config()
         if inv.solver != mine:
@@ -360,6 +390,12 @@ class Solver(ABC):
     def __repr__(self) -> str:
         ps = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({ps})"
+
+
+def _check_backprop(backprop: str, params: Any) -> None:
+    from .reversible import check_backprop
+
+    check_backprop(backprop, params)
 
 
 def _short(ts: Sequence[float]) -> str:
