@@ -293,7 +293,7 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import _save
+    from .plots import save_figure
 
     g = results["gradients"]
     ns = [int(n) for n in g]
@@ -309,6 +309,5 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     fig.suptitle("Gradient through BDIA sampling on the digits model")
     fig.tight_layout()
     name = "reversible_memory.png"
-    _save(fig, Path(out_dir) / name, overwrite)
-    plt.close(fig)
+    save_figure(fig, Path(out_dir) / name, overwrite)
     return [name]
