@@ -82,7 +82,9 @@ def flow_grid(sigmas: Sequence[float] | np.ndarray | torch.Tensor, num_train_tim
     sig = torch.cat([t.to(torch.float64), torch.zeros(1, dtype=torch.float64)])
     if not (sig[1:] < sig[:-1]).all():
         raise ValueError("flow sigmas must decrease strictly from the noise end (t = 1) to the clean end")
-    return Grid(timesteps, 1.0 - sig, sig, prediction="velocity")
+    # between the points the model is called at t = lambda / (1 + lambda), model time T t (multi-stage solvers)
+    return Grid(timesteps, 1.0 - sig, sig, prediction="velocity",
+                time_of=lambda lam: num_train_timesteps * lam / (1.0 + lam), lambda_range=(0.0, math.inf))
 
 
 @dataclass(frozen=True)

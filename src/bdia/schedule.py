@@ -327,8 +327,8 @@ class Grid:
     def at(self, lam: float) -> tuple[float, float, float]:
         """(alpha, sigma, model time) at noise level lambda = sigma/alpha between the grid's points.
 
-        alpha and sigma follow the grid's family: VE (alpha = 1, sigma = lambda) or VP
-        (alpha = 1/sqrt(1 + lambda^2)); the model time comes from ``time_of`` (docs/math.md section 2).
+        alpha and sigma follow the grid's family: VE (alpha = 1, sigma = lambda), flow (alpha + sigma = 1) or
+        VP (alpha = 1/sqrt(1 + lambda^2)); the model time comes from ``time_of`` (docs/math.md section 2).
         """
         lam = float(lam)
         if self.time_of is None:
@@ -341,6 +341,9 @@ class Grid:
             raise ValueError(f"noise level {lam:.6g} is outside the range [{lo:.6g}, {hi:.6g}] the model was trained at")
         if self.variance_exploding:
             alpha, sigma = 1.0, lam
+        elif self.prediction == "velocity":  # the flow path: alpha + sigma = 1
+            alpha = 1.0 / (1.0 + lam)
+            sigma = lam * alpha
         else:
             if not torch.allclose(self.alphas**2 + self.sigmas**2, torch.ones_like(self.alphas), rtol=0, atol=1e-9):
                 raise ValueError("between its points a grid must be VE (alpha = 1) or VP (alpha^2 + sigma^2 = 1)")

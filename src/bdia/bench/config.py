@@ -59,7 +59,7 @@ class BenchConfig:
     edm_digits_budgets: tuple[int, ...] = (10, 20)
     edm_digits_guidance: float = 2.0
     # Editing on the digits model: held-out digits inverted, regenerated under other classes.
-    editing_methods: tuple[str, ...] = ("ddim", "edict", "bdia-1", "belm")
+    editing_methods: tuple[str, ...] = ("ddim", "edict", "bdia-1", "belm", "rex")
     editing_images: int = 10
     editing_targets: int = 2  # other classes per image (9: all)
     editing_steps: int = 20
@@ -80,8 +80,8 @@ class BenchConfig:
             unet_width=1.0, unet_repeats=3, solver_repeats=7, nulltext_steps=20,
             edm_samples=256, edm_round_trip_samples=64, edm_digits_per_class=50, edm_digits_budgets=(10, 20, 50),
             edm_digits_methods=BenchConfig.edm_methods,
-            editing_images=40, editing_targets=9, editing_steps=50, editing_strengths=(0.4, 0.6, 0.8, 1.0),
-            editing_guidances=(1.0, 2.0, 3.0, 5.0),
+            editing_images=20, editing_targets=3, editing_steps=25, editing_strengths=(0.5, 0.75, 1.0),
+            editing_guidances=(1.0, 2.0, 4.0),
         )
         return replace(base, **overrides)
 

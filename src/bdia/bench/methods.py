@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..solvers import BDIA, DDIM, EDICT, Heun, Solver
+from ..solvers import BDIA, DDIM, EDICT, Heun, Rex, Solver
 
 __all__ = ["Method", "METHODS", "get_methods"]
 
@@ -39,6 +39,7 @@ METHODS: dict[str, Method] = {m.key: m for m in [
     Method("bdia-0.9", "BDIA gamma=0.9", _bdia(0.9)),
     Method("bdia-0.5", "BDIA gamma=0.5", _bdia(0.5)),
     Method("belm", "O-BELM (BDIA gamma='belm')", _bdia("belm")),
+    Method("rex", "Rex midpoint zeta=0.9", lambda dt: Rex("midpoint", 0.9, state_dtype=dt)),
     # BDIA-EDM (docs/math.md section 6): EDM's Heun forward move, the Euler move back.
     Method("bdia-heun-1", "BDIA-Heun gamma=1", _bdia(1.0, "heun")),
     Method("bdia-heun-0.96", "BDIA-Heun gamma=0.96", _bdia(0.96, "heun")),

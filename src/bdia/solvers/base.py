@@ -52,16 +52,23 @@ class NonFiniteError(FloatingPointError):
     """The model returned NaN or inf, or the state stopped being finite."""
 
 
-def transition_coefficients(grid: Grid, i: int, j: int) -> tuple[float, float]:
-    """(a, b) with D_{i->j}(z) = a z + b p, p the grid's held prediction (docs/math.md sections 3 and 9).
+def move_coefficients(src: tuple[float, float], dst: tuple[float, float], velocity: bool = False) -> tuple[float, float]:
+    """(a, b) of the DDIM move a z + b p between two (alpha, sigma) levels (docs/math.md sections 3 and 9).
 
-    eps grids: a = alpha_j / alpha_i, b = sigma_j - a sigma_i. Velocity grids (alpha + sigma = 1): the
-    same move in its x0_hat form reduces to a = 1, b = t_j - t_i, finite at t_i = 1 where alpha_i = 0.
+    Holding eps (p = eps): a = alpha_dst / alpha_src, b = sigma_dst - a sigma_src. Holding the flow
+    velocity (p = v, alpha + sigma = 1): the same move in its x0_hat form is a = 1, b = t_dst - t_src,
+    finite at t = 1 where alpha = 0.
     """
-    if grid.prediction == "velocity":
-        return 1.0, float(grid.sigmas[j]) - float(grid.sigmas[i])
-    a = float(grid.alphas[j]) / float(grid.alphas[i])
-    return a, float(grid.sigmas[j]) - a * float(grid.sigmas[i])
+    if velocity:
+        return 1.0, dst[1] - src[1]
+    a = dst[0] / src[0]
+    return a, dst[1] - a * src[1]
+
+
+def transition_coefficients(grid: Grid, i: int, j: int) -> tuple[float, float]:
+    """(a, b) with D_{i->j}(z) = a z + b p, p the grid's held prediction (:func:`move_coefficients`)."""
+    return move_coefficients((float(grid.alphas[i]), float(grid.sigmas[i])),
+                             (float(grid.alphas[j]), float(grid.sigmas[j])), grid.prediction == "velocity")
 
 
 def ddim_transition(z: torch.Tensor, eps: torch.Tensor, grid: Grid, i: int, j: int) -> torch.Tensor:

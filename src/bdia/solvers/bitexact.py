@@ -39,7 +39,7 @@ import torch
 
 from ..schedule import Grid
 from .base import (Evaluator, Inversion, InversionPrecisionWarning, NonFiniteError, Solution, _check_grid, _check_tensor,
-                   ddim_transition)
+                   ddim_transition, transition_coefficients)
 from .bdia import BDIA
 from .edict import EDICT
 
@@ -280,7 +280,7 @@ class BitExactEDICT(_BitExact, EDICT):
 
     def _terms(self, ev: Evaluator, grid: Grid, i: int):
         """The step's fractions and its rounded additive terms as functions of the integer chains."""
-        a, b = self._coefficients(grid, i)
+        a, b = transition_coefficients(grid, i, i + 1)
         fix = self.fixed
 
         def eps_term(q):  # round(2^k b eps(z))

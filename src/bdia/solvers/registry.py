@@ -23,7 +23,7 @@ __all__ = ["SOLVERS", "make_solver", "solver_parameters"]
 SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun, "rex": Rex}
 
 # Keywords every solver takes from the base class; the factory passes them itself.
-_COMMON = ("state_dtype", "model_dtype", "check_finite")
+_COMMON = ("state_dtype", "model_dtype", "check_finite", "bit_exact")
 
 
 def solver_parameters(name: str) -> tuple[str, ...]:

@@ -81,6 +81,10 @@ VARIABLES: dict[str, _Variables] = {
     "noise": _Variables(lambda a, s: a, lambda a, s: s / a, lambda u: u, lambda e, z, a, s: e),
     "data": _Variables(lambda a, s: s, lambda a, s: a / s, lambda u: 1.0 / u, lambda e, z, a, s: (z - s * e) / a),
 }
+# On a flow (velocity) grid the ODE dz/dt = v has no linear part: the base runs in z itself against t,
+# with the model's velocity as the slope, whatever ``variables`` says (docs/math.md section 9).
+FLOW_VARIABLES = _Variables(lambda a, s: 1.0, lambda a, s: s, lambda u: u / (1.0 - u) if u < 1 else math.inf,
+                            lambda v, z, a, s: v)
 
 
 class RexState(NamedTuple):
@@ -162,6 +166,8 @@ class Rex(Solver):
     # ----- the base step in Lawson variables --------------------------------------------------------
     def _ratio(self, grid: Grid, i: int) -> float:
         """r = c_{i+1} / c_i; the last step uses alpha (x / sigma is infinite at a clean end)."""
+        if grid.prediction == "velocity":
+            return 1.0
         if i + 1 == grid.num_steps:
             return float(grid.alphas[i + 1] / grid.alphas[i])
         v = self._vars
@@ -176,7 +182,7 @@ class Rex(Solver):
         evaluated through ``Grid.at`` like any intermediate noise level.
         """
         tab = tableau or self._tableau
-        v = VARIABLES[variables or self.variables]
+        v = FLOW_VARIABLES if grid.prediction == "velocity" else VARIABLES[variables or self.variables]
         n = grid.num_steps
         src = (float(grid.alphas[i]), float(grid.sigmas[i]))
         dst = (float(grid.alphas[j]), float(grid.sigmas[j]))

@@ -22,7 +22,7 @@ import re
 import torch
 
 from ..schedule import Grid
-from .base import Evaluator, ddim_transition
+from .base import Evaluator, ddim_transition, move_coefficients
 
 __all__ = ["parse_start", "start_name", "clean_end_move", "lawson_euler", "EXTRAPOLATED", "AUTO"]
 
@@ -54,15 +54,17 @@ def start_name(start: str) -> str:
     return {EXTRAPOLATED: "extrapolated", AUTO: "auto", 1: "ddim"}.get(k, f"substeps:{k}")
 
 
-def lawson_euler(z: torch.Tensor, eps: torch.Tensor, src: tuple[float, float], dst: tuple[float, float]) -> torch.Tensor:
-    """The DDIM move between any two (alpha, sigma) levels: a z + b eps (docs/math.md section 3)."""
-    a = dst[0] / src[0]
-    return a * z + (dst[1] - a * src[1]) * eps
+def lawson_euler(z: torch.Tensor, pred: torch.Tensor, src: tuple[float, float], dst: tuple[float, float],
+                 velocity: bool = False) -> torch.Tensor:
+    """The DDIM move between any two (alpha, sigma) levels, a z + b pred (:func:`~bdia.solvers.base.move_coefficients`)."""
+    a, b = move_coefficients(src, dst, velocity)
+    return a * z + b * pred
 
 
 def clean_end_move(ev: Evaluator, z_end: torch.Tensor, grid: Grid, substeps: int) -> torch.Tensor:
     """z_{N-1} from the clean state z_N: ``substeps`` DDIM-inversion moves, or the codes EXTRAPOLATED / AUTO."""
     n = grid.num_steps
+    velocity = grid.prediction == "velocity"
     lam_end, lam_top = float(grid.lambdas[n]), float(grid.lambdas[n - 1])
     if substeps == AUTO:
         levels = [lam_end + (lam_top - lam_end) * k / AUTO_SUBSTEPS for k in range(1, AUTO_SUBSTEPS)]
@@ -79,6 +81,6 @@ def clean_end_move(ev: Evaluator, z_end: torch.Tensor, grid: Grid, substeps: int
         if not grid.can_evaluate(lam):
             continue
         alpha, sigma, _ = grid.at(lam)
-        z, here = lawson_euler(z, ev.at_lambda(z, lam, n - 1), here, (alpha, sigma)), (alpha, sigma)
+        z, here = lawson_euler(z, ev.at_lambda(z, lam, n - 1), here, (alpha, sigma), velocity), (alpha, sigma)
     top = (float(grid.alphas[n - 1]), float(grid.sigmas[n - 1]))
-    return lawson_euler(z, ev(z, n - 1), here, top)
+    return lawson_euler(z, ev(z, n - 1), here, top, velocity)
