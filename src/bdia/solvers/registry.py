@@ -22,7 +22,7 @@ __all__ = ["SOLVERS", "make_solver", "solver_parameters"]
 SOLVERS: dict[str, type[Solver]] = {"ddim": DDIM, "bdia": BDIA, "edict": EDICT, "heun": Heun}
 
 # Keywords every solver takes from the base class; the factory passes them itself.
-_COMMON = ("state_dtype", "model_dtype", "check_finite")
+_COMMON = ("state_dtype", "model_dtype", "check_finite", "bit_exact")  # bit_exact: Solver.__new__ picks a class
 
 
 def solver_parameters(name: str) -> tuple[str, ...]:
