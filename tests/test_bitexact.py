@@ -206,3 +206,17 @@ def test_edited_latents_are_sampled_not_the_stored_exact_state():
     assert torch.equal(solver.sample(model, noise.requires_grad_(), grid, backprop="reversible").detach(),
                        solver.sample(model, noise.detach(), grid))
     assert all(g.abs().sum() > 0 for g in torch.autograd.grad(x.sum(), start))
+
+
+def test_reversible_bit_exact_backward_costs_one_evaluation_per_bdia_step():
+    inner, calls = _mixture(), []
+
+    def model(x, t):
+        calls.append(1)
+        return inner(x, t)
+
+    noise = _data(torch.float64).requires_grad_()
+    x = bdia.BDIA(0.5, bit_exact=True).sample(model, noise, LINEAR.grid(10), backprop="reversible")
+    forward = len(calls)
+    x.sum().backward()
+    assert len(calls) - forward == 10 - bdia.BDIA.warmup
