@@ -242,3 +242,20 @@ def test_bench_workload_quick_path(tmp_path, single_thread):
     assert "zero differing bits for every gamma and N: met" in text and "| 5 |" in text and "| 1x1x4x4 |" in text
     assert reversible.plots(results, tmp_path, overwrite=False) == ["reversible_memory.png"]
     assert (tmp_path / "reversible_memory.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("base", ["midpoint", "rk4"])
+def test_rex_gradient_by_reversal_equals_autograd(base):
+    """Rex is another protocol solver with an exact inverse: reversal needs nothing of its own."""
+    from bdia.analytic import GaussianMixture
+
+    schedule = bdia.Schedule.from_config(dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                              timestep_spacing="trailing"))
+    g = torch.Generator().manual_seed(0)
+    model = GaussianMixture(torch.randn(3, 6, generator=g, dtype=torch.float64), 0.4, schedule=schedule)
+    grid = schedule.grid(8)
+    x = torch.randn(2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    solver = bdia.Rex(base)
+    plain = torch.autograd.grad(solver.sample(model, x, grid).pow(2).sum(), x)[0]
+    reversed_ = torch.autograd.grad(solver.sample(model, x, grid, backprop="reversible").pow(2).sum(), x)[0]
+    assert (plain - reversed_).abs().max() <= 1e-8 * plain.abs().max()
