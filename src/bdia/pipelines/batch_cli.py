@@ -37,7 +37,11 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _folder_like(path: str) -> bool:
+    """A folder output: one that exists, ends in a separator or has no suffix. A name with the single form's
+    suffix (an image or .safetensors) is that form's output, refused there if it is a folder."""
     p = Path(path)
+    if p.suffix.lower() in IMAGE_EXTENSIONS + (".safetensors",) and not path.endswith(("/", os.sep)):
+        return False
     return p.is_dir() or path.endswith(("/", os.sep)) or p.suffix == ""
 
 
@@ -158,7 +162,7 @@ RUNNERS = {"invert": invert_many, "reconstruct": reconstruct_many, "edit": edit_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``bdia`` parsers of invert, reconstruct and edit, with the many-inputs options added."""
+    """The ``bdia`` parsers of invert, reconstruct and edit (which carry the many-inputs options)."""
     from . import cli
 
     parser = argparse.ArgumentParser(prog="python -m bdia.pipelines.batch_cli",
@@ -166,9 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cli.register(sub)
     for name in list(sub.choices):
-        if name in COMMANDS:
-            add_batch_arguments(sub.choices[name])
-        else:
+        if name not in COMMANDS:
             del sub.choices[name]
     return parser
 
