@@ -40,6 +40,8 @@ __all__ = ["Backend", "Editor", "EditResult", "compare_pixels", "load_editor"]
 Prompt = str | Sequence[str]
 SAME = type("Same", (), {"__repr__": lambda self: "SAME"})()  # edit(): keep the inversion's negative prompt
 DIGITS = "digits"  # the model id of the embedded digits model
+FAMILY_NAMES = {"digits": "the embedded digits model", "sd": "a Stable Diffusion pipeline",  # Backend.family
+                "sd3": "a Stable Diffusion 3 pipeline", "flux": "a Flux pipeline"}
 
 
 @dataclass
@@ -398,8 +400,9 @@ class Editor:
         if not isinstance(inv, ImageInversion):
             raise TypeError(f"expected an ImageInversion (from invert or load_inversion), got {type(inv).__name__}")
         if inv.family is not None and inv.family != self.backend.family:
-            raise ValueError(f"this inversion was made with a {inv.family!r} model ({inv.model.get('id')!r}) and this "
-                             f"one is {self.backend.family!r}; load the model it was inverted with")
+            loaded = FAMILY_NAMES.get(self.backend.family, f"a {self.backend.family!r} model")
+            raise ValueError(f"this inversion was made with model {inv.model.get('id')!r}, a {inv.family!r} model, "
+                             f"not {loaded} like the loaded one; load the model it was inverted with")
         self.backend.check_record(inv.model)
         self.backend.check_schedule(inv.schedule)
         grid = self.backend.grid(inv.num_steps, inv.strength, tuple(inv.image_size))
