@@ -2,7 +2,8 @@
 
 An :class:`ImageInversion` is the core :class:`bdia.Inversion` (latents, solver, grid, NFE) plus what
 it takes to reconstruct or edit it with a pipeline: the prompts and guidance it was inverted under,
-the step count and strength that rebuild the grid, the schedule config, the model it came from, the
+the step count and strength that rebuild the grid, the schedule config, the model it came from and
+its family ("digits", "sd", "sd3", "flux": flow families have a FlowSchedule and velocity grids), the
 image size, and the clean VAE latents (for the round-trip error).
 
 File format: safetensors tensors ``latent.0``, ``latent.1`` ... (noisiest first) and ``clean``;
