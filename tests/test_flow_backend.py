@@ -152,3 +152,14 @@ def test_sd3_with_dynamic_shifting_uses_the_pipelines_mu(single_thread):
         assert torch.equal(ours, ref)
     finally:
         pipe.scheduler = original
+
+
+def test_an_editor_over_a_loaded_pipeline_picks_its_flow_backend():
+    from bdia.pipelines.flow_backend import FluxBackend, SD3Backend
+
+    for kind, cls in (("sd3", SD3Backend), ("flux", FluxBackend)):
+        editor = Editor(_backend(kind).pipe, model_id="tiny")
+        assert type(editor.backend) is cls and editor.backend.family == kind
+        assert editor.backend.record()["id"] == "tiny"
+    with pytest.raises(ValueError, match="drives a FluxPipeline"):
+        FluxBackend(_backend("sd3").pipe)

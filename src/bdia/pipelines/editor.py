@@ -14,7 +14,10 @@ same latents under another prompt and guidance. The model runs in its own dtype 
 state stays in ``state_dtype`` (float64 by default).
 
 What is model-specific lives in a :class:`Backend`; the Editor holds the flow that every model
-shares. A new model family (e.g. flow-matching models) is a new backend, not a new editor.
+shares. Backends: Stable Diffusion 1.x/2.x/XL (:mod:`.diffusers_model`), Stable Diffusion 3 and Flux
+(:mod:`.flow_backend`, velocity grids: docs/math.md section 9) and the digits model (:mod:`.digits_editor`);
+``from_pretrained`` picks one from the folder's ``model_index.json``. A new model family is a new
+backend, not a new editor.
 """
 
 from __future__ import annotations
