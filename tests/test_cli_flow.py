@@ -125,3 +125,19 @@ def test_an_inversion_is_refused_by_another_family(bdia_cli, tmp_path, image_fil
     assert code == 2 and "'sd3' model, not a Flux pipeline" in err, err
     code, _, err = bdia_cli("reconstruct", inv_path, "--model", "digits", "-o", tmp_path / "r.png", *COMMON)
     assert code == 2 and "'sd3' model, not the embedded digits model" in err, err
+
+
+def test_pickled_flow_weights_are_refused_unless_allowed(bdia_cli, tmp_path, image_file):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model = shutil.copytree(flow_model_dir("sd3"), tmp_path / "sd3")
+    weights = next((model / "transformer").glob("*.safetensors"))
+    torch.save(load_file(weights), model / "transformer" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    args = ("invert", image_file, "--model", model, "--steps", 3, "-o", tmp_path / "inv.safetensors", *COMMON)
+    code, _, err = bdia_cli(*args)
+    assert code == 2 and "pickled weights" in err and "transformer" in err, err
+    code, _, err = bdia_cli(*args, "--allow-pickle")
+    assert code == 0, err
