@@ -141,3 +141,27 @@ def test_pickled_flow_weights_are_refused_unless_allowed(bdia_cli, tmp_path, ima
     assert code == 2 and "pickled weights" in err and "transformer" in err, err
     code, _, err = bdia_cli(*args, "--allow-pickle")
     assert code == 0, err
+
+
+def test_a_folder_of_two_sizes_inverts_and_reconstructs_exactly(bdia_cli, tmp_path):
+    """Many inputs with a flow model: each size gets its own grid (Flux's mu follows the token count)."""
+    import json
+
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(5)
+    (tmp_path / "in").mkdir()
+    for name, (w, h) in {"a": (W, H), "b": (W, H), "wide": (24, H)}.items():
+        Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy()).save(tmp_path / "in" / f"{name}.png")
+    model = flow_model_dir("flux")
+    code, out, err = bdia_cli("invert", tmp_path / "in", "--model", model, "--prompt", "a cat", "--steps", 4,
+                              "-o", tmp_path / "inv", *COMMON)
+    assert code == 0 and "3 written" in out, err
+    wide = load_inversion(tmp_path / "inv" / "wide.safetensors")
+    editor = _editor("flux")
+    assert wide.family == "flux" and editor.grid(4, 1.0, (24, H)).matches(wide.inversion.grid)
+    assert not editor.grid(4, 1.0, (W, H)).matches(wide.inversion.grid)
+    code, out, err = bdia_cli("reconstruct", tmp_path / "inv", "-o", tmp_path / "rec", *COMMON)
+    assert code == 0 and "3 written" in out, err
+    records = [json.loads(line) for line in (tmp_path / "rec" / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["status"] == "done" and r["latent_error"] <= 1e-10 for r in records)
