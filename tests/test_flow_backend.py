@@ -163,3 +163,17 @@ def test_an_editor_over_a_loaded_pipeline_picks_its_flow_backend():
         assert editor.backend.record()["id"] == "tiny"
     with pytest.raises(ValueError, match="drives a FluxPipeline"):
         FluxBackend(_backend("sd3").pipe)
+
+
+def test_flux_true_cfg_with_a_negative_prompt_through_the_editor(single_thread):
+    """true_cfg_scale from from_pretrained: the negative prompt's branch is used, recorded and exact to invert."""
+    editor = Editor.from_pretrained(flow_model_dir("flux"), device="cpu", progress=False, max_sequence_length=16,
+                                    true_cfg_scale=2.0)
+    images = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(6))
+    inv = editor.invert(images, "a cat", negative_prompt="blur", guidance_scale=3.5, num_steps=5)
+    assert inv.model["true_cfg_scale"] == 2.0
+    assert editor.reconstruct(inv, progress=False).latent_error <= 1e-10
+    plain = editor.invert(images, "a cat", guidance_scale=3.5, num_steps=5)  # no negative: one branch
+    assert not torch.equal(plain.noise, inv.noise)
+    with pytest.raises(ValueError, match="true_cfg_scale"):
+        Editor(_backend("flux")).reconstruct(inv, progress=False)

@@ -71,6 +71,7 @@ class _FlowBackend(Backend):
     family: str
     pipeline_class: str
     default_sequence_length: int
+    backend_options: tuple[str, ...] = ()  # from_pretrained keywords for the backend rather than diffusers
 
     def __init__(self, pipe: Any, *, model_id: str | None = None, revision: str | None = None,
                  max_sequence_length: int | None = None):
@@ -89,16 +90,19 @@ class _FlowBackend(Backend):
                         progress: bool = True, max_sequence_length: int | None = None,
                         **kwargs: Any) -> "_FlowBackend":
         """Load with :func:`~bdia.pipelines.loading.load_pipeline` (safetensors only unless
-        ``allow_pickle=True``); components the folder lacks (SD3's ``text_encoder_3``) stay absent."""
+        ``allow_pickle=True``); components the folder lacks (SD3's ``text_encoder_3``) stay absent.
+        The backend's own options (Flux: ``true_cfg_scale``) go to the backend, the rest to diffusers."""
         from .loading import absent_components, load_pipeline, resolve_model
 
+        options = {k: kwargs.pop(k) for k in cls.backend_options if k in kwargs}
         kwargs = {**absent_components(model, revision), **kwargs}
         pipe = load_pipeline(model, dtype=resolve_dtype(torch_dtype), revision=revision, progress=progress, **kwargs)
         if type(pipe).__name__ != cls.pipeline_class:
             raise ValueError(f"{os.fspath(model)!r} holds a {type(pipe).__name__}, not a {cls.pipeline_class}")
         pipe = pipe.to(choose_device(device))
         pipe.set_progress_bar_config(disable=not progress)
-        return cls(pipe, model_id=resolve_model(model), revision=revision, max_sequence_length=max_sequence_length)
+        return cls(pipe, model_id=resolve_model(model), revision=revision, max_sequence_length=max_sequence_length,
+                   **options)
 
     @property
     def device(self) -> torch.device:
@@ -260,6 +264,7 @@ class FluxBackend(_FlowBackend):
 
     family = "flux"
     pipeline_class = "FluxPipeline"
+    backend_options = ("true_cfg_scale",)
     default_guidance = 3.5
     default_sequence_length = 512
 
