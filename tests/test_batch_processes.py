@@ -92,7 +92,7 @@ def test_two_processes_write_the_files_of_one(data, launcher, tmp_path):
     if launcher == "accelerate":
         pytest.importorskip("accelerate")
     out = tmp_path / "out"
-    cmd = LAUNCHERS[launcher](_free_port()) + ["-m", "bdia.pipelines.batch_cli", "invert", str(root / "in"),
+    cmd = LAUNCHERS[launcher](_free_port()) + ["-m", "bdia.cli", "invert", str(root / "in"),  # as the README
                                                "-o", str(out)] + ARGS
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

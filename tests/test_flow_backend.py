@@ -10,7 +10,8 @@ pytest.importorskip("transformers")
 from flow_fixtures import flow_model_dir  # noqa: E402
 
 import bdia  # noqa: E402
-from bdia.pipelines.flow_backend import flow_family, load_flow_backend  # noqa: E402
+from bdia.pipelines import Editor  # noqa: E402
+from bdia.pipelines.loading import model_family  # noqa: E402
 
 H = W = 16
 KINDS = {"sd3": {"guidance_scale": 4.0}, "sd3-no-t5": {"guidance_scale": 4.0},
@@ -20,7 +21,8 @@ _BACKENDS: dict = {}
 
 def _backend(kind):
     if kind not in _BACKENDS:
-        _BACKENDS[kind] = load_flow_backend(flow_model_dir(kind))
+        _BACKENDS[kind] = Editor.from_pretrained(flow_model_dir(kind), device="cpu", progress=False,
+                                                 **_prompt_kw(kind)).backend
     return _BACKENDS[kind]
 
 
@@ -32,12 +34,11 @@ def _prompt_kw(kind):
 def test_backend_sampling_is_the_pipelines_own(kind, single_thread):
     """DDIM over the backend's grid, prompt encoding and velocity model = the pipeline's Euler loop."""
     be = _backend(kind)
-    assert flow_family(flow_model_dir(kind)) == be.family == kind.split("-")[0]
+    assert model_family(flow_model_dir(kind)) == be.family == kind.split("-")[0]
     gs = KINDS[kind]["guidance_scale"]
-    cond, uncond = be.encode_prompt("a cat", None, 1, **_prompt_kw(kind))
+    cond, uncond = be.conditions(["a cat"], None, H, W)
     noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(0))
-    ours = bdia.DDIM(state_dtype=torch.float32).sample(be.velocity_model(cond, uncond, gs, H, W), noise,
-                                                       be.grid(6, H, W))
+    ours = bdia.DDIM(state_dtype=torch.float32).sample(be.guided(cond, uncond, gs), noise, be.grid(6, 1.0, (W, H)))
     ref = be.pipe("a cat", num_inference_steps=6, height=H, width=W, output_type="latent", latents=noise.clone(),
                   guidance_scale=gs, **_prompt_kw(kind)).images
     assert torch.equal(ours, ref)
@@ -49,12 +50,12 @@ def test_latent_round_trip_is_exact_with_half_precision_transformers(kind, dtype
     be = _backend(kind)
     g = torch.Generator().manual_seed(1)
     images = (torch.rand(1, 3, H, W, generator=g) * 2 - 1)
-    x = be.encode_image(images)
+    x = be.encode(images)
     assert x.shape == be.latent_shape(1, H, W)
-    cond, uncond = be.encode_prompt("a cat", None, 1, **_prompt_kw(kind))
+    cond, uncond = be.conditions(["a cat"], None, H, W)
     be.pipe.transformer.to(dtype)
     try:
-        model, grid = be.velocity_model(cond, uncond, KINDS[kind]["guidance_scale"], H, W), be.grid(8, H, W)
+        model, grid = be.guided(cond, uncond, KINDS[kind]["guidance_scale"]), be.grid(8, 1.0, (W, H))
         errors = {}
         for solver in (bdia.BDIA(1.0), bdia.EDICT(0.93), bdia.DDIM()):
             rec = solver.sample(model, solver.invert(model, x.double(), grid), grid)
@@ -69,16 +70,16 @@ def test_latent_round_trip_is_exact_with_half_precision_transformers(kind, dtype
 def test_vae_round_trip_and_shapes(kind):
     be = _backend(kind)
     images = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    x = be.encode_image(images)
+    x = be.encode(images)
     assert x.shape == be.latent_shape(2, H, W)
-    out = be.decode(x, H, W)
+    out = be.decode(x, (W, H))
     assert out.shape == images.shape and torch.isfinite(out).all()
     vae = be.pipe.vae  # decode undoes encode's shift and scale: compare with the VAE called directly
     with torch.no_grad():
         direct = vae.decode(vae.encode(images).latent_dist.mean).sample
-    assert torch.allclose(out, direct, atol=1e-5)
+    assert torch.allclose(out, direct.clamp(-1, 1), atol=1e-5)  # decode clips to the pixel range
     with pytest.raises(ValueError, match="divisible by"):
-        be.encode_image(torch.zeros(1, 3, H + 1, W))
+        be.encode(torch.zeros(1, 3, H + 1, W))
 
 
 def test_fingerprint_refuses_another_family_or_checkpoint_and_admits_half_precision():
@@ -101,9 +102,13 @@ def test_fingerprint_refuses_another_family_or_checkpoint_and_admits_half_precis
 
 def test_flux_true_cfg_is_the_pipelines_and_inverts_exactly(single_thread):
     be = _backend("flux")
-    cond, uncond = be.encode_prompt("a cat", "blur", 1, max_sequence_length=16)
-    model = be.velocity_model(cond, uncond, 3.5, H, W, true_cfg_scale=2.0)
-    grid = be.grid(5, H, W)
+    cond, uncond = be.conditions(["a cat"], ["blur"], H, W)
+    be.true_cfg_scale = 2.0
+    try:
+        model = be.guided(cond, uncond, 3.5)
+    finally:
+        be.true_cfg_scale = 1.0
+    grid = be.grid(5, 1.0, (W, H))
     noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(3))
     ours = bdia.DDIM(state_dtype=torch.float32).sample(model, noise, grid)
     ref = be.pipe("a cat", negative_prompt="blur", true_cfg_scale=2.0, num_inference_steps=5, height=H, width=W,
@@ -119,12 +124,12 @@ def test_reconstruction_decodes_to_the_vaes_own_round_trip(kind, single_thread):
     """image -> latents -> BDIA inversion -> reconstruction -> image equals decode(encode(image))."""
     be = _backend(kind)
     images = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(4)) * 2 - 1
-    x = be.encode_image(images)
-    cond, uncond = be.encode_prompt("a cat", None, 1, **_prompt_kw(kind))
-    model, grid = be.velocity_model(cond, uncond, KINDS[kind]["guidance_scale"], H, W), be.grid(6, H, W)
+    x = be.encode(images)
+    cond, uncond = be.conditions(["a cat"], None, H, W)
+    model, grid = be.guided(cond, uncond, KINDS[kind]["guidance_scale"]), be.grid(6, 1.0, (W, H))
     solver = bdia.BDIA(1.0)
     rec = solver.sample(model, solver.invert(model, x.double(), grid), grid)
-    torch.testing.assert_close(be.decode(rec.float(), H, W), be.decode(x, H, W), rtol=0, atol=1e-6)
+    torch.testing.assert_close(be.decode(rec, (W, H)), be.decode(x, (W, H)), rtol=0, atol=1e-6)
 
 
 def test_sd3_with_dynamic_shifting_uses_the_pipelines_mu(single_thread):
@@ -139,12 +144,36 @@ def test_sd3_with_dynamic_shifting_uses_the_pipelines_mu(single_thread):
                                                      max_image_seq_len=256)
     try:
         be = SD3Backend(pipe)
-        cond, uncond = be.encode_prompt("a cat", None, 1)
+        cond, uncond = be.conditions(["a cat"], None, H, W)
         noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(5))
-        ours = bdia.DDIM(state_dtype=torch.float32).sample(be.velocity_model(cond, uncond, 4.0, H, W), noise,
-                                                           be.grid(5, H, W))
+        ours = bdia.DDIM(state_dtype=torch.float32).sample(be.guided(cond, uncond, 4.0), noise, be.grid(5, 1.0, (W, H)))
         ref = pipe("a cat", num_inference_steps=5, height=H, width=W, output_type="latent", latents=noise.clone(),
                    guidance_scale=4.0).images
         assert torch.equal(ours, ref)
     finally:
         pipe.scheduler = original
+
+
+def test_an_editor_over_a_loaded_pipeline_picks_its_flow_backend():
+    from bdia.pipelines.flow_backend import FluxBackend, SD3Backend
+
+    for kind, cls in (("sd3", SD3Backend), ("flux", FluxBackend)):
+        editor = Editor(_backend(kind).pipe, model_id="tiny")
+        assert type(editor.backend) is cls and editor.backend.family == kind
+        assert editor.backend.record()["id"] == "tiny"
+    with pytest.raises(ValueError, match="drives a FluxPipeline"):
+        FluxBackend(_backend("sd3").pipe)
+
+
+def test_flux_true_cfg_with_a_negative_prompt_through_the_editor(single_thread):
+    """true_cfg_scale from from_pretrained: the negative prompt's branch is used, recorded and exact to invert."""
+    editor = Editor.from_pretrained(flow_model_dir("flux"), device="cpu", progress=False, max_sequence_length=16,
+                                    true_cfg_scale=2.0)
+    images = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(6))
+    inv = editor.invert(images, "a cat", negative_prompt="blur", guidance_scale=3.5, num_steps=5)
+    assert inv.model["true_cfg_scale"] == 2.0
+    assert editor.reconstruct(inv, progress=False).latent_error <= 1e-10
+    plain = editor.invert(images, "a cat", guidance_scale=3.5, num_steps=5)  # no negative: one branch
+    assert not torch.equal(plain.noise, inv.noise)
+    with pytest.raises(ValueError, match="true_cfg_scale"):
+        Editor(_backend("flux")).reconstruct(inv, progress=False)

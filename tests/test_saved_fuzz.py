@@ -122,6 +122,10 @@ REPORTED = {  # (edit of tensors and header, what the error says); the reported 
     "nan latents": (lambda t, h: ({**t, "latent.0": t["latent.0"] * float("nan")}, h), "NaN"),
     "not JSON": (lambda t, h: (t, "{not json"), "not JSON"),
     "huge int": (lambda t, h: (t, {**h, "guidance_scale": 10**400}), "guidance_scale"),
+    "unknown family": (lambda t, h: (t, {**h, "family": "pickle"}), "family must be one of"),
+    "flow family on an eps grid": (lambda t, h: (t, {**h, "family": "flux"}), "grid.prediction must be 'velocity'"),
+    "eps family on a velocity grid": (lambda t, h: (t, {**h, "grid": {**h["grid"], "prediction": "velocity"}}),
+                                      "grid.prediction must be 'epsilon'"),
 }
 
 

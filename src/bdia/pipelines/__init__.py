@@ -1,5 +1,5 @@
 """Real-image inversion and editing: one :class:`Editor` over model backends (Stable Diffusion via
-the ``diffusers`` extra, the embedded digits model), saved inversions, a diffusers-compatible BDIA
+the ``diffusers`` extra, Stable Diffusion 3 and Flux, the embedded digits model), saved inversions, a diffusers-compatible BDIA
 scheduler, and the image commands of the CLI.
 
     editor = bdia.pipelines.Editor.from_pretrained("path/or/hub-id", torch_dtype=torch.float16)
@@ -31,8 +31,6 @@ _EXPORTS = {
     "BDIAFlowScheduler": ".flow_scheduler",
     "SD3Backend": ".flow_backend",
     "FluxBackend": ".flow_backend",
-    "load_flow_backend": ".flow_backend",
-    "flow_family": ".flow_backend",
     "UNetModel": ".diffusers_model",
     "encode_prompts": ".diffusers_model",
     "ImageSizeWarning": ".images",
@@ -40,6 +38,7 @@ _EXPORTS = {
     "ImageReadError": ".images",
     "read_image": ".images",
     "load_pipeline": ".loading",
+    "model_family": ".loading",
     "UnsafeWeightsError": ".loading",
 }
 

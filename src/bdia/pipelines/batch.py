@@ -203,7 +203,7 @@ def split_inversion(inv: ImageInversion) -> list[ImageInversion]:
 def _compat_key(d: dict[str, Any]) -> str:
     """What inversions must share to be regenerated as one batch (from ``describe()`` or a file's metadata)."""
     keep = ("solver", "grid", "input_dtype", "guidance_scale", "num_steps", "strength", "image_size", "schedule",
-            "model", "state_dtype")
+            "model", "state_dtype", "family")
     key = {k: d.get(k) for k in keep}
     key["latent_shape"] = list(d.get("latent_shape", [0]))[1:]
     key["negative"] = d.get("negative_prompt") is not None

@@ -3,12 +3,12 @@
     bdia invert digits/ --prompt "" -o inverted/ --batch-size 16       # one .safetensors per image
     bdia reconstruct inverted/ -o again/                                # or inverted/manifest.jsonl
     bdia edit inverted/ --prompt 8 -o eights/
-    torchrun --nproc_per_node 2 -m bdia.pipelines.batch_cli invert digits/ -o inverted/   # 2 processes
+    torchrun --nproc_per_node 2 -m bdia.cli invert digits/ -o inverted/   # 2 processes
 
 Each function takes the parsed arguments of the single-input command (plus :func:`add_batch_arguments`)
 and an editor (from :func:`editor_for`, which puts each launched process on its own device) and
-runs :mod:`bdia.pipelines.batch`. ``python -m bdia.pipelines.batch_cli invert|reconstruct|edit ...``
-runs them directly.
+runs :mod:`bdia.pipelines.batch`. ``bdia invert|reconstruct|edit`` (:mod:`bdia.pipelines.cli`) call them
+when :func:`wants_many`; ``python -m bdia.pipelines.batch_cli invert|reconstruct|edit ...`` runs them directly.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .batch import IMAGE_EXTENSIONS, LIST_EXTENSIONS, MANIFEST, Summary, find_inputs
+from .editor import load_editor  # the package's one editor loader, used here and by callers of this module
 
 __all__ = ["add_batch_arguments", "wants_many", "process_device", "load_editor", "editor_for", "invert_many",
            "reconstruct_many", "edit_many", "main"]
@@ -36,7 +37,11 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _folder_like(path: str) -> bool:
+    """A folder output: one that exists, ends in a separator or has no suffix. A name with the single form's
+    suffix (an image or .safetensors) is that form's output, refused there if it is a folder."""
     p = Path(path)
+    if p.suffix.lower() in IMAGE_EXTENSIONS + (".safetensors",) and not path.endswith(("/", os.sep)):
+        return False
     return p.is_dir() or path.endswith(("/", os.sep)) or p.suffix == ""
 
 
@@ -63,32 +68,23 @@ def process_device(device: str | None) -> str | None:
     return str(PartialState(cpu=not torch.cuda.is_available()).device)
 
 
-def load_editor(model: str, **kwargs: Any) -> Any:
-    """The package's one editor loader (``bdia.pipelines.editor.load_editor``; the command-line module's
-    before the editors shared it): ``load_editor("digits", device="cpu", progress=False)``."""
-    try:
-        from .editor import load_editor as load
-    except ImportError:
-        from .cli import load_editor as load
-    return load(model, **kwargs)
-
-
 def editor_for(args: argparse.Namespace, command: str) -> Any:
     """The editor of a many-inputs run: ``--model`` (digits by default) for invert; for reconstruct and
     edit, the model the first inversion was made with (with its dtype and revision) unless ``--model``."""
     from .cli import DEFAULT_MODEL
 
     device = process_device(args.device)
+    pickle = {"allow_pickle": True} if getattr(args, "allow_pickle", False) else {}
     if command == "invert":
         return load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=device, revision=args.revision,
-                           progress=False)
+                           progress=False, **pickle)
     record = _first_model_record(_inversion_inputs(args, command))
     model = args.model or record.get("id")
     if not model:
         raise ValueError("the inversions do not record their model; pass --model")
     own = model == record.get("id")  # the inversions' dtype and revision apply to their own model only
     return load_editor(model, dtype=args.dtype or (record.get("dtype") if own else None), device=device,
-                       revision=args.revision or (record.get("revision") if own else None), progress=False)
+                       revision=args.revision or (record.get("revision") if own else None), progress=False, **pickle)
 
 
 def _inversion_inputs(args: argparse.Namespace, command: str) -> list:
@@ -166,7 +162,7 @@ RUNNERS = {"invert": invert_many, "reconstruct": reconstruct_many, "edit": edit_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``bdia`` parsers of invert, reconstruct and edit, with the many-inputs options added."""
+    """The ``bdia`` parsers of invert, reconstruct and edit (which carry the many-inputs options)."""
     from . import cli
 
     parser = argparse.ArgumentParser(prog="python -m bdia.pipelines.batch_cli",
@@ -174,9 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cli.register(sub)
     for name in list(sub.choices):
-        if name in COMMANDS:
-            add_batch_arguments(sub.choices[name])
-        else:
+        if name not in COMMANDS:
             del sub.choices[name]
     return parser
 

@@ -7,10 +7,15 @@ The default ``--model digits`` is the embedded 16x16 digits model, whose prompts
     bdia edit three.safetensors --prompt 8 -o eight.png
     bdia generate --prompt 7 -o seven.png
 
-and ``--model PATH_OR_ID`` a Stable Diffusion pipeline with text prompts::
+and ``--model PATH_OR_ID`` a diffusers pipeline with text prompts: Stable Diffusion 1.x/2.x/XL,
+Stable Diffusion 3 or Flux, picked from the folder's ``model_index.json``::
 
     bdia invert cat.png --model PATH_OR_ID --prompt "a photo of a cat" -o cat.safetensors
     bdia edit cat.safetensors --prompt "a photo of a dog" -o dog.png
+
+Folders, lists (.txt/.csv/.jsonl) and manifests as inputs, or a folder as ``-o``, run the many-inputs
+form of invert, reconstruct and edit (:mod:`bdia.pipelines.batch_cli`): one output per input, a
+``manifest.jsonl``, resumable, and split between processes under ``torchrun`` / ``accelerate launch``.
 
 Every model is loaded through :func:`bdia.pipelines.load_editor`. Bad input is refused before the
 first model call (outputs, images, prompts, device, solver parameters), as one line and exit code
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..io import atomic_path, check_writable
+from . import batch_cli
 
 METHODS = ("bdia", "edict", "ddim")
 DEFAULT_MODEL = "digits"  # the embedded digits model (bdia.pipelines.digits_editor); needs no diffusers
@@ -87,7 +93,7 @@ def _size(value: str) -> tuple[int, int]:
 
 # ----- argument groups ---------------------------------------------------------------------------------
 _MODEL_HELP = ("'digits' (the embedded 16x16 digits model: prompts are class labels 0..9) or a diffusers "
-               "Stable Diffusion folder or hub id (text prompts)")
+               "folder or hub id (text prompts): Stable Diffusion 1.x/2.x/XL, SD3 or Flux, from its model_index.json")
 
 
 def _model_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -99,8 +105,8 @@ def _model_args(p: argparse.ArgumentParser, default: str) -> None:
     g.add_argument("--allow-pickle", action="store_true", help="let a Stable Diffusion model load pickled "
                    "weights (.bin, .ckpt), which can run code when loaded: only for files you trust")
     g.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
-                   help="model dtype (default: float16 on CUDA for SD, else float32; for a saved inversion, "
-                        "its own); the solver state stays float64")
+                   help="model dtype (default on CUDA: float16 for SD, bfloat16 for SD3/Flux; else float32; for a "
+                        "saved inversion, its own); the solver state stays float64")
 
 
 def _solver_args(p: argparse.ArgumentParser, gamma: float, title: str = "solver") -> None:
@@ -124,7 +130,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("invert", help="invert real images (digits model by default, or Stable Diffusion)",
                               description="Invert images to latents (saved as .safetensors) under a prompt: "
                                           "with the default --model digits, the prompt is the digit's class (\"3\").")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s); a batch must share one size")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s) (one batch must share one size), or "
+                   "folders and lists (.txt/.csv/.jsonl, with per-image prompts) with -o a folder: one inversion "
+                   "per image and a manifest.jsonl")
     p.add_argument("--prompt", default="", help="the source prompt describing the image: a class 0..9 for digits "
                    "(default: empty, the unconditional model)")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (the unconditional branch)")
@@ -135,22 +143,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--check", action="store_true", help="also reconstruct and print the round-trip errors")
     _model_args(p, DEFAULT_MODEL)
     _solver_args(p, gamma=1.0)
-    _output_args(p, "the inversion file to write (.safetensors)")
+    _output_args(p, "the inversion file to write (.safetensors), or a folder for many inputs")
+    batch_cli.add_batch_arguments(p)
     p.set_defaults(func=cmd_invert)
 
     p = subparsers.add_parser("reconstruct", help="regenerate images from a saved inversion",
                               description="Regenerate the inverted images with the inversion's own prompt.")
-    p.add_argument("inversion", metavar="INV", help="a .safetensors file written by `bdia invert`")
+    p.add_argument("inversion", metavar="INV", help="a .safetensors file written by `bdia invert`, or a folder of "
+                   "them or its manifest.jsonl (with -o a folder)")
     p.add_argument("--image", nargs="+", help="the original image(s): report the errors of the written files "
                    "against them")
     _model_args(p, "the one the inversion was made with")
-    _output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...")
+    _output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...; a folder for many inputs")
+    batch_cli.add_batch_arguments(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = subparsers.add_parser("edit", help="edit a saved inversion, or an image, under a new prompt",
                               description="Regenerate an inversion (or an image, inverted first) under a new prompt. "
                                           "A saved inversion keeps its own solver, steps and strength.")
-    p.add_argument("source", metavar="INV_OR_IMAGE", help="a saved inversion, or an image file to invert first")
+    p.add_argument("source", metavar="INV_OR_IMAGE", help="a saved inversion, or an image file to invert first; "
+                   "or a folder of inversions, its manifest.jsonl or a list (.txt/.csv/.jsonl, per-item prompts) "
+                   "with -o a folder")
     p.add_argument("--prompt", required=True, help="the target prompt (a class 0..9 for digits)")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the inversion's)")
     p.add_argument("--guidance", type=_guidance, default=None, help="guidance scale of the edit "
@@ -163,7 +176,8 @@ def register(subparsers: Any) -> None:
     g.add_argument("--size", type=_size, help="resize to WIDTHxHEIGHT")
     _model_args(p, f"the inversion's; for an image, {DEFAULT_MODEL}")
     _solver_args(p, gamma=1.0, title="solver for inverting an image (refused with a saved inversion)")
-    _output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...")
+    _output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...; a folder for many inputs")
+    batch_cli.add_batch_arguments(p)
     p.set_defaults(func=cmd_edit)
 
     p = subparsers.add_parser("generate", help="generate images from a prompt (a class 0..9 for digits) with "
@@ -357,10 +371,23 @@ def _invert(editor: Any, images: Sequence[str], args: argparse.Namespace, solver
     return inv
 
 
+def _many(args: argparse.Namespace, command: str) -> int:
+    """The many-inputs form (:mod:`bdia.pipelines.batch_cli`) in the commands' error and threads context."""
+    from ..runtime import torch_threads
+
+    _check_common(args)
+    with _running(args, args.model or (DEFAULT_MODEL if command == "invert" else "")):
+        editor = batch_cli.editor_for(args, command)
+        with torch_threads(1 if editor.backend.family == "digits" else None):  # as _running, once the model is known
+            return getattr(batch_cli, f"{command}_many")(args, editor)
+
+
 # ----- commands ---------------------------------------------------------------------------------------------
 def cmd_invert(args: argparse.Namespace) -> int:
     from .saved import save_inversion
 
+    if batch_cli.wants_many(args, "invert"):
+        return _many(args, "invert")
     model = _check_common(args)
     out = _inv_output(args.output, args.overwrite)
     _check_images(args.images)
@@ -380,6 +407,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .saved import load_inversion
 
+    if batch_cli.wants_many(args, "reconstruct"):
+        return _many(args, "reconstruct")
     _check_common(args)
     if args.image:
         _check_images(args.image)
@@ -406,6 +435,8 @@ _INVERSION_ONLY = ("steps", "method", "gamma", "p", "strength", "source_prompt",
 def cmd_edit(args: argparse.Namespace) -> int:
     from .saved import load_inversion
 
+    if batch_cli.wants_many(args, "edit"):
+        return _many(args, "edit")
     model = _check_common(args)
     if not os.path.isfile(args.source):
         raise FileNotFoundError(f"no file at {args.source!r} (expected an inversion .safetensors or an image)")

@@ -181,6 +181,8 @@ class StableDiffusionBackend(Backend):
         schedule_overrides: scheduler config keys to replace, e.g. ``timestep_spacing="trailing"``.
     """
 
+    family = "sd"
+
     def __init__(self, pipe: Any, *, model_id: str | None = None, revision: str | None = None,
                  **schedule_overrides: Any):
         check_pipeline(pipe)

@@ -57,6 +57,7 @@ class DigitsBackend(Backend):
         model: a :class:`bdia.digits.DigitsUNet` (``bdia.digits.load_model()``; :meth:`load` does it).
     """
 
+    family = "digits"
     latent_name = "pixel"
     lossy_codec = False
     default_guidance = 2.0

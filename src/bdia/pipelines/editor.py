@@ -14,7 +14,10 @@ same latents under another prompt and guidance. The model runs in its own dtype 
 state stays in ``state_dtype`` (float64 by default).
 
 What is model-specific lives in a :class:`Backend`; the Editor holds the flow that every model
-shares. A new model family (e.g. flow-matching models) is a new backend, not a new editor.
+shares. Backends: Stable Diffusion 1.x/2.x/XL (:mod:`.diffusers_model`), Stable Diffusion 3 and Flux
+(:mod:`.flow_backend`, velocity grids: docs/math.md section 9) and the digits model (:mod:`.digits_editor`);
+``from_pretrained`` picks one from the folder's ``model_index.json``. A new model family is a new
+backend, not a new editor.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ __all__ = ["Backend", "Editor", "EditResult", "compare_pixels", "load_editor"]
 Prompt = str | Sequence[str]
 SAME = type("Same", (), {"__repr__": lambda self: "SAME"})()  # edit(): keep the inversion's negative prompt
 DIGITS = "digits"  # the model id of the embedded digits model
+FAMILY_NAMES = {"digits": "the embedded digits model", "sd": "a Stable Diffusion pipeline",  # Backend.family
+                "sd3": "a Stable Diffusion 3 pipeline", "flux": "a Flux pipeline"}
 
 
 @dataclass
@@ -68,7 +73,9 @@ class Backend(ABC):
     - ``latent_shape(batch, height, width)``: the latents' shape (ValueError for an unsupported size);
     - ``default_size``: (width, height) that ``generate`` makes by default;
     - ``record()`` / ``check_record(record)``: the model id, class, dtype and fingerprint saved with an
-      inversion; refuse an inversion of another model.
+      inversion; refuse an inversion of another model;
+    - ``family``: "digits", "sd" (Stable Diffusion 1.x/2.x/XL), "sd3" or "flux", saved with an inversion;
+      the Editor refuses an inversion of another family before anything else.
 
     With defaults for :class:`bdia.Schedule` models that a flow-matching backend overrides:
 
@@ -84,6 +91,7 @@ class Backend(ABC):
     ``default_guidance`` is generate()'s guidance scale.
     """
 
+    family: str = "sd"
     latent_name = "latent"
     lossy_codec = True
     default_guidance = 7.5
@@ -188,7 +196,8 @@ class Editor:
     Args:
         backend: a :class:`Backend`, or a loaded diffusers ``StableDiffusionPipeline`` /
             ``StableDiffusionXLPipeline`` (wrapped in :class:`~bdia.pipelines.diffusers_model.StableDiffusionBackend`
-            with ``model_id``, ``revision`` and ``schedule_overrides`` such as ``timestep_spacing="trailing"``).
+            with ``model_id``, ``revision`` and ``schedule_overrides`` such as ``timestep_spacing="trailing"``),
+            ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (:mod:`bdia.pipelines.flow_backend`).
         state_dtype: the solver state's dtype (float64 by default; float32 loses digits, see docs/math.md).
         progress: show a progress bar on the sampling loops (tqdm); each call may override it.
     """
@@ -196,9 +205,11 @@ class Editor:
     def __init__(self, backend: Any, *, state_dtype: torch.dtype = torch.float64, progress: bool = True,
                  **pipeline_options: Any):
         if not isinstance(backend, Backend):
+            from .flow_backend import FluxBackend, SD3Backend
             from .diffusers_model import StableDiffusionBackend
 
-            backend = StableDiffusionBackend(backend, **pipeline_options)
+            flow = {cls.pipeline_class: cls for cls in (SD3Backend, FluxBackend)}
+            backend = flow.get(type(backend).__name__, StableDiffusionBackend)(backend, **pipeline_options)
         elif pipeline_options:
             raise TypeError(f"options {sorted(pipeline_options)} apply to a diffusers pipeline, "
                             f"not a {type(backend).__name__}")
@@ -212,6 +223,9 @@ class Editor:
                         progress: bool = True, **kwargs: Any) -> "Editor":
         """An editor for ``model``: "digits" (the embedded digits model), a diffusers folder or a hub id.
 
+        The backend follows the pipeline class in the folder's ``model_index.json``: Stable Diffusion
+        (1.x/2.x/XL), Stable Diffusion 3 or Flux (:func:`~bdia.pipelines.loading.model_family`).
+
         ``torch_dtype`` is the model's dtype (float16 halves memory; the solver state stays float64);
         ``device`` defaults to CUDA, else MPS, else the CPU. Other keywords (``revision``,
         ``variant``, ``allow_pickle``...) go to :func:`~bdia.pipelines.loading.load_pipeline`.
@@ -224,10 +238,8 @@ class Editor:
                                  "ships with bdia")
             backend: Backend = DigitsBackend.load(device=device, dtype=torch_dtype)
         else:
-            from .diffusers_model import StableDiffusionBackend
-
-            backend = StableDiffusionBackend.from_pretrained(model, torch_dtype=torch_dtype, device=device,
-                                                             progress=progress, **kwargs)
+            backend = _backend_class(model, kwargs.get("revision")).from_pretrained(
+                model, torch_dtype=torch_dtype, device=device, progress=progress, **kwargs)
         return cls(backend, state_dtype=state_dtype, progress=progress)
 
     # ----- what callers read ----------------------------------------------------------------------
@@ -301,6 +313,7 @@ class Editor:
             num_steps=int(num_steps), strength=float(strength), image_size=(int(width), int(height)),
             schedule=self.backend.schedule_record(), model=self.backend.record(),
             state_dtype=self.state_dtype, clean=clean, info={"seconds": time.perf_counter() - start},
+            family=self.backend.family,
         )
 
     @torch.no_grad()
@@ -389,6 +402,10 @@ class Editor:
         """Refuse an inversion made with another model, schedule, grid or latent shape; return its grid."""
         if not isinstance(inv, ImageInversion):
             raise TypeError(f"expected an ImageInversion (from invert or load_inversion), got {type(inv).__name__}")
+        if inv.family is not None and inv.family != self.backend.family:
+            loaded = FAMILY_NAMES.get(self.backend.family, f"a {self.backend.family!r} model")
+            raise ValueError(f"this inversion was made with model {inv.model.get('id')!r}, a {inv.family!r} model, "
+                             f"not {loaded} like the loaded one; load the model it was inverted with")
         self.backend.check_record(inv.model)
         self.backend.check_schedule(inv.schedule)
         grid = self.backend.grid(inv.num_steps, inv.strength, tuple(inv.image_size))
@@ -429,10 +446,29 @@ class Editor:
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
 
+def _backend_class(model: Any, revision: str | None = None) -> type:
+    """The backend class a diffusers pipeline folder or hub id needs, from its model_index.json."""
+    from .loading import model_family
+
+    family = model_family(model, revision)
+    if family == "sd3":
+        from .flow_backend import SD3Backend
+
+        return SD3Backend
+    if family == "flux":
+        from .flow_backend import FluxBackend
+
+        return FluxBackend
+    from .diffusers_model import StableDiffusionBackend
+
+    return StableDiffusionBackend
+
+
 def load_editor(model: str, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
                 revision: str | None = None, progress: bool = True, **kwargs: Any) -> Editor:
-    """An editor with the command line's defaults: "auto" dtype is float16 for Stable Diffusion on
-    CUDA and float32 elsewhere (the digits model always defaults to float32)."""
+    """An editor with the command line's defaults: "auto" dtype on CUDA is float16 for Stable Diffusion
+    and bfloat16 for SD3 and Flux (their transformers overflow float16), float32 elsewhere (the digits
+    model always defaults to float32)."""
     from .policy import choose_device
 
     dev = choose_device(device)
@@ -441,8 +477,12 @@ def load_editor(model: str, *, dtype: str | torch.dtype | None = None, device: s
         if revision is not None:
             raise ValueError("--revision applies to hub models; the digits model ships with bdia")
     else:
-        if torch_dtype is None:
-            torch_dtype = torch.float16 if dev.type == "cuda" else torch.float32
+        if torch_dtype is None and dev.type == "cuda":
+            from .loading import model_family
+
+            torch_dtype = torch.float16 if model_family(model, revision) == "sd" else torch.bfloat16
+        elif torch_dtype is None:
+            torch_dtype = torch.float32
         if revision is not None:
             kwargs["revision"] = revision
     return Editor.from_pretrained(model, torch_dtype=torch_dtype, device=dev, progress=progress, **kwargs)

@@ -10,6 +10,7 @@ passes ``allow_pickle=True`` (the CLI's ``--allow-pickle``) for files they trust
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import warnings
@@ -18,7 +19,11 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["UnsafeWeightsError", "load_pipeline", "resolve_model", "pickled_weights"]
+__all__ = ["UnsafeWeightsError", "absent_components", "load_pipeline", "model_family", "model_index",
+           "resolve_model", "pickled_weights"]
+
+# Pipeline classes of the flow-matching families; any other pipeline is the Stable Diffusion family ("sd").
+FLOW_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
 
 # Weight files that torch.load unpickles (diffusers' and transformers' names, and generic checkpoints).
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
@@ -51,6 +56,31 @@ def resolve_model(model: str | os.PathLike) -> str:
             "(holding model_index.json) or a hub id such as 'org/model'"
         )
     return name
+
+
+def model_index(model: str | os.PathLike, revision: str | None = None) -> dict[str, Any]:
+    """A pipeline's ``model_index.json`` (a local folder's, or a hub id's through diffusers)."""
+    name = resolve_model(model)
+    if os.path.isdir(name):
+        return json.loads(Path(name, "model_index.json").read_text(encoding="utf-8"))
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(name, revision=revision))
+    except OSError as e:
+        raise FileNotFoundError(f"could not read the model index of {name!r}: {' '.join(str(e).split())}") from None
+
+
+def model_family(model: str | os.PathLike, revision: str | None = None) -> str:
+    """The editor backend a pipeline needs, from its ``model_index.json``'s class: "sd3"
+    (StableDiffusion3Pipeline), "flux" (FluxPipeline), else "sd" (Stable Diffusion 1.x/2.x/XL)."""
+    return FLOW_FAMILIES.get(model_index(model, revision).get("_class_name"), "sd")
+
+
+def absent_components(model: str | os.PathLike, revision: str | None = None) -> dict[str, None]:
+    """Components the index lists as ``[null, null]`` (e.g. SD3 without T5), passed to diffusers as None."""
+    return {k: None for k, v in model_index(model, revision).items()
+            if isinstance(v, list) and v and v[0] is None}
 
 
 def pickled_weights(folder: str | os.PathLike) -> list[str]:

@@ -2,7 +2,8 @@
 
 An :class:`ImageInversion` is the core :class:`bdia.Inversion` (latents, solver, grid, NFE) plus what
 it takes to reconstruct or edit it with a pipeline: the prompts and guidance it was inverted under,
-the step count and strength that rebuild the grid, the schedule config, the model it came from, the
+the step count and strength that rebuild the grid, the schedule config, the model it came from and
+its family ("digits", "sd", "sd3", "flux": flow families have a FlowSchedule and velocity grids), the
 image size, and the clean VAE latents (for the round-trip error).
 
 File format: safetensors tensors ``latent.0``, ``latent.1`` ... (noisiest first) and ``clean``;
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from ..io import atomic_path
+from ..flow import FlowSchedule
 from ..schedule import Grid, Schedule
 from ..solvers import SOLVERS, Inversion, Solver, make_solver
 
@@ -70,6 +72,7 @@ class ImageInversion:
     state_dtype: torch.dtype = torch.float64
     clean: torch.Tensor | None = None  # the scaled VAE latents that were inverted
     info: dict[str, Any] = field(default_factory=dict)  # timings and other figures (not checked)
+    family: str | None = None  # the model family: "digits", "sd", "sd3", "flux" (None: a file from before families)
 
     @property
     def latents(self) -> tuple[torch.Tensor, ...]:
@@ -108,6 +111,7 @@ class ImageInversion:
             "state_dtype": dtype_name(self.state_dtype),
             "latent_shape": list(self.inversion.latents[0].shape),
             "info": self.info,
+            "family": self.family,
         }
 
     def __repr__(self) -> str:
@@ -198,7 +202,9 @@ class _HeaderError(ValueError):
 
 _FIELDS = {"solver", "grid", "nfe", "input_dtype", "prompt", "negative_prompt", "guidance_scale", "num_steps",
            "strength", "image_size", "schedule", "model", "state_dtype", "latent_shape"}
-_OPTIONAL_FIELDS = {"info"}
+_OPTIONAL_FIELDS = {"info", "family"}  # absent from files written before they existed
+FAMILIES = ("digits", "sd", "sd3", "flux")
+FLOW_FAMILIES = ("sd3", "flux")  # flow-matching models: velocity grids from a FlowSchedule
 
 
 def _need(ok: bool, message: str) -> None:
@@ -252,12 +258,14 @@ def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | tor
     _need(isinstance(d["state_dtype"], str) and d["state_dtype"] in ("float32", "float64"),
           f"state_dtype must be float32 or float64, got {_short_repr(d['state_dtype'])}")
     _need(isinstance(d.get("info", {}), dict), "info must be an object")
+    family = d.get("family")
+    _need(family is None or family in FAMILIES, f"family must be one of {list(FAMILIES)}, got {_short_repr(family)}")
     _check_model_record(d["model"])
-    schedule = _check_schedule(d["schedule"])
+    schedule = _check_schedule(d["schedule"], flow=family in FLOW_FAMILIES)
     steps = d["num_steps"]
     _need(_is_int(steps) and 2 <= steps <= schedule.num_train_timesteps,
           f"num_steps must be an int in [2, {schedule.num_train_timesteps}], got {_short_repr(steps)}")
-    grid = _check_grid(d["grid"], steps, d["strength"])
+    grid = _check_grid(d["grid"], steps, d["strength"], "velocity" if family in FLOW_FAMILIES else "epsilon")
     state_dtype = _DTYPES[d["state_dtype"]]
     solver = _check_solver(d["solver"], state_dtype, grid)
 
@@ -276,7 +284,7 @@ def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | tor
         inversion=core, prompt=d["prompt"], negative_prompt=d["negative_prompt"],
         guidance_scale=float(d["guidance_scale"]), num_steps=d["num_steps"], strength=float(d["strength"]),
         image_size=(size[0], size[1]), schedule=d["schedule"], model=d["model"], state_dtype=state_dtype,
-        clean=None if clean is None else clean.to(device), info=d.get("info", {}),
+        clean=None if clean is None else clean.to(device), info=d.get("info", {}), family=family,
     )
 
 
@@ -294,35 +302,42 @@ def _check_model_record(model: Any) -> None:
     _need(isinstance(fingerprint, dict), "model.fingerprint must be an object")
     for key in ("unet_config", "vae_config", "config"):
         _need(isinstance(fingerprint.get(key, {}), dict), f"model.fingerprint.{key} must be an object")
-    probe = fingerprint.get("unet_probe", {})
-    _need(isinstance(probe, dict)
-          and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in probe.values()),
-          "model.fingerprint.unet_probe must map names to lists of numbers")
+    for key in ("unet_probe", "transformer_probe"):
+        probe = fingerprint.get(key, {})
+        _need(isinstance(probe, dict)
+              and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in probe.values()),
+              f"model.fingerprint.{key} must map names to lists of numbers")
+    _need(isinstance(fingerprint.get("transformer_config", {}), dict),
+          "model.fingerprint.transformer_config must be an object")
 
 
 _MAX_TRAIN_TIMESTEPS = 100_000  # far above any trained model's (1000); bounds what a header can make us allocate
 
 
-def _check_schedule(schedule: Any) -> Schedule:
+def _check_schedule(schedule: Any, flow: bool = False) -> Schedule | FlowSchedule:
     _need(isinstance(schedule, dict), f"schedule must be an object, got {_short_repr(schedule)}")
     t = schedule.get("num_train_timesteps", 1000)
     _need(_is_int(t) and 2 <= t <= _MAX_TRAIN_TIMESTEPS,
           f"schedule.num_train_timesteps must be an int in [2, {_MAX_TRAIN_TIMESTEPS}], got {_short_repr(t)}")
     try:
-        return Schedule.from_config(schedule)
+        return FlowSchedule.from_config(schedule) if flow else Schedule.from_config(schedule)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RuntimeError) as e:
         raise _HeaderError(f"its schedule is not a valid scheduler config ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:200]})") from None
 
 
-def _check_grid(grid: Any, num_steps: int, strength: float) -> Grid:
+def _check_grid(grid: Any, num_steps: int, strength: float, prediction: str = "epsilon") -> Grid:
     keys = {"timesteps", "alphas", "sigmas"}
-    _need(isinstance(grid, dict) and set(grid) == keys, f"grid must be an object with keys {sorted(keys)}")
+    _need(isinstance(grid, dict) and set(grid) - {"prediction"} == keys,
+          f"grid must be an object with keys {sorted(keys)} (and 'prediction')")
+    _need(grid.get("prediction", "epsilon") == prediction,
+          f"grid.prediction must be {prediction!r} for this model family, got {_short_repr(grid.get('prediction'))}")
     for key in sorted(keys):
         _need(isinstance(grid[key], list) and all(_is_number(x) for x in grid[key]),
               f"grid.{key} must be a list of finite numbers")
     try:
-        g = Grid(*(torch.tensor(grid[key], dtype=torch.float64) for key in ("timesteps", "alphas", "sigmas")))
+        g = Grid(*(torch.tensor(grid[key], dtype=torch.float64) for key in ("timesteps", "alphas", "sigmas")),
+                 prediction=prediction)
     except ValueError as e:
         raise _HeaderError(f"its grid is not valid ({e})") from None
     steps = num_steps if strength == 1.0 else int(round(strength * num_steps))
