@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..grids import make_grid
 from ..models import ClassifierFreeGuidance
 from ..schedule import Grid, Schedule
 from ..solvers import Solver, make_solver
@@ -132,8 +133,9 @@ class Backend(ABC):
     @abstractmethod
     def check_record(self, record: dict[str, Any]) -> None: ...
 
-    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None) -> Grid:
-        grid = self.schedule.grid(int(num_steps))
+    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None,
+             kind: str = "diffusers") -> Grid:
+        grid = make_grid(self.schedule, int(num_steps), kind)
         return grid if float(strength) == 1.0 else grid.truncated(strength)
 
     def schedule_record(self) -> dict[str, Any]:
@@ -255,10 +257,12 @@ class Editor:
     def default_guidance(self) -> float:
         return self.backend.default_guidance
 
-    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None) -> Grid:
+    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None,
+             kind: str = "diffusers") -> Grid:
         """The grid of ``num_steps`` steps for images of ``size`` (width, height), keeping the last
-        ``strength`` fraction of it."""
-        return self.backend.grid(num_steps, strength, size)
+        ``strength`` fraction of it. ``kind`` is one of :data:`bdia.grids.GRID_KINDS` ("diffusers": the
+        schedule's own spacing, as the pipeline's scheduler; "karras" measured most faithful, see README)."""
+        return self.backend.grid(num_steps, strength, size, kind)
 
     def validate_prompt(self, prompt: Prompt | None) -> None:
         """Refuse a prompt (or list of prompts) the model cannot take, before any work is done."""
@@ -289,7 +293,7 @@ class Editor:
                guidance_scale: float = 1.0, num_steps: int = 50, strength: float = 1.0,
                method: str | Solver = "bdia", gamma: float | Sequence[float] | str | None = None,
                p: float | None = None, size: int | Sequence[int] | None = None,
-               progress: bool | None = None) -> ImageInversion:
+               progress: bool | None = None, grid: str = "diffusers") -> ImageInversion:
         """Invert real images under ``prompt`` (one, or one per image) with classifier-free guidance.
 
         ``strength`` < 1 inverts only the last part of the grid (the BDIA authors edit with 0.8):
@@ -302,7 +306,7 @@ class Editor:
         solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         pixels = self.backend.load_images(image, as_size(size))
         batch, _, height, width = pixels.shape
-        grid = self.backend.grid(num_steps, strength, (width, height))
+        grid_kind, grid = grid, self.backend.grid(num_steps, strength, (width, height), grid)
         prompts, negatives, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
         start = time.perf_counter()
         clean = self.backend.encode(pixels)
@@ -313,7 +317,7 @@ class Editor:
             num_steps=int(num_steps), strength=float(strength), image_size=(int(width), int(height)),
             schedule=self.backend.schedule_record(), model=self.backend.record(),
             state_dtype=self.state_dtype, clean=clean, info={"seconds": time.perf_counter() - start},
-            family=self.backend.family,
+            family=self.backend.family, grid_kind=grid_kind,
         )
 
     @torch.no_grad()
@@ -349,7 +353,7 @@ class Editor:
                  num_steps: int = 50, method: str | Solver = "bdia", gamma: float | Sequence[float] | str | None = None,
                  p: float | None = None, height: int | None = None, width: int | None = None, num_images: int = 1,
                  generator: torch.Generator | None = None, seed: int | None = None,
-                 progress: bool | None = None) -> EditResult:
+                 progress: bool | None = None, grid: str = "diffusers") -> EditResult:
         """Text to image with a core solver from Gaussian noise (float64 state, like inversion).
 
         ``gamma`` defaults to 0.5 for BDIA, the authors' choice for text-to-image at few steps;
@@ -362,7 +366,7 @@ class Editor:
         solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         default_w, default_h = self.backend.default_size
         height, width = int(height or default_h), int(width or default_w)
-        grid = self.backend.grid(num_steps, 1.0, (width, height))
+        grid = self.backend.grid(num_steps, 1.0, (width, height), grid)
         batch = num_images if isinstance(prompt, str) else len(prompt)
         shape = self.backend.latent_shape(batch, height, width)
         _, _, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
@@ -408,7 +412,7 @@ class Editor:
                              f"not {loaded} like the loaded one; load the model it was inverted with")
         self.backend.check_record(inv.model)
         self.backend.check_schedule(inv.schedule)
-        grid = self.backend.grid(inv.num_steps, inv.strength, tuple(inv.image_size))
+        grid = self.backend.grid(inv.num_steps, inv.strength, tuple(inv.image_size), inv.grid_kind)
         if not grid.matches(inv.inversion.grid):
             spacing = (inv.schedule.get("timestep_spacing"), getattr(self.backend.schedule, "timestep_spacing", None))
             raise ValueError(

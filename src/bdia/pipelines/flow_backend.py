@@ -141,7 +141,11 @@ class _FlowBackend(Backend):
         """Images (PIL, path, tensor in [0, 1], or a list) to a batch in [-1, 1], cropped to :attr:`factor`."""
         return to_pixels(images, self.factor, size).to(self.device)
 
-    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None) -> Grid:
+    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None,
+             kind: str = "diffusers") -> Grid:
+        if kind != "diffusers":
+            raise ValueError(f"grid kind {kind!r} is for discrete-time models; a flow model runs on its pipeline's "
+                             "own (shifted) grid: leave the grid at 'diffusers'")
         width, height = size or self.default_size
         grid = self._grid(int(num_steps), height, width)
         return grid if float(strength) == 1.0 else grid.truncated(strength)

@@ -27,6 +27,7 @@ import torch
 
 from ..io import atomic_path
 from ..flow import FlowSchedule
+from ..grids import GRID_KINDS
 from ..schedule import Grid, Schedule
 from ..solvers import SOLVERS, Inversion, Solver, make_solver
 
@@ -73,6 +74,7 @@ class ImageInversion:
     clean: torch.Tensor | None = None  # the scaled VAE latents that were inverted
     info: dict[str, Any] = field(default_factory=dict)  # timings and other figures (not checked)
     family: str | None = None  # the model family: "digits", "sd", "sd3", "flux" (None: a file from before families)
+    grid_kind: str = "diffusers"  # how the grid was made (bdia.grids.make_grid's kinds; flow models: "diffusers")
 
     @property
     def latents(self) -> tuple[torch.Tensor, ...]:
@@ -112,6 +114,7 @@ class ImageInversion:
             "latent_shape": list(self.inversion.latents[0].shape),
             "info": self.info,
             "family": self.family,
+            "grid_kind": self.grid_kind,
         }
 
     def __repr__(self) -> str:
@@ -202,7 +205,7 @@ class _HeaderError(ValueError):
 
 _FIELDS = {"solver", "grid", "nfe", "input_dtype", "prompt", "negative_prompt", "guidance_scale", "num_steps",
            "strength", "image_size", "schedule", "model", "state_dtype", "latent_shape"}
-_OPTIONAL_FIELDS = {"info", "family"}  # absent from files written before they existed
+_OPTIONAL_FIELDS = {"info", "family", "grid_kind"}  # absent from files written before they existed
 FAMILIES = ("digits", "sd", "sd3", "flux")
 FLOW_FAMILIES = ("sd3", "flux")  # flow-matching models: velocity grids from a FlowSchedule
 
@@ -277,6 +280,8 @@ def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | tor
         _need(t.is_floating_point(), f"tensor {name!r} is {dtype_name(t.dtype)}, expected a floating-point dtype")
         _need(list(t.shape) == shape, f"tensor {name!r} has shape {list(t.shape)}, latent_shape says {shape}")
         _need(bool(torch.isfinite(t).all()), f"tensor {name!r} holds NaN or inf")
+    grid_kind = d.get("grid_kind", "diffusers")
+    _need(grid_kind in GRID_KINDS, f"grid_kind {_short_repr(grid_kind)} is not one of {', '.join(GRID_KINDS)}")
     core = Inversion(tuple(tensors[n].to(device) for n in names), d["nfe"], d["solver"], d["grid"],
                      input_dtype=_DTYPES[d["input_dtype"]])
     clean = tensors.get("clean")
@@ -285,6 +290,7 @@ def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | tor
         guidance_scale=float(d["guidance_scale"]), num_steps=d["num_steps"], strength=float(d["strength"]),
         image_size=(size[0], size[1]), schedule=d["schedule"], model=d["model"], state_dtype=state_dtype,
         clean=None if clean is None else clean.to(device), info=d.get("info", {}), family=family,
+        grid_kind=grid_kind,
     )
 
 
