@@ -108,6 +108,12 @@ class Rex(Solver):
         start: the backward base move of the last step, from the clean end (see BDIA's ``start``);
             default ``"auto"`` (4 sub-steps where the model can be called inside the last interval,
             else the extrapolated slope).
+        coupling: ``"lawson"`` (default; the papers' mixing in the Lawson variable, gap weight r zeta)
+            or ``"state"`` (mixing in z, gap weight zeta: the gap then shrinks by zeta per generation
+            step whatever the schedule). On schedules that reach alpha_0 << 1 (the digits model's
+            linear betas: alpha_N / alpha_0 ~ 150) Lawson mixing in noise variables lets the gap grow
+            that much in generation; ``coupling="state"`` keeps sampling sane there (docs/math.md
+            section 10).
 
     Measured on the benchmark's analytic mixture (8 components in 4x16x16, SD 1.5's schedule, float64;
     ``bdia.bench.rex``; max error of the inverted noise against the exact ODE's, N = 12 / 25, about
@@ -127,7 +133,7 @@ class Rex(Solver):
     State: ClassVar[type] = RexState
 
     def __init__(self, base: str = "midpoint", zeta: float = 0.9, *, variables: str = "noise", start: str = "auto",
-                 **kwargs: Any):
+                 coupling: str = "lawson", **kwargs: Any):
         super().__init__(**kwargs)
         if base not in TABLEAUX:
             raise ValueError(f"unknown Rex base solver {base!r}; choose one of {sorted(TABLEAUX)}")
@@ -135,6 +141,9 @@ class Rex(Solver):
             raise ValueError(f"zeta must be a number in (0, 1] (inversion divides by it), got {zeta!r}")
         if variables not in VARIABLES:
             raise ValueError(f"variables must be 'noise' or 'data', got {variables!r}")
+        if coupling not in ("lawson", "state"):
+            raise ValueError(f"coupling must be 'lawson' (mix in the Lawson variable) or 'state' (mix in z), got {coupling!r}")
+        self.coupling = coupling
         self.base, self.zeta, self.variables = base, float(zeta), variables
         self.start = start_name(start)
         self._tableau, self._vars = TABLEAUX[base], VARIABLES[variables]
@@ -148,7 +157,8 @@ class Rex(Solver):
         return 2 * len(self._tableau.c)
 
     def params(self) -> dict[str, Any]:
-        return {"base": self.base, "zeta": self.zeta, "variables": self.variables, "start": self.start}
+        return {"base": self.base, "zeta": self.zeta, "variables": self.variables, "start": self.start,
+                "coupling": self.coupling}
 
     def check_grid(self, grid: Grid, inverting: bool) -> None:
         between = any(0.0 < c < 1.0 for c in self._tableau.c)  # (the start skips levels it cannot call)
@@ -235,16 +245,20 @@ class Rex(Solver):
     def init_inverse(self, ev: Evaluator, x0: torch.Tensor, grid: Grid) -> RexState:
         return RexState(x0, x0)
 
+    def _mix(self, grid: Grid, i: int) -> float:
+        """The weight of z - zhat in the step: r zeta (mixing in the Lawson variable) or zeta (in z)."""
+        return self.zeta * (self._ratio(grid, i) if self.coupling == "lawson" else 1.0)
+
     def step(self, ev: Evaluator, state: RexState, grid: Grid, i: int) -> RexState:
         r = self._ratio(grid, i)
-        z = self._forward(ev, state.zhat, grid, i) + (r * self.zeta) * (state.z - state.zhat)
+        z = self._forward(ev, state.zhat, grid, i) + self._mix(grid, i) * (state.z - state.zhat)
         zhat = z + r * (state.zhat - self._backward(ev, z, grid, i))
         return RexState(z, zhat)
 
     def unstep(self, ev: Evaluator, state: RexState, grid: Grid, i: int) -> RexState:
         r = self._ratio(grid, i)
         zhat = self._backward(ev, state.z, grid, i) + (state.zhat - state.z) / r
-        z = zhat + (state.z - self._forward(ev, zhat, grid, i)) / (r * self.zeta)
+        z = zhat + (state.z - self._forward(ev, zhat, grid, i)) / self._mix(grid, i)
         return RexState(z, zhat)
 
     def output(self, state: RexState) -> torch.Tensor:
