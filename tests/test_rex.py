@@ -293,7 +293,7 @@ def test_extrapolated_and_auto_starts():
     ev = Evaluator(model, SD_TRAILING.grid(10), torch.float64, torch.float64, True, "test")
     clean_end_move(ev, x0, SD_TRAILING.grid(10), parse_start("auto"))
     assert ev.nfe == 4  # room inside the interval: four sub-steps
-    assert bdia.BDIA("belm").start == bdia.Rex().start == "auto" and bdia.BDIA(0.9).start == "ddim"
+    assert bdia.Rex().start == "auto" and bdia.BDIA("belm").start == bdia.BDIA(0.9).start == "ddim"
 
 
 def test_float32_state_round_trip_stays_near_rounding():
