@@ -23,6 +23,7 @@ EXACT = {
     "rex-rk4": lambda: bdia.Rex("rk4", 0.999),
     "rex-heun-data": lambda: bdia.Rex("heun", 0.95, variables="data"),
     "rex-ralston-substeps": lambda: bdia.Rex("ralston", 0.999, start="substeps:3"),
+    "rex-midpoint-state": lambda: bdia.Rex("midpoint", 0.95, variables="data", coupling="state"),
 }
 APPROXIMATE = {"ddim": bdia.DDIM, "heun": bdia.Heun}
 

@@ -33,7 +33,7 @@ def clean(model, n=3, seed=1):
 
 
 @pytest.mark.parametrize("grid_name", list(GRIDS))
-@pytest.mark.parametrize("variables", ["noise", "data"])
+@pytest.mark.parametrize("variables", ["noise", "data", "data-state"])
 @pytest.mark.parametrize("base", list(TABLEAUX))
 def test_round_trip_is_exact_on_every_grid(base, variables, grid_name):
     schedule, grid_of = GRIDS[grid_name]
@@ -41,7 +41,8 @@ def test_round_trip_is_exact_on_every_grid(base, variables, grid_name):
     x0 = clean(model)
     for n in (16,):  # the benchmark (bdia.bench.rex) checks 2-100 steps
         grid = grid_of(n)
-        solver = bdia.Rex(base, 0.99, variables=variables)
+        solver = bdia.Rex(base, 0.99, variables=variables.split("-")[0],
+                          coupling="state" if variables.endswith("state") else "lawson")
         inv = solver.invert(model, x0, grid)
         out = solver.solve(model, inv, grid)
         assert (out.x - x0).abs().max() <= 1e-10, (base, variables, grid_name, n)
@@ -113,6 +114,10 @@ def test_coupling_is_mccallum_foster_in_lawson_variables():
     yhat1 = yhat - (lam[i] - lam[i + 1]) * f(i + 1, y1)
     out = bdia.Rex("euler", zeta).step(ev, bdia.solvers.RexState(z, zhat), grid, i)
     assert torch.allclose(out.z, y1 * a[i + 1], atol=1e-13) and torch.allclose(out.zhat, yhat1 * a[i + 1], atol=1e-13)
+    # coupling="state" mixes in z itself: the gap's weight is zeta, not zeta * alpha_{i+1} / alpha_i
+    out = bdia.Rex("euler", zeta, coupling="state").step(ev, bdia.solvers.RexState(z, zhat), grid, i)
+    want = bdia.ddim_transition(zhat, ev(zhat, i), grid, i, i + 1) + zeta * (z - zhat)
+    assert torch.allclose(out.z, want, atol=1e-13)
 
 
 @pytest.mark.parametrize("base,order", [("rk4", 4), ("midpoint", 2)])
@@ -165,6 +170,8 @@ def test_bad_arguments_are_refused_clearly():
         bdia.Rex("euler", 0.0)
     with pytest.raises(ValueError, match="variables"):
         bdia.Rex("euler", variables="score")
+    with pytest.raises(ValueError, match="coupling"):
+        bdia.Rex("euler", coupling="z")
     with pytest.raises(ValueError, match="substeps:K"):
         bdia.BDIA(start="heun2")
 
@@ -286,7 +293,7 @@ def test_extrapolated_and_auto_starts():
     ev = Evaluator(model, SD_TRAILING.grid(10), torch.float64, torch.float64, True, "test")
     clean_end_move(ev, x0, SD_TRAILING.grid(10), parse_start("auto"))
     assert ev.nfe == 4  # room inside the interval: four sub-steps
-    assert bdia.BDIA("belm").start == bdia.Rex().start == "auto" and bdia.BDIA(0.9).start == "ddim"
+    assert bdia.Rex().start == "auto" and bdia.BDIA("belm").start == bdia.BDIA(0.9).start == "ddim"
 
 
 def test_float32_state_round_trip_stays_near_rounding():

@@ -40,8 +40,8 @@ RUNS: dict[str, tuple[str, Callable[[], Solver], bool]] = {
     "bdia-1": ("BDIA gamma=1", lambda: BDIA(1.0), True),
     "bdia-1-sub4": ("BDIA gamma=1, start substeps:4", lambda: BDIA(1.0, start="substeps:4"), True),
     "bdia-1-extra": ("BDIA gamma=1, start extrapolated", lambda: BDIA(1.0, start="extrapolated"), True),
-    "belm-ddim": ("O-BELM, start ddim", lambda: BDIA("belm", start="ddim"), True),
-    "belm": ("O-BELM (start auto)", lambda: BDIA("belm"), True),
+    "belm-ddim": ("O-BELM", lambda: BDIA("belm"), True),
+    "belm": ("O-BELM, start auto", lambda: BDIA("belm", start="auto"), True),
     "belm-sub4": ("O-BELM, start substeps:4", lambda: BDIA("belm", start="substeps:4"), True),
     "belm-sub8": ("O-BELM, start substeps:8", lambda: BDIA("belm", start="substeps:8"), True),
     "rex-euler": ("Rex euler", lambda: Rex("euler"), True),
@@ -56,6 +56,12 @@ RUNS: dict[str, tuple[str, Callable[[], Solver], bool]] = {
     "rex-midpoint-ddim": ("Rex midpoint, start ddim", lambda: Rex("midpoint", start="ddim"), True),
     "rex-midpoint-data": ("Rex midpoint, data variables", lambda: Rex("midpoint", variables="data"), True),
     "rex-rk4-data": ("Rex rk4, data variables", lambda: Rex("rk4", variables="data"), True),
+    "rex-midpoint-state": ("Rex midpoint, state coupling zeta=0.97", lambda: Rex("midpoint", 0.97, coupling="state"), True),
+    "rex-midpoint-state-0.9": ("Rex midpoint, state coupling zeta=0.9", lambda: Rex("midpoint", 0.9, coupling="state"),
+                               True),
+    "rex-rk4-state": ("Rex rk4, state coupling zeta=0.97", lambda: Rex("rk4", 0.97, coupling="state"), True),
+    "rex-midpoint-data-state": ("Rex midpoint, data variables, state coupling zeta=0.97",
+                                lambda: Rex("midpoint", 0.97, variables="data", coupling="state"), True),
 }
 BUDGETS = (10, 20, 30, 50, 70, 100)
 GRID_KINDS = ("diffusers", "trailing", "karras", "logsnr")
@@ -65,7 +71,8 @@ QUICK_METHODS = ("ddim", "bdia-1", "bdia-1-extra", "belm-ddim", "belm", "rex-eul
 QUICK_GRIDS = ("diffusers", "karras")
 # the digits model (full mode): the defaults and their main alternatives, diffusers' grid (integer timesteps,
 # so the fine Heun reference of bench.digits holds every grid's first point)
-DIGITS_METHODS = ("ddim", "bdia-1", "belm-ddim", "belm", "rex-midpoint", "rex-midpoint-z0.999", "rex-rk4")
+DIGITS_METHODS = ("ddim", "bdia-1", "belm-ddim", "belm", "rex-midpoint", "rex-midpoint-z0.999", "rex-rk4",
+                  "rex-midpoint-state", "rex-midpoint-data-state")
 TARGETS = {"fidelity_50": 0.03, "fidelity_100": 0.01, "sample_10": 0.1}
 
 

@@ -80,12 +80,12 @@ class BDIA(Solver):
             noise levels (up to K NFE); ``"extrapolated"`` (2 NFE, the slope extrapolated linearly to
             the interval's middle; works on Karras VP grids, where sub-steps cannot); ``"auto"``:
             ``"substeps:4"`` where the model can be called inside the interval, else ``"extrapolated"``.
-            Extra NFE are counted in ``Inversion.nfe``; see :mod:`bdia.solvers.start`. Default:
-            ``"auto"`` for O-BELM, whose inverse amplifies the start's error by 1/gamma_i (inverted-noise
-            max error at N = 50 on the benchmark's mixture: 0.197 -> 0.0125 on leading spacing, 0.039 ->
-            0.012 on the Karras grid), ``"ddim"`` for a numeric gamma (gamma = 1 on diffusers' leading
-            spacing: 0.0183 at N = 100 against 0.0202 with sub-steps; it gains on trailing spacing,
-            0.114 -> 0.077, and on the Karras grid from N = 50, 0.029 -> 0.014 extrapolated).
+            Extra NFE are counted in ``Inversion.nfe``; see :mod:`bdia.solvers.start`. Default
+            ``"ddim"``: measured (docs/math.md section 4), ``"auto"`` cuts O-BELM's inverted-noise error
+            4-15x on the analytic mixture (0.197 -> 0.0125 at N = 50, leading spacing) and helps on the
+            digits model at N = 20 (0.62 -> 0.39), but on the digits model at N = 50-100 it is 1.2-7x
+            worse (0.173 -> 1.18 at N = 100): its sub-steps call the trained model at t ~ 1-6, where
+            its predictions are poor, and O-BELM's inverse amplifies that by 1/gamma_i.
 
     State: ``BDIAState(z_prev, z)`` = (z_{i-1}, z_i); ``Inversion.latents`` is (z_0, z_1). Generation
     from noise starts with one plain forward step (``warmup = 1``). Inversion starts with the
@@ -98,12 +98,10 @@ class BDIA(Solver):
     warmup: ClassVar[int] = 1
 
     def __init__(self, gamma: float | Sequence[float] | str = 1.0, *, forward: str = "euler", backward: str = "euler",
-                 start: str | None = None, **kwargs: Any):
+                 start: str = "ddim", **kwargs: Any):
         super().__init__(**kwargs)
         self.gamma = _validate_gamma(gamma)
-        # measured (docs/math.md section 4): a better start cuts O-BELM's inverted-noise error up to 15x, while
-        # for a fixed gamma on diffusers' default spacing it buys nothing
-        self.start = start_name(start if start is not None else ("auto" if self.gamma == "belm" else "ddim"))
+        self.start = start_name(start)
         self._integrator = get_integrator(forward)
         self._backward = get_backward_integrator(backward)
         self.forward, self.backward = forward, backward

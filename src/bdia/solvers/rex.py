@@ -102,7 +102,7 @@ class Rex(Solver):
         zeta: coupling in (0, 1]. Inversion divides the gap between the two chains by r zeta per
             step, which amplifies each step's truncation error (zeta 0.5 diverges); generation
             multiplies it by r zeta, which grows it when zeta is near 1. Default 0.9, measured below.
-            Round trips (max error, float32 state, mixture below, N = 10-100): 1.3e-5-2.6e-6 at zeta
+            Round trips (max error, float32 state, mixture below, N = 10-100): 2.6e-6-3.7e-5 at zeta
             0.9 (BDIA gamma = 1: 1.3e-6-3.5e-6), 4.8e-5-1.2e-3 at zeta 0.999; float64: below 3e-11.
         variables: ``"noise"`` (y = z / alpha against sigma / alpha; default) or ``"data"``
             (y = z / sigma against alpha / sigma, the paper's data prediction). The gap between the
@@ -112,6 +112,12 @@ class Rex(Solver):
         start: the backward base move of the last step, from the clean end (see BDIA's ``start``);
             default ``"auto"`` (4 sub-steps where the model can be called inside the last interval,
             else the extrapolated slope).
+        coupling: ``"lawson"`` (default; the papers' mixing in the Lawson variable, gap weight r zeta)
+            or ``"state"`` (mixing in z, gap weight zeta: the gap then shrinks by zeta per generation
+            step whatever the schedule). On schedules that reach alpha_0 << 1 (the digits model's
+            linear betas: alpha_N / alpha_0 ~ 150) Lawson mixing in noise variables lets the gap grow
+            that much in generation; ``coupling="state"`` keeps sampling sane there (docs/math.md
+            section 10).
 
     Measured on the benchmark's analytic mixture (8 components in 4x16x16, SD 1.5's schedule, float64;
     ``bdia.bench.rex``; max error of the inverted noise against the exact ODE's, N = 12 / 25, about
@@ -120,7 +126,9 @@ class Rex(Solver):
     samples at N = 25 are 0.32 and 0.085 off against zeta 0.9's 0.0082 and 0.012 (the chains' gap grows
     in generation when zeta is near 1); zeta 0.5 diverges in inversion. Data variables invert far from
     the ODE (0.74-53) but sample well (0.0036 at N = 25 on the Karras grid). The start's sub-steps cut
-    the error on trailing spacing (0.241 -> 0.085 at N = 12). The Euler base wants zeta near 1.
+    the error on trailing spacing (0.241 -> 0.085 at N = 12). The Euler base wants zeta near 1. On the
+    digits model Rex inverts on par with BDIA (about 0.2 at 100 NFE) and samples well only with
+    ``variables="data", coupling="state"``.
 
     State: ``RexState(z, zhat)``; generation starts from (noise, noise); inversion from (x0, x0);
     ``Inversion.latents`` is (z_0, zhat_0) and ``Inversion.noise`` is z_0. Order: the base's.
@@ -131,7 +139,7 @@ class Rex(Solver):
     State: ClassVar[type] = RexState
 
     def __init__(self, base: str = "midpoint", zeta: float = 0.9, *, variables: str = "noise", start: str = "auto",
-                 **kwargs: Any):
+                 coupling: str = "lawson", **kwargs: Any):
         super().__init__(**kwargs)
         if base not in TABLEAUX:
             raise ValueError(f"unknown Rex base solver {base!r}; choose one of {sorted(TABLEAUX)}")
@@ -139,6 +147,9 @@ class Rex(Solver):
             raise ValueError(f"zeta must be a number in (0, 1] (inversion divides by it), got {zeta!r}")
         if variables not in VARIABLES:
             raise ValueError(f"variables must be 'noise' or 'data', got {variables!r}")
+        if coupling not in ("lawson", "state"):
+            raise ValueError(f"coupling must be 'lawson' (mix in the Lawson variable) or 'state' (mix in z), got {coupling!r}")
+        self.coupling = coupling
         self.base, self.zeta, self.variables = base, float(zeta), variables
         self.start = start_name(start)
         self._tableau, self._vars = TABLEAUX[base], VARIABLES[variables]
@@ -152,7 +163,8 @@ class Rex(Solver):
         return 2 * len(self._tableau.c)
 
     def params(self) -> dict[str, Any]:
-        return {"base": self.base, "zeta": self.zeta, "variables": self.variables, "start": self.start}
+        return {"base": self.base, "zeta": self.zeta, "variables": self.variables, "start": self.start,
+                "coupling": self.coupling}
 
     def check_grid(self, grid: Grid, inverting: bool) -> None:
         between = any(0.0 < c < 1.0 for c in self._tableau.c)  # (the start skips levels it cannot call)
@@ -241,16 +253,20 @@ class Rex(Solver):
     def init_inverse(self, ev: Evaluator, x0: torch.Tensor, grid: Grid) -> RexState:
         return RexState(x0, x0)
 
+    def _mix(self, grid: Grid, i: int) -> float:
+        """The weight of z - zhat in the step: r zeta (mixing in the Lawson variable) or zeta (in z)."""
+        return self.zeta * (self._ratio(grid, i) if self.coupling == "lawson" else 1.0)
+
     def step(self, ev: Evaluator, state: RexState, grid: Grid, i: int) -> RexState:
         r = self._ratio(grid, i)
-        z = self._forward(ev, state.zhat, grid, i) + (r * self.zeta) * (state.z - state.zhat)
+        z = self._forward(ev, state.zhat, grid, i) + self._mix(grid, i) * (state.z - state.zhat)
         zhat = z + r * (state.zhat - self._backward(ev, z, grid, i))
         return RexState(z, zhat)
 
     def unstep(self, ev: Evaluator, state: RexState, grid: Grid, i: int) -> RexState:
         r = self._ratio(grid, i)
         zhat = self._backward(ev, state.z, grid, i) + (state.zhat - state.z) / r
-        z = zhat + (state.z - self._forward(ev, zhat, grid, i)) / (r * self.zeta)
+        z = zhat + (state.z - self._forward(ev, zhat, grid, i)) / self._mix(grid, i)
         return RexState(z, zhat)
 
     def output(self, state: RexState) -> torch.Tensor:
