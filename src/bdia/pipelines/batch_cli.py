@@ -129,7 +129,12 @@ def invert_many(args: argparse.Namespace, editor: Any) -> int:
 
     out = _folder_output(args)
     settings = {"negative_prompt": args.negative_prompt, "guidance_scale": args.guidance, "num_steps": args.steps,
-                "strength": args.strength, "method": args.method, "gamma": args.gamma, "p": args.p, "size": args.size}
+                "strength": args.strength, "method": args.method, "gamma": args.gamma, "p": args.p, "size": args.size,
+                "grid": getattr(args, "grid", None)}
+    if args.method == "rex":  # the editor takes Rex as a ready-made solver
+        from ..solvers import make_solver
+
+        settings["method"] = make_solver("rex", base=args.base, zeta=args.zeta)
     summary = invert_files(
         editor, args.images, out, args.prompt or "", batch_size=args.batch_size, overwrite=args.overwrite,
         progress=not args.quiet, check=bool(getattr(args, "check", False)),

@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..io import atomic_path, check_writable
+from ..grids import GRID_KINDS
 from . import batch_cli
 
-METHODS = ("bdia", "edict", "ddim")
+METHODS = ("bdia", "edict", "rex", "ddim")
 DEFAULT_MODEL = "digits"  # the embedded digits model (bdia.pipelines.digits_editor); needs no diffusers
+REX_BASES = ("euler", "midpoint", "heun", "ralston", "rk4")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
 CHUNK = 16  # generate: images made and written per batch, so memory stays bounded
@@ -68,6 +70,7 @@ _seed = _number("seed", 0, 2**64 - 1, integer=True)  # what torch.Generator.manu
 _count = _number("number of images", 1, 10**7, integer=True)
 _pixels = _number("pixels", 1, 65536, integer=True)
 _p = _number("EDICT p", 1e-6, 1.0)
+_zeta = _number("Rex zeta", 1e-6, 1.0)
 
 
 def _gamma(value: str) -> float | str:
@@ -113,9 +116,15 @@ def _solver_args(p: argparse.ArgumentParser, gamma: float, title: str = "solver"
     """Solver options; defaults are None so that a command can tell given from default."""
     g = p.add_argument_group(title)
     g.add_argument("--method", default=None, choices=METHODS, help="bdia (exact), edict (exact, 2x NFE), "
-                   "ddim (approximate inversion); default bdia")
+                   "rex (exact reversible Runge-Kutta, 2x stages NFE per step), ddim (approximate inversion); "
+                   "default bdia")
     g.add_argument("--gamma", type=_gamma, default=None, help=f"BDIA gamma in (0, 1] or 'belm' (default {gamma})")
     g.add_argument("--p", type=_p, default=None, help="EDICT mixing weight in (0, 1] (default 0.93)")
+    g.add_argument("--base", default=None, choices=REX_BASES, help="Rex's Runge-Kutta base (default midpoint)")
+    g.add_argument("--zeta", type=_zeta, default=None, help="Rex's coupling in (0, 1] (default 0.9)")
+    g.add_argument("--grid", default=None, choices=GRID_KINDS, help="grid of noise levels for discrete-time "
+                   "models: diffusers (the scheduler's own spacing, default), leading/trailing/linspace, karras "
+                   "(measured most faithful: see the README), logsnr; flow models use their pipeline's grid")
     g.add_argument("--steps", type=_steps, default=None, help="number of steps N, at least 2 (default 50)")
     p.set_defaults(default_gamma=gamma)
 
@@ -271,10 +280,16 @@ def _solver(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--gamma applies to --method bdia, not {method}")
     if args.p is not None and method != "edict":
         raise ValueError(f"--p applies to --method edict, not {method}")
+    for option in ("base", "zeta"):
+        if getattr(args, option, None) is not None and method != "rex":
+            raise ValueError(f"--{option} applies to --method rex, not {method}")
     gamma = args.default_gamma if args.gamma is None and method == "bdia" else args.gamma
-    params = {"method": method, "gamma": gamma, "p": args.p}
+    grid = {"grid": args.grid} if getattr(args, "grid", None) is not None else {}
+    if method == "rex":  # the editor takes Rex as a ready-made solver
+        rex = make_solver("rex", base=args.base, zeta=args.zeta)
+        return {"method": rex, "gamma": None, "p": None, **grid}
     make_solver(method, gamma=gamma, p=args.p)  # refuses bad parameter values now
-    return params
+    return {"method": method, "gamma": gamma, "p": args.p, **grid}
 
 
 def _output_paths(path: str, n: int, overwrite: bool) -> list[Path]:
@@ -429,7 +444,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-_INVERSION_ONLY = ("steps", "method", "gamma", "p", "strength", "source_prompt", "invert_guidance", "size")
+_INVERSION_ONLY = ("steps", "method", "gamma", "p", "base", "zeta", "grid", "strength", "source_prompt",
+                   "invert_guidance", "size")
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

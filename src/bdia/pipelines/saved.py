@@ -15,6 +15,8 @@ malformed file is a ValueError naming what is wrong before anything is built; pi
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import math
@@ -352,6 +354,10 @@ def _check_grid(grid: Any, num_steps: int, strength: float, prediction: str = "e
     return g
 
 
+def _model_time_unknown(lam: torch.Tensor) -> torch.Tensor:
+    raise ValueError("a grid read from a saved inversion knows no model times; build it from the model")
+
+
 def _check_solver(config: Any, state_dtype: torch.dtype, grid: Grid) -> Solver:
     _need(isinstance(config, dict), f"solver must be an object, got {_short_repr(config)}")
     name = config.get("name")
@@ -361,7 +367,9 @@ def _check_solver(config: Any, state_dtype: torch.dtype, grid: Grid) -> Solver:
     _need(not unknown, f"solver {name!r} has no parameter(s) {unknown} (it takes {sorted(allowed)})")
     try:
         solver = solver_from_config(config, state_dtype)
-        solver.check_grid(grid, inverting=False)  # e.g. a gamma sequence of the wrong length
+        # e.g. a gamma sequence of the wrong length. The header has no model, so a grid read from it has
+        # no lambda -> model time map; the editor's own grid has one, and that is what sampling runs on.
+        solver.check_grid(dataclasses.replace(grid, time_of=_model_time_unknown), inverting=False)
     except (ValueError, TypeError) as e:
         raise _HeaderError(f"its solver {_short_repr(config)} is not valid ({e})") from None
     _need(solver.config() == config, f"its solver {_short_repr(config)} is not complete (bdia writes "
