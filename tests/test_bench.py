@@ -23,7 +23,7 @@ TINY = dict(
     edm_digits_per_class=1, edm_digits_budgets=(4,),
     editing_images=2, editing_targets=1, editing_steps=4, editing_strengths=(1.0,), editing_guidances=(2.0,),
     editing_methods=("ddim", "bdia-1"),
-    extra={"rex_budgets": (10,), "rex_grids": ("karras",), "rex_methods": ("ddim", "bdia-1", "rex-midpoint"),
+    extra={"rex_budgets": (10,), "rex_grids": ("karras",), "rex_methods": ("ddim", "bdia-1", "rex"),
            "rex_digits": False,
            "reversible": {"batch": 1, "grad_steps": (3, 5), "drift_steps": 4, "drift_gammas": (0.5,),
                           "exact_steps": (3,), "exact_gammas": (0.1,), "exact_batch": 1, "arith_steps": 2,

@@ -236,19 +236,19 @@ def test_bench_workload_runs_quickly_and_reports_every_number(tmp_path):
 
     cfg = BenchConfig.quick(analytic_shape=(6,), analytic_batch=2, analytic_components=3, digits_batch=1,
                             digits_ref_stride=100, extra={"rex_budgets": (10, 20), "rex_grids": ("karras",),
-                                                          "rex_methods": ("ddim", "bdia-1", "rex-midpoint"),
+                                                          "rex_methods": ("ddim", "bdia-1", "rex"),
                                                           "rex_digits": True})
     res = workload.run(cfg, log=lambda s: None)
     if res["digits"] is not None:  # the embedded model is installed
         dig = res["digits"]["results"]
         assert all(row["round_trip"]["max"] <= 1e-10 for r in dig.values() if r["exact"] for row in r["rows"])
         assert "Digits model" in workload.section(res)
-    rows = res["results"]["karras/rex-midpoint"]["rows"]
+    rows = res["results"]["karras/rex"]["rows"]
     assert [r["nfe_invert"] for r in rows] == [r["nfe_sample"] for r in rows] and rows[0]["nfe_invert"] <= 11
     assert all(r["round_trip"]["max"] <= 1e-10 for r in rows)
     assert res["targets"]["fidelity_50"]["method"] in ("BDIA gamma=1", "Rex midpoint (zeta=0.9, start auto)")
     text = workload.section(res)
-    assert "sample error <= 0.1" in text and "Recommendation" in text and "DDIM inversion" in text
+    assert "sample error <= 0.1" in text and "Recommendation" in text and "DDIM" in text
     assert workload.plots(res, tmp_path, overwrite=False) == ["rex_pareto_karras.png"]
     assert (tmp_path / "rex_pareto_karras.png").stat().st_size > 0
     with pytest.raises(FileExistsError):

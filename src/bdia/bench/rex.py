@@ -20,58 +20,34 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..grids import make_grid
-from ..solvers import BDIA, DDIM, EDICT, Heun, NonFiniteError, Rex, Solver
+from ..solvers import NonFiniteError, Solver
 from .analytic import build_model, references
 from .config import BenchConfig
 from .measures import error_stats
+from .methods import METHODS
 
-__all__ = ["RUNS", "run", "section", "plots"]
+__all__ = ["run", "section", "plots"]
 
-# key -> (label, factory, exact)
-RUNS: dict[str, tuple[str, Callable[[], Solver], bool]] = {
-    "ddim": ("DDIM inversion", lambda: DDIM(), False),
-    "heun": ("Heun (approximate inversion)", lambda: Heun(), False),
-    "edict": ("EDICT p=0.93", lambda: EDICT(0.93), True),
-    "bdia-1": ("BDIA gamma=1", lambda: BDIA(1.0), True),
-    "bdia-1-sub4": ("BDIA gamma=1, start substeps:4", lambda: BDIA(1.0, start="substeps:4"), True),
-    "bdia-1-extra": ("BDIA gamma=1, start extrapolated", lambda: BDIA(1.0, start="extrapolated"), True),
-    "belm-ddim": ("O-BELM", lambda: BDIA("belm"), True),
-    "belm": ("O-BELM, start auto", lambda: BDIA("belm", start="auto"), True),
-    "belm-sub4": ("O-BELM, start substeps:4", lambda: BDIA("belm", start="substeps:4"), True),
-    "belm-sub8": ("O-BELM, start substeps:8", lambda: BDIA("belm", start="substeps:8"), True),
-    "rex-euler": ("Rex euler", lambda: Rex("euler"), True),
-    "rex-midpoint": ("Rex midpoint (zeta=0.9, start auto)", lambda: Rex("midpoint"), True),
-    "rex-heun": ("Rex heun", lambda: Rex("heun"), True),
-    "rex-ralston": ("Rex ralston", lambda: Rex("ralston"), True),
-    "rex-rk4": ("Rex rk4", lambda: Rex("rk4"), True),
-    "rex-midpoint-z0.5": ("Rex midpoint zeta=0.5", lambda: Rex("midpoint", 0.5), True),
-    "rex-midpoint-z0.8": ("Rex midpoint zeta=0.8", lambda: Rex("midpoint", 0.8), True),
-    "rex-midpoint-z0.99": ("Rex midpoint zeta=0.99", lambda: Rex("midpoint", 0.99), True),
-    "rex-midpoint-z0.999": ("Rex midpoint zeta=0.999", lambda: Rex("midpoint", 0.999), True),
-    "rex-midpoint-ddim": ("Rex midpoint, start ddim", lambda: Rex("midpoint", start="ddim"), True),
-    "rex-midpoint-data": ("Rex midpoint, data variables", lambda: Rex("midpoint", variables="data"), True),
-    "rex-rk4-data": ("Rex rk4, data variables", lambda: Rex("rk4", variables="data"), True),
-    "rex-midpoint-state": ("Rex midpoint, state coupling zeta=0.97", lambda: Rex("midpoint", 0.97, coupling="state"), True),
-    "rex-midpoint-state-0.9": ("Rex midpoint, state coupling zeta=0.9", lambda: Rex("midpoint", 0.9, coupling="state"),
-                               True),
-    "rex-rk4-state": ("Rex rk4, state coupling zeta=0.97", lambda: Rex("rk4", 0.97, coupling="state"), True),
-    "rex-midpoint-data-state": ("Rex midpoint, data variables, state coupling zeta=0.97",
-                                lambda: Rex("midpoint", 0.97, variables="data", coupling="state"), True),
-}
 BUDGETS = (10, 20, 30, 50, 70, 100)
 GRID_KINDS = ("diffusers", "trailing", "karras", "logsnr")
 # quick mode (``bdia bench`` default): the defaults and the main alternatives on two grids (about 2 minutes)
-QUICK_METHODS = ("ddim", "bdia-1", "bdia-1-extra", "belm-ddim", "belm", "rex-euler", "rex-midpoint", "rex-rk4", "rex-midpoint-z0.999",
+QUICK_METHODS = ("ddim", "bdia-1", "bdia-1-extra", "belm", "belm-auto", "rex-euler", "rex", "rex-rk4", "rex-midpoint-z0.999",
                  "rex-midpoint-data")
 QUICK_GRIDS = ("diffusers", "karras")
+# full mode: every start and Rex variant beside the baselines
+FULL_METHODS = ("ddim", "heun", "edict", "bdia-1", "bdia-1-sub4", "bdia-1-extra", "belm", "belm-auto", "belm-sub4",
+                "belm-sub8", "rex-euler", "rex", "rex-heun", "rex-ralston", "rex-rk4", "rex-midpoint-z0.5",
+                "rex-midpoint-z0.8", "rex-midpoint-z0.99", "rex-midpoint-z0.999", "rex-midpoint-ddim",
+                "rex-midpoint-data", "rex-rk4-data", "rex-midpoint-state", "rex-midpoint-state-0.9", "rex-rk4-state",
+                "rex-midpoint-data-state")
 # the digits model (full mode): the defaults and their main alternatives, diffusers' grid (integer timesteps,
 # so the fine Heun reference of bench.digits holds every grid's first point)
-DIGITS_METHODS = ("ddim", "bdia-1", "belm-ddim", "belm", "rex-midpoint", "rex-midpoint-z0.999", "rex-rk4",
+DIGITS_METHODS = ("ddim", "bdia-1", "belm", "belm-auto", "rex", "rex-midpoint-z0.999", "rex-rk4",
                   "rex-midpoint-state", "rex-midpoint-data-state")
 TARGETS = {"fidelity_50": 0.03, "fidelity_100": 0.01, "sample_10": 0.1}
 
@@ -105,13 +81,13 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     budgets = tuple(cfg.extra.get("rex_budgets", BUDGETS))
     quick = cfg.mode == "quick"
     kinds = tuple(cfg.extra.get("rex_grids", QUICK_GRIDS if quick else GRID_KINDS))
-    keys = tuple(cfg.extra.get("rex_methods", QUICK_METHODS if quick else tuple(RUNS)))
-    unknown = [k for k in keys if k not in RUNS]
+    keys = tuple(cfg.extra.get("rex_methods", QUICK_METHODS if quick else FULL_METHODS))
+    unknown = [k for k in keys if k not in METHODS]
     if unknown:
-        raise ValueError(f"unknown rex_methods {unknown}; choose from {list(RUNS)}")
+        raise ValueError(f"unknown rex_methods {unknown}; choose from {list(METHODS)}")
     model = build_model(cfg)
     x0 = model.sample_data(cfg.analytic_batch, generator=torch.Generator().manual_seed(cfg.seed + 11))
-    plan = {k: _steps_for(RUNS[k][1](), budgets) for k in keys}
+    plan = {k: _steps_for(METHODS[k].make(), budgets) for k in keys}
     all_steps = sorted({n for steps in plan.values() for n in steps})
     results: dict[str, Any] = {}
     for kind in kinds:
@@ -119,7 +95,8 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         log(f"  rex: {kind} grids, reference ODE solutions for {len(grids)} grids")
         ref_noise, noise, ref_sample = references(model, grids, x0, torch.Generator().manual_seed(cfg.seed + 12))
         for key in keys:
-            label, make, exact = RUNS[key]
+            label, make = METHODS[key].label, METHODS[key].make
+            exact = make().exact_inversion
             log(f"  rex: {kind}, {label}")
             rows = [_measure(make(), model, grids[n], x0, ref_noise[n], noise[n], ref_sample[n]) for n in plan[key]]
             results[f"{kind}/{key}"] = {"grid": kind, "method": key, "label": label, "exact": exact, "rows": rows}
@@ -151,7 +128,7 @@ def run_digits(cfg: BenchConfig, budgets, log=print) -> dict[str, Any] | None:
     idx = torch.randperm(len(test), generator=gen)[: cfg.digits_batch]
     x0 = digits.to_model(test.images[idx]).to(torch.float64)
     eps = digits.eps_model(model, test.labels[idx], guidance=cfg.digits_guidance)
-    plan = {k: _steps_for(RUNS[k][1](), budgets) for k in DIGITS_METHODS}
+    plan = {k: _steps_for(METHODS[k].make(), budgets) for k in DIGITS_METHODS}
     grids = {n: model.schedule.grid(n) for n in sorted({n for steps in plan.values() for n in steps})}
     fine = fine_grid(model.schedule, grids, cfg.digits_ref_stride)
     log(f"  rex: digits reference (Heun, {fine.num_steps} steps)")
@@ -159,7 +136,8 @@ def run_digits(cfg: BenchConfig, budgets, log=print) -> dict[str, Any] | None:
     with torch.no_grad():
         ref_noise, noise, ref_sample = heun_references(eps, fine, grids, x0, gen)
         for key in DIGITS_METHODS:
-            label, make, exact = RUNS[key]
+            label, make = METHODS[key].label, METHODS[key].make
+            exact = make().exact_inversion
             log(f"  rex: digits, {label}")
             rows = [_measure(make(), eps, grids[n], x0, ref_noise[n], noise[n], ref_sample[n]) for n in plan[key]]
             results[f"digits/{key}"] = {"grid": "diffusers", "method": key, "label": label, "exact": exact, "rows": rows}
