@@ -215,3 +215,21 @@ def test_bench_render_rewrites_the_report_from_json(bench_run, tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "## Headline" in text and "bdia bench --render" in text and "## Workload 4" in text
     assert (tmp_path / "analytic_error_vs_nfe.png").is_file()
+
+
+def test_update_replaces_one_workload_and_keeps_the_others(tmp_path, monkeypatch):
+    """`--update --only X` reruns X into an earlier run's folder; the other workloads' numbers stay as they were."""
+    out = tmp_path / "report"
+    first = run_bench(tiny(BenchConfig, workloads=("analytic", "editing")), out, log=lambda *a: None)
+    kept = json.loads((out / "results.json").read_text())["workloads"]["analytic"]
+    monkeypatch.setattr(runner, "run_workloads", lambda cfg, log: {
+        "workloads": {"editing": {**first["workloads"]["editing"], "seconds": -1.0}}, "seconds": {"editing": 0.5}})
+    run_bench(tiny(BenchConfig, workloads=("editing",)), out, overwrite=True, update=True, log=lambda *a: None)
+    again = json.loads((out / "results.json").read_text())
+    assert list(again["workloads"]) == ["analytic", "editing"] and again["workloads"]["analytic"] == kept
+    assert again["workloads"]["editing"]["seconds"] == -1.0 and again["config"]["workloads"] == ["analytic", "editing"]
+    assert "## Editing quality" in (out / "report.md").read_text()
+    with pytest.raises(ValueError, match="seed"):
+        run_bench(tiny(BenchConfig, seed=1, workloads=("editing",)), out, overwrite=True, update=True)
+    with pytest.raises(ValueError, match="earlier run"):
+        run_bench(tiny(BenchConfig, workloads=("editing",)), tmp_path / "empty", overwrite=True, update=True)

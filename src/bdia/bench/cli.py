@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--render", action="store_true",
                    help="measure nothing: rewrite report.md and the plots from --out's results.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    p.add_argument("--update", action="store_true",
+                   help="run only --only's workloads and replace their results in --out's results.json, keeping "
+                        "the others (same mode and seed), then rewrite the report")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             workloads = tuple(w.strip() for w in args.only.split(",") if w.strip())
             make = BenchConfig.full if args.mode == "full" else BenchConfig.quick
             cfg = make(seed=args.seed, workloads=workloads, threads=args.threads)
-            res = run_bench(cfg, args.out, overwrite=args.overwrite, log=log)
+            res = run_bench(cfg, args.out, overwrite=args.overwrite or args.update, update=args.update, log=log)
     except (ImportError, PermissionError) as e:
         raise CommandError(str(e)) from None
     log(f"wrote {', '.join(res['files'])} to {args.out}/")

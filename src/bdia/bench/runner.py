@@ -130,9 +130,28 @@ def render_folder(out_dir: str | Path, log: Callable = print) -> dict[str, Any]:
     return results
 
 
-def run_bench(cfg: BenchConfig, out_dir: str | Path, overwrite: bool = False, log: Callable = print) -> dict[str, Any]:
+def _previous(out: Path, cfg: BenchConfig) -> dict[str, Any]:
+    """``out``'s results.json, to update: refused unless it was measured with the same mode and seed."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise ValueError(f"--update needs an earlier run's {path}; run without --update first")
+    old = json.loads(path.read_text(encoding="utf-8"), object_hook=_restore_inf)
+    mine = cfg.to_dict()
+    for key in ("mode", "seed"):
+        if old.get("config", {}).get(key) != mine[key]:
+            raise ValueError(f"{path} was measured with {key} {old.get('config', {}).get(key)!r}, this run uses "
+                             f"{mine[key]!r}; update only with the same {key}")
+    unknown = [name for name in old.get("workloads", {}) if name not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"{path} holds workloads this version does not know: {unknown}; run them all again")
+    return old
+
+
+def run_bench(cfg: BenchConfig, out_dir: str | Path, overwrite: bool = False, log: Callable = print,
+              update: bool = False) -> dict[str, Any]:
     """Run every workload of ``cfg`` (all registered ones when ``cfg.workloads`` is None) and write
-    results.json, the plots and report.md into ``out_dir``."""
+    results.json, the plots and report.md into ``out_dir``. With ``update``, the workloads run replace
+    theirs in ``out_dir``'s results.json and the other workloads' results are kept (same mode and seed)."""
     import torch
 
     from ..runtime import torch_threads
@@ -144,10 +163,16 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, overwrite: bool = False, lo
     cfg = replace(cfg, workloads=tuple(w for w in WORKLOADS if cfg.workloads is None or w in cfg.workloads))
     check_requirements()
     out = Path(out_dir)
+    previous = _previous(out, cfg) if update else None
     check_output_folder(out, overwrite)
     torch.manual_seed(cfg.seed)
     with torch_threads(cfg.threads):
         run = run_workloads(cfg, log)
+    if previous is not None:  # keep the other workloads' results, in registry order
+        kept = {**previous["workloads"], **run["workloads"]}
+        run = {"workloads": {name: kept[name] for name in WORKLOADS if name in kept},
+               "seconds": {**previous.get("seconds", {}), **run["seconds"]}}
+        cfg = replace(cfg, workloads=tuple(run["workloads"]))
     results = {"config": cfg.to_dict(), "environment": environment(), **run}
     # The numbers first: a failure while plotting or rendering leaves them for `bdia bench --render`.
     clean = finite_or_none(results)
