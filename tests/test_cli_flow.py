@@ -165,3 +165,18 @@ def test_a_folder_of_two_sizes_inverts_and_reconstructs_exactly(bdia_cli, tmp_pa
     assert code == 0 and "3 written" in out, err
     records = [json.loads(line) for line in (tmp_path / "rec" / "manifest.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["status"] == "done" and r["latent_error"] <= 1e-10 for r in records)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rex_round_trip_on_flow_pipelines(bdia_cli, tmp_path, image_file, kind, dtype):
+    """Rex runs on the velocity grid from t = 1 (alpha = 0), also with a half-precision transformer."""
+    inv_path = tmp_path / "inv.safetensors"
+    code, _, err = bdia_cli("invert", image_file, "--model", flow_model_dir(kind), "--prompt", "a cat",
+                            "--guidance", 2.0, "--steps", 4, "--method", "rex", "--dtype", dtype,
+                            "-o", inv_path, *COMMON)
+    assert code == 0, err
+    code, out, err = bdia_cli("reconstruct", inv_path, "-o", tmp_path / "rec.png", *COMMON)
+    assert code == 0, err
+    assert _latent_error(out) <= 1e-10
+    assert load_inversion(inv_path).solver["name"] == "rex"
