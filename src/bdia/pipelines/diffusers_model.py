@@ -155,19 +155,24 @@ def pipeline_fingerprint(pipe: Any) -> dict[str, Any]:
     }
 
 
-def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """A sentence naming what differs between two fingerprints, or None when they match."""
-    for key, what in (("unet_config", "UNet architecture"), ("vae_config", "VAE architecture")):
+def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any], network: str = "unet",
+                         what: str = "UNet") -> str | None:
+    """A sentence naming what differs between two fingerprints, or None when they match.
+
+    Compares the ``{network}_config`` and ``vae_config`` architectures (keys both sides have: a key on
+    one side only comes from another diffusers version's defaults, not another model), then the
+    ``{network}_probe`` weight samples loosely enough that float16/bfloat16 copies of one checkpoint pass.
+    """
+    for key, name in ((f"{network}_config", f"{what} architecture"), ("vae_config", "VAE architecture")):
         mine, theirs = current.get(key, {}), saved.get(key, {})
-        # Keys only one side has come from another diffusers version's defaults, not another model.
         differing = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
         if differing:
-            return f"the {what} differs ({', '.join(differing[:3])})"
-    for name, values in saved.get("unet_probe", {}).items():
-        mine = torch.tensor(current["unet_probe"].get(name, []), dtype=torch.float64)
+            return f"the {name} differs ({', '.join(differing[:3])})"
+    for name, values in saved.get(f"{network}_probe", {}).items():
+        mine = torch.tensor(current.get(f"{network}_probe", {}).get(name, []), dtype=torch.float64)
         theirs = torch.tensor(values, dtype=torch.float64)
         if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-4):
-            return f"the UNet weights differ ({name})"
+            return f"the {what} weights differ ({name})"
     return None
 
 

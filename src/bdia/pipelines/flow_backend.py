@@ -30,7 +30,7 @@ import torch
 from ..flow import FlowSchedule, flux_sigmas
 from ..models import ClassifierFreeGuidance
 from ..schedule import Grid
-from .diffusers_model import _plain_config
+from .diffusers_model import _plain_config, fingerprint_mismatch
 from .editor import Backend
 from .images import to_pixels
 from .policy import choose_device, resolve_dtype
@@ -42,20 +42,11 @@ __all__ = ["FluxBackend", "SD3Backend", "flow_fingerprint_mismatch", "FluxTransf
 _PROBE_SIZE = 64  # transformer weights sampled per probed parameter
 
 def flow_fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """A sentence naming what differs between two flow fingerprints, or None when they match."""
+    """A sentence naming what differs between two flow fingerprints (family, then as
+    :func:`~bdia.pipelines.diffusers_model.fingerprint_mismatch` over the transformer), or None."""
     if saved.get("family") != current.get("family"):
         return f"it was made with a {saved.get('family')!r} model and this one is {current.get('family')!r}"
-    for key, what in (("transformer_config", "transformer architecture"), ("vae_config", "VAE architecture")):
-        mine, theirs = current.get(key, {}), saved.get(key, {})
-        differing = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])  # shared keys only:
-        if differing:  # a key on one side only comes from another diffusers version's defaults
-            return f"the {what} differs ({', '.join(differing[:3])})"
-    for name, values in saved.get("transformer_probe", {}).items():
-        mine = torch.tensor(current.get("transformer_probe", {}).get(name, []), dtype=torch.float64)
-        theirs = torch.tensor(values, dtype=torch.float64)
-        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-4):
-            return f"the transformer weights differ ({name})"
-    return None
+    return fingerprint_mismatch(saved, current, "transformer", "transformer")
 
 
 class _FlowBackend(Backend):
