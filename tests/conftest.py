@@ -29,3 +29,16 @@ def bdia_cli(monkeypatch, capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def digit_png(tmp_path):
+    """A held-out 3 from the digits data as a PNG file."""
+    from PIL import Image
+
+    from bdia.digits import load_digits
+
+    test = load_digits("test")
+    path = tmp_path / "three.png"
+    Image.fromarray(test.images[int((test.labels == 3).nonzero()[0][0]), 0].numpy()).save(path)
+    return path

@@ -163,16 +163,6 @@ def test_analytic_is_reachable_after_import_bdia():
 
 # ----- outputs ----------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def digit_png(tmp_path):
-    from PIL import Image
-
-    test = load_digits("test")
-    path = tmp_path / "three.png"
-    Image.fromarray(test.images[int((test.labels == 3).nonzero()[0][0]), 0].numpy()).save(path)
-    return path
-
-
 def test_reconstruct_measures_the_file_on_disk(bdia_cli, tmp_path, digit_png):
     inv = tmp_path / "inv.safetensors"
     assert bdia_cli("invert", digit_png, "--prompt", "3", "--steps", 6, "-o", inv, "-q")[0] == 0

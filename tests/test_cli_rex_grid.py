@@ -5,18 +5,7 @@ import pytest
 pytest.importorskip("PIL")
 pytest.importorskip("safetensors")
 
-from bdia.digits import load_digits  # noqa: E402
 from bdia.pipelines import load_inversion  # noqa: E402
-
-
-@pytest.fixture
-def digit_png(tmp_path):
-    from PIL import Image
-
-    test = load_digits("test")
-    path = tmp_path / "three.png"
-    Image.fromarray(test.images[int((test.labels == 3).nonzero()[0][0]), 0].numpy()).save(path)
-    return path
 
 
 @pytest.mark.parametrize("extra", [("--method", "rex", "--base", "midpoint"), ("--method", "rex", "--zeta", "0.95"),

@@ -30,11 +30,12 @@ from ..flow import FlowSchedule
 from ..solvers import BDIA
 from ..solvers.base import ddim_transition
 from ..solvers.bdia import bdia_step
+from .scheduler import PairMemory
 
 __all__ = ["BDIAFlowScheduler"]
 
 
-class BDIAFlowScheduler(SchedulerMixin, ConfigMixin):
+class BDIAFlowScheduler(PairMemory, SchedulerMixin, ConfigMixin):
     """BDIA over flow matching's Euler step with FlowMatchEulerDiscreteScheduler's conventions.
 
     The schedule arguments are FlowMatchEulerDiscreteScheduler's, with its defaults; ``gamma`` is a
@@ -76,10 +77,6 @@ class BDIAFlowScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.full((1,), float(num_train_timesteps))
         self._reset()
 
-    def _reset(self) -> None:
-        self._prev_sample: torch.Tensor | None = None  # z_{i-1}
-        self._last_index: int | None = None  # grid index of the last step taken
-
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
                       sigmas: Sequence[float] | np.ndarray | None = None, mu: float | None = None,
                       timesteps: Sequence[float] | None = None) -> None:
@@ -93,13 +90,6 @@ class BDIAFlowScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = self.grid.sigmas.to(torch.float32)
         self._begin_index = None
         self._reset()
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = int(begin_index)
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
 
     @property
     def step_index(self) -> int | None:
@@ -130,10 +120,10 @@ class BDIAFlowScheduler(SchedulerMixin, ConfigMixin):
         work = torch.promote_types(sample.dtype, torch.float32)  # diffusers upcasts the sample to float32
         z, v = sample.to(work), model_output.to(work)
         z_next = ddim_transition(z, v, self.grid, i, i + 1)  # F: Euler forward
-        if self._prev_sample is not None and self._last_index == i - 1 and i >= 1:
+        if self._paired(z, i):
             z_back = ddim_transition(z, v, self.grid, i, i - 1)  # B: Euler back, same v
             z_next = bdia_step(self._prev_sample, z_next, z_back, self._gammas[i - 1])
-        self._prev_sample, self._last_index = z, i
+        self._remember(z, i)
         prev = z_next.to(model_output.dtype)
         if not return_dict:
             return (prev,)

@@ -46,6 +46,34 @@ def _ddim_move(x0: torch.Tensor, eps: torch.Tensor, abar_to: float) -> torch.Ten
     return math.sqrt(abar_to) * x0 + math.sqrt(1.0 - abar_to) * eps
 
 
+class PairMemory:
+    """The BDIA pair a generating scheduler keeps across ``step`` calls, and diffusers' begin index.
+
+    A step at grid point i is a BDIA step when the previous call was at point i - 1 on a sample of the
+    same shape (its z_{i-1} is remembered); anything else (a new run, img2img's start, another batch)
+    starts a new pair with the plain forward move.
+    """
+
+    def _reset(self) -> None:
+        self._prev_sample: torch.Tensor | None = None  # z_{i-1}, the sample the previous step was given
+        self._last_index: int | None = None  # grid index of the last step taken
+
+    def _paired(self, z: torch.Tensor, i: int) -> bool:
+        return (self._prev_sample is not None and self._last_index == i - 1 and i >= 1
+                and self._prev_sample.shape == z.shape)
+
+    def _remember(self, z: torch.Tensor, i: int) -> None:
+        self._prev_sample, self._last_index = z, i
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Where img2img-style pipelines start on the grid (their first step then starts a new pair)."""
+        self._begin_index = int(begin_index)
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+
 class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
     """What both schedulers share: the config, the grid, and one evaluation's (x0, eps, F, B)."""
 
@@ -193,7 +221,7 @@ _SCHEDULE_DOC = """
 """
 
 
-class BDIAScheduler(_BDIASchedulerBase):
+class BDIAScheduler(PairMemory, _BDIASchedulerBase):
     """BDIA-DDIM sampling (Zhang, Lewis & Kleijn, ECCV 2024) as a drop-in for diffusers' ``DDIMScheduler``.
 
     Args:
@@ -245,24 +273,12 @@ class BDIAScheduler(_BDIASchedulerBase):
         self._start: tuple[int, torch.Tensor, torch.Tensor, tuple | None] | None = None
         self._reset()
 
-    def _reset(self) -> None:
-        self._prev_sample: torch.Tensor | None = None  # z_{i-1}, the sample the previous step was given
-        self._last_index: int | None = None  # grid index of the last step taken
-
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Materialise the N-step grid (DDIMScheduler's timesteps) and reset the BDIA pair."""
         self._set_grid(num_inference_steps)
         self.timesteps = self.grid.timesteps.to(device)
         self._begin_index = None
         self._reset()
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Where img2img-style pipelines start on the grid (their first step is then a DDIM step)."""
-        self._begin_index = int(begin_index)
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
 
     @property
     def step_index(self) -> int | None:
@@ -328,13 +344,12 @@ class BDIAScheduler(_BDIASchedulerBase):
         if hits.numel() == 0:
             raise ValueError(f"timestep {t} is not on this scheduler's grid {self.grid!r}")
         i = int(hits[0])
-        paired = (self._prev_sample is not None and self._last_index == i - 1
-                  and self._prev_sample.shape == z.shape and self._gammas[i - 1] != 0)
+        paired = self._paired(z, i) and self._gammas[i - 1] != 0
         x0, fwd, bwd = self._moves(out, z, i, paired, use_clipped_model_output)
         z_next = self._started_pair(z, i)
         if z_next is None:
             z_next = bdia_step(self._prev_sample.to(z), fwd, bwd, self._gammas[i - 1]) if paired else fwd
-        self._prev_sample, self._last_index = z, i
+        self._remember(z, i)
         return self._output(z_next, x0, sample, return_dict)
 
 
