@@ -138,7 +138,7 @@ _EDITORS: dict[str, object] = {}
 def editor(kind: str):
     """A cached, silent Editor over the tiny pipeline of ``kind`` (CPU, float32 UNet)."""
     if kind not in _EDITORS:
-        from bdia.pipelines import Editor
+        from bdia.editing import Editor
 
         _EDITORS[kind] = Editor.from_pretrained(model_dir(kind), device="cpu", progress=False)
     return _EDITORS[kind]

@@ -1,4 +1,4 @@
-"""Many inputs in one process: inputs, batching, manifest, resuming and the CLI glue (bdia.pipelines.batch)."""
+"""Many inputs in one process: inputs, batching, manifest, resuming and the CLI glue (bdia.datasets.batch)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bdia.digits import load_digits
-from bdia.pipelines import load_inversion
-from bdia.pipelines.batch import (Item, edit_files, file_sha256, find_inputs, invert_files, iter_inversions,
+from bdia.io.saved import load_inversion
+from bdia.datasets.batch import (Item, edit_files, file_sha256, find_inputs, invert_files, iter_inversions,
                                   plan_batches, read_manifest, reconstruct_files, split_inversion, stack_inversions)
-from bdia.pipelines.batch_cli import load_editor
+from bdia.editing import load_editor
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -195,23 +195,24 @@ def test_reconstruct_and_edit_files(tmp_path, editor, folder, digits):
 
 
 def test_cli_glue(tmp_path, folder, capsys):
-    from bdia.pipelines import batch_cli
+    import bdia.cli
+    from bdia.cli.datasets import wants_many
 
-    parser = batch_cli.build_parser()
+    parser = bdia.cli.build_parser()
     args = parser.parse_args(["invert", str(folder), "-o", str(tmp_path / "inv"), "--steps", str(STEPS)])
-    assert batch_cli.wants_many(args, "invert") and args.batch_size == 8
+    assert wants_many(args, "invert") and args.batch_size == 8
     one = parser.parse_args(["invert", str(folder / "d0.png"), "-o", str(tmp_path / "x.safetensors")])
-    assert not batch_cli.wants_many(one, "invert")
-    assert batch_cli.main(["invert", str(folder), "-o", str(tmp_path / "inv"), "--steps", str(STEPS), "-q",
+    assert not wants_many(one, "invert")
+    assert bdia.cli.main(["invert", str(folder), "-o", str(tmp_path / "inv"), "--steps", str(STEPS), "-q",
                            "--batch-size", "4"]) == 0
     assert "7 written, 0 already done, 0 failed" in capsys.readouterr().out
-    assert batch_cli.main(["reconstruct", str(tmp_path / "inv"), "-o", str(tmp_path / "rec"), "-q"]) == 0
+    assert bdia.cli.main(["reconstruct", str(tmp_path / "inv"), "-o", str(tmp_path / "rec"), "-q"]) == 0
     assert len(list((tmp_path / "rec").rglob("*.png"))) == 7
-    assert batch_cli.main(["edit", str(tmp_path / "inv" / "manifest.jsonl"), "--prompt", "1", "-o",
+    assert bdia.cli.main(["edit", str(tmp_path / "inv" / "manifest.jsonl"), "--prompt", "1", "-o",
                            str(tmp_path / "ed"), "-q"]) == 0
     assert len(read_manifest(tmp_path / "ed")) == 7
     capsys.readouterr()
-    assert batch_cli.main(["invert", str(folder), "-o", str(tmp_path / "x.safetensors"), "-q"]) == 2
+    assert bdia.cli.main(["invert", str(folder), "-o", str(tmp_path / "x.safetensors"), "-q"]) == 2
     assert "-o is a folder" in capsys.readouterr().err
-    assert batch_cli.main(["reconstruct", str(folder / "d0.png"), "-o", str(tmp_path / "r2"), "-q"]) == 2
+    assert bdia.cli.main(["reconstruct", str(folder / "d0.png"), "-o", str(tmp_path / "r2"), "-q"]) == 2
     assert "invert images first" in capsys.readouterr().err

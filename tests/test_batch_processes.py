@@ -16,9 +16,9 @@ import pytest
 
 import bdia
 from bdia.digits import load_digits
-from bdia.pipelines import load_inversion
-from bdia.pipelines.batch import file_sha256, invert_files, read_manifest
-from bdia.pipelines.batch_cli import load_editor
+from bdia.io.saved import load_inversion
+from bdia.datasets.batch import file_sha256, invert_files, read_manifest
+from bdia.editing import load_editor
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -135,7 +135,7 @@ def test_killed_runs_complete_on_rerun(data, tmp_path):
     rng = random.Random(seed)
     for attempt in range(5):
         out = tmp_path / f"out{attempt}"
-        cmd = [sys.executable, "-m", "bdia.pipelines.batch_cli", "invert", str(root / "in"), "-o", str(out)] + ARGS
+        cmd = [sys.executable, "-m", "bdia.cli", "invert", str(root / "in"), "-o", str(out)] + ARGS
         if _interrupt_twice(cmd, out, reference, rng, seed):
             break
     else:

@@ -1,4 +1,4 @@
-"""`bdia invert | reconstruct | edit` with folders: the CLI runs the many-inputs form (bdia.pipelines.batch_cli)."""
+"""`bdia invert | reconstruct | edit` with folders: the CLI runs the many-inputs form (bdia.cli.datasets)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bdia.digits import load_digits
-from bdia.pipelines import load_inversion
+from bdia.io.saved import load_inversion
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

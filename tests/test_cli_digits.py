@@ -14,7 +14,7 @@ import torch
 
 import bdia.cli
 from bdia.digits import load_classifier, load_digits, to_model
-from bdia.pipelines.saved import load_inversion, save_inversion
+from bdia.io.saved import load_inversion, save_inversion
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

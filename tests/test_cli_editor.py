@@ -13,8 +13,9 @@ import torch
 import bdia
 from bdia import Schedule
 from bdia.digits import load_classifier, load_digits, to_model
-from bdia.pipelines import Backend, Editor, load_inversion, save_inversion
-from bdia.pipelines.policy import choose_device, prompt_list, resolve_dtype
+from bdia.editing import Backend, Editor
+from bdia.io.saved import load_inversion, save_inversion
+from bdia.runtime import choose_device, prompt_list, resolve_dtype
 from bdia.solvers import BDIA, DDIM, EDICT, Heun, Solver, make_solver
 
 pytest.importorskip("PIL")
@@ -122,7 +123,7 @@ def test_make_solver_by_name_and_config_refuses_what_a_method_does_not_take():
 
 
 def test_saved_inversions_rebuild_their_solver_through_the_factory():
-    from bdia.pipelines.saved import solver_from_config
+    from bdia.io.saved import solver_from_config
 
     assert solver_from_config({"name": "bdia", "gamma": 0.5, "forward": "euler"}).gamma == 0.5
     with pytest.raises(ValueError, match="cannot rebuild"):
@@ -148,7 +149,7 @@ def test_policy_devices_dtypes_and_prompts():
 
 
 def test_load_editor_leaves_the_thread_count_alone():
-    from bdia.pipelines import load_editor
+    from bdia.editing import load_editor
 
     before = torch.get_num_threads()
     load_editor("digits", device="cpu", progress=False)
@@ -181,9 +182,9 @@ def test_reconstruct_measures_the_file_on_disk(bdia_cli, tmp_path, digit_png):
 
 
 def test_generate_writes_in_chunks_and_says_how_many(bdia_cli, tmp_path, monkeypatch):
-    from bdia.pipelines import cli
+    from bdia.cli import generate
 
-    monkeypatch.setattr(cli, "CHUNK", 3)
+    monkeypatch.setattr(generate, "CHUNK", 3)
     code, out, err = bdia_cli("generate", "--prompt", "7", "--steps", 4, "--num-images", 7, "-o", tmp_path / "g.png",
                               "-q")
     assert code == 0 and "generated 7 image(s)" in out and "wrote 7 image(s)" in out

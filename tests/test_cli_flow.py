@@ -14,7 +14,9 @@ pytest.importorskip("transformers")
 
 from flow_fixtures import flow_model_dir  # noqa: E402
 
-from bdia.pipelines import Editor, load_inversion  # noqa: E402
+from bdia.editing import Editor  # noqa: E402
+
+from bdia.io.saved import load_inversion  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 from pipelines_fixtures import make_image, model_dir  # noqa: E402
 
 import bdia.cli  # noqa: E402
-from bdia.pipelines import load_inversion  # noqa: E402
+from bdia.io.saved import load_inversion  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

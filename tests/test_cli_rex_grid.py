@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("PIL")
 pytest.importorskip("safetensors")
 
-from bdia.pipelines import load_inversion  # noqa: E402
+from bdia.io.saved import load_inversion  # noqa: E402
 
 
 @pytest.mark.parametrize("extra", [("--method", "rex", "--base", "midpoint"), ("--method", "rex", "--zeta", "0.95"),

@@ -1,4 +1,4 @@
-"""SD3 and Flux backends (src/bdia/pipelines/flow_backend.py) on tiny pipelines: the pieces agree with the
+"""SD3 and Flux backends (src/bdia/editing/backends/flow.py) on tiny pipelines: the pieces agree with the
 pipelines' own sampling, and BDIA/EDICT latent round trips are exact with half-precision transformers."""
 
 import pytest
@@ -10,8 +10,8 @@ pytest.importorskip("transformers")
 from flow_fixtures import flow_model_dir  # noqa: E402
 
 import bdia  # noqa: E402
-from bdia.pipelines import Editor  # noqa: E402
-from bdia.pipelines.loading import model_family  # noqa: E402
+from bdia.editing import Editor  # noqa: E402
+from bdia.io.loading import model_family  # noqa: E402
 
 H = W = 16
 KINDS = {"sd3": {"guidance_scale": 4.0}, "sd3-no-t5": {"guidance_scale": 4.0},
@@ -83,7 +83,7 @@ def test_vae_round_trip_and_shapes(kind):
 
 
 def test_fingerprint_refuses_another_family_or_checkpoint_and_admits_half_precision():
-    from bdia.pipelines.flow_backend import flow_fingerprint_mismatch
+    from bdia.editing.backends.flow import flow_fingerprint_mismatch
 
     sd3, flux = _backend("sd3"), _backend("flux")
     saved = sd3.fingerprint()
@@ -136,7 +136,7 @@ def test_sd3_with_dynamic_shifting_uses_the_pipelines_mu(single_thread):
     """SD3.5-style configs shift by mu from the image's token count; the backend's grid follows the pipeline's."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from bdia.pipelines.flow_backend import SD3Backend
+    from bdia.editing.backends.flow import SD3Backend
 
     pipe = _backend("sd3").pipe
     original = pipe.scheduler
@@ -155,7 +155,7 @@ def test_sd3_with_dynamic_shifting_uses_the_pipelines_mu(single_thread):
 
 
 def test_an_editor_over_a_loaded_pipeline_picks_its_flow_backend():
-    from bdia.pipelines.flow_backend import FluxBackend, SD3Backend
+    from bdia.editing.backends.flow import FluxBackend, SD3Backend
 
     for kind, cls in (("sd3", SD3Backend), ("flux", FluxBackend)):
         editor = Editor(_backend(kind).pipe, model_id="tiny")

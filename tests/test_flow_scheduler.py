@@ -8,7 +8,7 @@ pytest.importorskip("transformers")
 
 from flow_fixtures import flow_model_dir  # noqa: E402
 
-from bdia.pipelines import BDIAFlowScheduler  # noqa: E402
+from bdia.schedulers import BDIAFlowScheduler  # noqa: E402
 
 RUNS = {"sd3": {}, "flux": {"max_sequence_length": 16}}
 

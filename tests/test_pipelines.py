@@ -18,8 +18,10 @@ pytest.importorskip("transformers")
 
 from pipelines_fixtures import editor, make_image, model_dir  # noqa: E402
 
-from bdia.pipelines import Editor, ImageInversion, load_inversion, save_inversion  # noqa: E402
-from bdia.pipelines.images import ImageSizeWarning  # noqa: E402
+from bdia.editing import Editor  # noqa: E402
+
+from bdia.io.saved import ImageInversion, load_inversion, save_inversion  # noqa: E402
+from bdia.io.images import ImageSizeWarning  # noqa: E402
 from bdia.solvers import NonFiniteError  # noqa: E402
 
 STEPS = 5

@@ -25,7 +25,7 @@ from bdia.io import atomic_path, check_writable, write_text
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, set_alpha_to_one=False,
           clip_sample=False)
 SCHEDULE = bdia.Schedule.from_config(SD)
-IO_PY = Path(bdia.__file__).parent / "io.py"
+IO_PY = Path(bdia.__file__).parent / "io" / "files.py"
 
 
 # ----- output files ------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def png_bytes(width, height, bit_depth, colour_type, rows=b""):
 
 
 def to_pixels(path):
-    from bdia.pipelines.images import to_pixels
+    from bdia.io.images import to_pixels
 
     return to_pixels(path, factor=8)
 
@@ -192,7 +192,7 @@ def bad_image_files(tmp_path):
 @pytest.mark.parametrize("kind, message", [("empty", "is empty"), ("text", "not an image file"),
                                            ("truncated", "truncated"), ("bomb", "too large to open safely")])
 def test_unreadable_images_are_a_clear_error_naming_the_file(tmp_path, kind, message):
-    from bdia.pipelines.images import ImageReadError, read_image
+    from bdia.io.images import ImageReadError, read_image
 
     path = bad_image_files(tmp_path)[kind]
     for read in (read_image, to_pixels):
@@ -242,7 +242,7 @@ def test_8_bit_images_are_read_exactly_and_silently(tmp_path):
 
 
 def test_16_bit_colour_png_warns_that_pillow_reads_8_bits(tmp_path):
-    from bdia.pipelines.images import ImageConversionWarning
+    from bdia.io.images import ImageConversionWarning
 
     values = np.random.default_rng(3).integers(0, 65536, (8, 8, 3)).astype(">u2")
     rows = b"".join(b"\x00" + values[y].tobytes() for y in range(8))
@@ -256,7 +256,7 @@ def test_16_bit_colour_png_warns_that_pillow_reads_8_bits(tmp_path):
 def test_animation_says_its_first_frame_is_used(tmp_path):
     from PIL import Image
 
-    from bdia.pipelines.images import ImageConversionWarning
+    from bdia.io.images import ImageConversionWarning
 
     frames = [Image.new("L", (16, 16), 40 * k) for k in range(3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
@@ -268,7 +268,7 @@ def test_animation_says_its_first_frame_is_used(tmp_path):
 def test_reduction_to_8_bits_warns_only_when_it_loses_depth():
     from PIL import Image
 
-    from bdia.pipelines.images import ImageConversionWarning, ImageReadError, to_8bit
+    from bdia.io.images import ImageConversionWarning, ImageReadError, to_8bit
 
     exact = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)  # 16-bit copies of the 8-bit levels
     with warnings.catch_warnings():
@@ -304,7 +304,7 @@ def _no_torch_load(*args, **kwargs):
 
 
 def test_pickled_model_weights_are_refused_unless_allowed(pickled_model, monkeypatch):
-    from bdia.pipelines.loading import UnsafeWeightsError, load_pipeline
+    from bdia.io.loading import UnsafeWeightsError, load_pipeline
 
     monkeypatch.setattr(torch, "load", _no_torch_load)
     with pytest.raises(UnsafeWeightsError, match=r"pickled weights \(.*unet.*\.bin.*allow_pickle=True") as info:
@@ -319,8 +319,8 @@ def test_an_inversion_pointing_at_pickled_weights_does_not_get_them_loaded(pickl
     """A hostile inversion file records a model folder of pickles: reconstructing must not unpickle them."""
     from test_saved_fuzz import valid_inversion
 
-    from bdia.pipelines import load_inversion, save_inversion
-    from bdia.pipelines.loading import UnsafeWeightsError, load_pipeline
+    from bdia.io.saved import load_inversion, save_inversion
+    from bdia.io.loading import UnsafeWeightsError, load_pipeline
 
     inv = valid_inversion()
     inv.model["id"] = os.fspath(pickled_model)
@@ -335,7 +335,7 @@ def test_safetensors_models_load_without_unpickling_anything(monkeypatch):
     pytest.importorskip("transformers")
     from pipelines_fixtures import model_dir
 
-    from bdia.pipelines.loading import load_pipeline
+    from bdia.io.loading import load_pipeline
 
     monkeypatch.setattr(torch, "load", _no_torch_load)
     pipe = load_pipeline(model_dir("sd"), dtype=torch.float32, progress=False)
@@ -343,7 +343,7 @@ def test_safetensors_models_load_without_unpickling_anything(monkeypatch):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from bdia.pipelines.loading import load_pipeline
+    from bdia.io.loading import load_pipeline
 
     (tmp_path / "not_a_pipeline").mkdir()
     with pytest.raises(FileNotFoundError, match="no model_index.json"):
@@ -355,7 +355,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 def test_transparency_is_dropped_with_a_warning_and_opaque_alpha_silently(tmp_path):
     from PIL import Image
 
-    from bdia.pipelines.images import ImageConversionWarning
+    from bdia.io.images import ImageConversionWarning
 
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 255

@@ -24,7 +24,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import bdia  # noqa: E402
 from bdia.analytic import GaussianMixture  # noqa: E402
-from bdia.pipelines.saved import (FORMAT, VERSION, ImageInversion, _checksum, load_inversion,  # noqa: E402
+from bdia.io.saved import (FORMAT, VERSION, ImageInversion, _checksum, load_inversion,  # noqa: E402
                                   save_inversion)
 
 SD = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,

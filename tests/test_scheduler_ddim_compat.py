@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 
 from pipelines_fixtures import SD_SCHEDULER, make_image, model_dir  # noqa: E402
 
-from bdia.pipelines import BDIAScheduler  # noqa: E402
+from bdia.schedulers import BDIAScheduler  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -122,7 +122,7 @@ def test_defaults_and_from_config_round_trip():
     assert BDIAScheduler.from_config(EulerDiscreteScheduler.from_config(ours.config).config).config.gamma == 0.3
     assert DDIMScheduler in ours.compatibles and EulerDiscreteScheduler in ours.compatibles
     inv = DDIMInverseScheduler.from_config({**SD_SCHEDULER})
-    from bdia.pipelines import BDIAInverseScheduler
+    from bdia.schedulers import BDIAInverseScheduler
 
     ours_inv = BDIAInverseScheduler.from_config(inv.config)
     assert ours_inv.config.steps_offset == 1 and ours_inv.config.beta_schedule == "scaled_linear"

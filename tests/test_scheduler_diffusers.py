@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 from pipelines_fixtures import SD_SCHEDULER, editor, model_dir  # noqa: E402
 
 from bdia import BDIA, Schedule  # noqa: E402
-from bdia.pipelines import BDIAScheduler  # noqa: E402
+from bdia.schedulers import BDIAScheduler  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 from pipelines_fixtures import SD_SCHEDULER, make_image, model_dir  # noqa: E402
 
 from bdia import BDIA, Schedule, ddim_transition  # noqa: E402
-from bdia.pipelines import BDIAInverseScheduler, BDIAScheduler  # noqa: E402
+from bdia.schedulers import BDIAInverseScheduler, BDIAScheduler  # noqa: E402
 from bdia.solvers.bdia import bdia_step  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")

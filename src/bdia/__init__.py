@@ -19,10 +19,14 @@ __version__ = "0.1.0"
 
 # Integrations with heavy dependencies load on first use, so `import bdia` needs only torch/numpy.
 _LAZY = {
-    "BDIAScheduler": ("bdia.pipelines.scheduler", "BDIAScheduler"),
-    "BDIAInverseScheduler": ("bdia.pipelines.scheduler", "BDIAInverseScheduler"),
-    "BDIAFlowScheduler": ("bdia.pipelines.flow_scheduler", "BDIAFlowScheduler"),
-    "pipelines": ("bdia.pipelines", None),
+    "BDIAScheduler": ("bdia.schedulers.ddim", "BDIAScheduler"),
+    "BDIAInverseScheduler": ("bdia.schedulers.ddim", "BDIAInverseScheduler"),
+    "BDIAFlowScheduler": ("bdia.schedulers.flow_match", "BDIAFlowScheduler"),
+    "editing": ("bdia.editing", None),
+    "schedulers": ("bdia.schedulers", None),
+    "datasets": ("bdia.datasets", None),
+    "io": ("bdia.io", None),
+    "pipelines": ("bdia.pipelines", None),  # deprecated: the old home of editing, schedulers, io and datasets
     "analytic": ("bdia.analytic", None),
     "digits": ("bdia.digits", None),
     "nulltext": ("bdia.nulltext", None),

@@ -22,8 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .edm import t_to_sigma
-from .schedule import Grid, Schedule
+from .schedule import Grid, Schedule, t_to_sigma
 
 __all__ = ["FlowGaussianMixture", "Gaussian", "GaussianMixture", "PointSet"]
 

@@ -2,7 +2,7 @@
 
 Inverts a few held-out digits with DDIM inversion, EDICT and BDIA, reconstructs them, and edits each
 to another class by regenerating from its inversion under the new class, all through the same
-:class:`bdia.pipelines.Editor` as ``bdia invert/reconstruct/edit``. Prints a table (method,
+:class:`bdia.editing.Editor` as ``bdia invert/reconstruct/edit``. Prints a table (method,
 NFE, round-trip error, pixel-identical fraction, edit accuracy by the judge classifier, time) and
 writes ``figure.png`` and ``results.json`` into the output folder.
 """
@@ -15,40 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUT = "bdia-demo"
 METHODS = ("ddim", "edict", "bdia")
 LABELS = {"ddim": "DDIM inversion", "edict": "EDICT", "bdia": "BDIA"}
-
-
-def register(subparsers: Any) -> None:
-    from .pipelines.cli import _gamma, _guidance, _p, _seed, _steps, _strength
-
-    p = subparsers.add_parser(
-        "demo",
-        help="invert, reconstruct and edit held-out digits with DDIM, EDICT and BDIA (CPU, well under two minutes)",
-        description="Exact inversion and editing on the embedded digits model, in well under two minutes on a CPU: "
-                    "held-out digits are inverted with DDIM inversion, EDICT and BDIA, reconstructed, and "
-                    "regenerated under another class. Writes figure.png and results.json to --out.",
-    )
-    p.add_argument("--model", default="digits", choices=["digits"], help="the model (only the embedded 'digits')")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
-    p.add_argument("--overwrite", action="store_true", help="replace results in a non-empty output folder")
-    p.add_argument("--num-images", type=int, default=6, help="held-out digits to invert (default 6)")
-    p.add_argument("--steps", type=_steps, default=50, help="sampling steps (default 50)")
-    p.add_argument("--guidance", type=_guidance, default=1.0,
-                   help="classifier-free guidance scale of inversion and reconstruction (default 1.0)")
-    p.add_argument("--edit-guidance", type=_guidance, default=1.0,
-                   help="guidance scale of the edits toward the target class (default 1.0: higher follows the "
-                        "class more strictly and keeps less of the source's style)")
-    p.add_argument("--strength", type=_strength, default=1.0,
-                   help="invert only this fraction of the grid (default 1.0; much lower makes the edits noisy)")
-    p.add_argument("--gamma", type=_gamma, default=1.0, help="BDIA's gamma in (0, 1] or 'belm' (default 1.0)")
-    p.add_argument("--p", type=_p, default=0.93, help="EDICT's mixing p (default 0.93)")
-    p.add_argument("--seed", type=_seed, default=0, help="chooses the digits and the target classes")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the model is tiny, and more threads mostly add overhead)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=run)
 
 
 def _pick(seed: int, num_images: int):
@@ -90,7 +58,7 @@ def _figure(path: Path, originals, source, target, rows: list[dict[str, Any]], o
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from .io.files import atomic_path
 
     n = originals.shape[0]
     fig, axes = plt.subplots(len(rows), 3, figsize=(3 * (0.55 * n + 0.4), 1.25 * len(rows) + 0.5), squeeze=False)
@@ -116,8 +84,8 @@ def _figure(path: Path, originals, source, target, rows: list[dict[str, Any]], o
 
 
 def run(args: argparse.Namespace) -> int:
-    from .io import check_output_dir
-    from .pipelines.policy import require
+    from .io.files import check_output_dir
+    from .runtime import require
     from .runtime import torch_threads
 
     # Everything that can be refused is refused here, before any model call.
@@ -146,8 +114,8 @@ def _run(args: argparse.Namespace, solvers: dict[str, Any]) -> int:
     from tqdm import tqdm
 
     from .digits import load_classifier, to_model, to_uint8
-    from .io import atomic_path
-    from .pipelines import Editor
+    from .io.files import atomic_path
+    from .editing import Editor
 
     out = Path(args.out)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))

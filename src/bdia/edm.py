@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .models import _Adapter
-from .schedule import Grid, Schedule
+from .schedule import Grid, Schedule, schedule_sigmas, sigma_to_t, t_to_sigma  # re-exported
 
 __all__ = ["karras_sigmas", "karras_grid", "karras_grid_for", "vp_grid_from_sigmas", "schedule_sigmas", "sigma_to_t", "t_to_sigma",
            "from_denoiser", "to_denoiser"]
@@ -93,34 +93,6 @@ def karras_grid(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float =
 def _model_time_is_sigma(sigma: torch.Tensor) -> torch.Tensor:
     """The VE grids' map from noise level to model time: EDM's sigma is the model time."""
     return sigma
-
-
-def schedule_sigmas(schedule: Schedule) -> torch.Tensor:
-    """EDM sigma of each training timestep of a discrete VP schedule: sqrt((1 - abar) / abar), (T,) float64."""
-    abar = schedule.alphas_cumprod.to(torch.float64)
-    return ((1 - abar) / abar).sqrt()
-
-
-def sigma_to_t(schedule: Schedule, sigma: torch.Tensor | float) -> torch.Tensor:
-    """The fractional training timestep of EDM sigma ``sigma`` (k-diffusion's ``DiscreteSchedule.sigma_to_t``).
-
-    Linear interpolation of t against log(sigma) between neighbouring training timesteps, clamped to
-    [0, T-1]; the inverse of :func:`t_to_sigma`, and of how :mod:`bdia.analytic` reads fractional t.
-    """
-    log_sigmas = schedule_sigmas(schedule).log()
-    sig = torch.as_tensor(sigma, dtype=torch.float64)
-    ts = np.interp(sig.log().cpu().numpy(), log_sigmas.numpy(), np.arange(log_sigmas.numel(), dtype=np.float64))
-    return torch.as_tensor(ts, dtype=torch.float64).reshape(sig.shape).to(sig.device)
-
-
-def t_to_sigma(schedule: Schedule, t: torch.Tensor | float) -> torch.Tensor:
-    """EDM sigma at a (fractional) training timestep, log-linear in t (``DiscreteSchedule.t_to_sigma``)."""
-    log_sigmas = schedule_sigmas(schedule).log()
-    t = torch.as_tensor(t, dtype=torch.float64)
-    lo = t.floor().clamp(0, log_sigmas.numel() - 1).long()
-    hi = (lo + 1).clamp(max=log_sigmas.numel() - 1)
-    w = t - lo.to(torch.float64)
-    return torch.exp(log_sigmas[lo] * (1 - w) + log_sigmas[hi] * w)
 
 
 def karras_grid_for(schedule: Schedule, num_steps: int, rho: float = RHO, *, sigma_min: float | None = None,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
-from .schedule import Schedule
+from .schedule import Schedule, t_to_sigma
 
 __all__ = ["EpsModel", "ClassifierFreeGuidance", "to_eps", "model_dtype"]
 
@@ -54,8 +54,6 @@ class _PredictionToEps(_Adapter):
         self.schedule = schedule
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        from .edm import t_to_sigma  # edm builds on this module's adapters
-
         out = self.model(x, t, *args, **kwargs)
         # alpha and sigma at the model time itself, fractional or not (Karras grids, solver stages):
         # lambda = t_to_sigma(t), as grids and analytic models read a fractional t (docs/math.md section 1)

@@ -202,8 +202,6 @@ class Schedule:
         A Grid built from this schedule uses it to call the model between its points (docs/math.md
         section 2); levels outside the schedule's range [lambda(0), lambda(T-1)] are refused there.
         """
-        from .edm import sigma_to_t  # edm builds on this module
-
         return sigma_to_t(self, lam)
 
     @property
@@ -378,3 +376,33 @@ class Grid:
         ts = self.timesteps.tolist()
         head = ", ".join(f"{t:g}" for t in ts[:3])
         return f"Grid(N={self.num_steps}, timesteps=[{head}, ..., {ts[-1]:g}], terminal abar={float(self.alphas[-1] ** 2):.6g})"
+
+
+# ----- noise level <-> training timestep (EDM sigma = lambda); the one place for these conversions -----
+def schedule_sigmas(schedule: "Schedule") -> torch.Tensor:
+    """EDM sigma of each training timestep of a discrete VP schedule: sqrt((1 - abar) / abar), (T,) float64."""
+    abar = schedule.alphas_cumprod.to(torch.float64)
+    return ((1 - abar) / abar).sqrt()
+
+
+def sigma_to_t(schedule: "Schedule", sigma: torch.Tensor | float) -> torch.Tensor:
+    """The fractional training timestep of EDM sigma ``sigma`` (k-diffusion's ``DiscreteSchedule.sigma_to_t``).
+
+    Linear interpolation of t against log(sigma) between neighbouring training timesteps, clamped to
+    [0, T-1]; the inverse of :func:`t_to_sigma`, and of how :mod:`bdia.analytic` reads fractional t.
+    EDM's sigma is lambda = sigma_t / alpha_t here (docs/math.md section 1); :mod:`bdia.edm` re-exports these.
+    """
+    log_sigmas = schedule_sigmas(schedule).log()
+    sig = torch.as_tensor(sigma, dtype=torch.float64)
+    ts = np.interp(sig.log().cpu().numpy(), log_sigmas.numpy(), np.arange(log_sigmas.numel(), dtype=np.float64))
+    return torch.as_tensor(ts, dtype=torch.float64).reshape(sig.shape).to(sig.device)
+
+
+def t_to_sigma(schedule: "Schedule", t: torch.Tensor | float) -> torch.Tensor:
+    """EDM sigma at a (fractional) training timestep, log-linear in t (``DiscreteSchedule.t_to_sigma``)."""
+    log_sigmas = schedule_sigmas(schedule).log()
+    t = torch.as_tensor(t, dtype=torch.float64)
+    lo = t.floor().clamp(0, log_sigmas.numel() - 1).long()
+    hi = (lo + 1).clamp(max=log_sigmas.numel() - 1)
+    w = t - lo.to(torch.float64)
+    return torch.exp(log_sigmas[lo] * (1 - w) + log_sigmas[hi] * w)

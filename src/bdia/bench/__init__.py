@@ -5,11 +5,10 @@ Workloads, one module each (the contract is in :mod:`.runner`, which lists them)
 model, fine-grid references), :mod:`.unet` (SD 1.5's UNet architecture with random weights: time,
 memory, precision), :mod:`.edm` (Euler, Heun and BDIA-EDM on Karras grids at equal NFE).
 :mod:`.methods` lists the solvers, :mod:`.measures` holds the measures, :mod:`.report` and
-:mod:`.plots` the output; :func:`run_bench` runs a :class:`BenchConfig` into a folder.
+:mod:`.plots` the output; :func:`run_bench` runs a :class:`BenchConfig` into a folder; the command is :mod:`bdia.cli.bench`.
 """
 
-from .cli import register
 from .config import BenchConfig
 from .runner import WORKLOADS, run_bench
 
-__all__ = ["BenchConfig", "WORKLOADS", "register", "run_bench"]
+__all__ = ["BenchConfig", "WORKLOADS", "run_bench"]

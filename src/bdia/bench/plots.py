@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path
+from ..io.files import atomic_path
 
 PANELS = (("round_trip", "max", "round-trip error (max |x0' - x0|)", "nfe_rt"),
           ("fidelity", "rms", "inverted noise vs exact ODE (rms)", "nfe_rt"),

@@ -235,7 +235,7 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from ..io.files import atomic_path
 
     names = []
     for kind in results["grids"]:

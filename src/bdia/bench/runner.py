@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from ..io import check_writable, write_text
+from ..io.files import check_writable, write_text
 from .config import BenchConfig
 from .measures import finite_or_none
 from .report import render

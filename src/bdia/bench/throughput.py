@@ -1,7 +1,7 @@
 """Workload: throughput of many-image inversion on the digits model, against batch size and processes.
 
 Images/s of a full round trip (BDIA invert, then reconstruct) of held-out digits under their class
-prompts, with the digits editor, as :mod:`bdia.pipelines.batch` runs it: by batch size in this
+prompts, with the digits editor, as :mod:`bdia.datasets.batch` runs it: by batch size in this
 process (one thread), and by number of processes launched with ``torch.distributed.run`` (one thread
 each, the batches split with accelerate's ``PartialState().split_between_processes``). Each process
 loads the model and warms up before a barrier; the clock runs from that barrier to the last one.
@@ -69,7 +69,7 @@ def _chunks(count: int, size: int) -> list[list[int]]:
 
 
 def _editor():
-    from ..pipelines.batch_cli import load_editor
+    from ..cli.datasets import load_editor
 
     return load_editor("digits", device="cpu", progress=False)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..io.images import to_uint8  # model space [-1, 1] -> uint8 pixels, the inverse of to_model
+
 __all__ = ["IMAGE_SIZE", "NUM_CLASSES", "Digits", "load_digits", "to_model", "to_uint8"]
 
 IMAGE_SIZE = 16
@@ -42,11 +44,6 @@ class Digits:
 def to_model(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
     return images.to(torch.float32) / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model space -> uint8 pixels, the exact inverse of :func:`to_model` on its image, clipping outside."""
-    return ((x.detach().to(torch.float64) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def _upsample(images8: np.ndarray) -> torch.Tensor:

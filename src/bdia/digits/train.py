@@ -196,7 +196,7 @@ def save_weights(model: nn.Module, path: str | Path, extra: dict[str, Any] | Non
     """Write ``model``'s float32 tensors as safetensors, its config (and ``extra``) as JSON metadata."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_path
+    from ..io.files import atomic_path
 
     meta = {"config": json.dumps(model.config)}
     for k, v in (extra or {}).items():

@@ -7,6 +7,7 @@ from .ddim import DDIM, DDIMState, Heun
 from .edict import EDICT, EDICTState
 from .registry import SOLVERS, make_solver, solver_parameters
 from .rex import Rex, RexState
+from . import bitexact, reversible  # noqa: F401,E402  (they register with the driver in base.py)
 
 __all__ = ["BDIA", "BDIAState", "DDIM", "DDIMState", "EDICT", "EDICTState", "Evaluator", "Heun", "Inversion",
            "InversionPrecisionWarning", "NonFiniteError", "Rex", "RexState", "SOLVERS", "Solution", "Solver", "belm_gammas",

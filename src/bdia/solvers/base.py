@@ -228,6 +228,13 @@ def _check_grid(grid: Any) -> Grid:
     return grid
 
 
+# Specialisations register themselves here, so that this driver imports none of them:
+# bitexact.py adds the fixed-point twin of each exact method, reversible.py the "reversible" backprop drive.
+BIT_EXACT_TWINS: dict[type, type] = {}
+BACKPROP_DRIVES: dict[str, Callable[..., tuple]] = {}
+BACKPROP_MODES = ("autograd", "reversible")
+
+
 class Solver(ABC):
     """Base class of the samplers: the step protocol (see the module docstring) and the public API."""
 
@@ -241,8 +248,6 @@ class Solver(ABC):
     def __new__(cls, *args: Any, bit_exact: bool = False, **kwargs: Any):
         """``bit_exact=True`` builds the method's fixed-point twin (:mod:`bdia.solvers.bitexact`)."""
         if bit_exact and not cls.bit_exact:
-            from .bitexact import bit_exact_twin
-
             cls = bit_exact_twin(cls)
         return super().__new__(cls)
 
@@ -362,10 +367,8 @@ class Solver(ABC):
     # ----- helpers ---------------------------------------------------------------------------------
     def _drive(self, ev: Evaluator, state: tuple, grid: Grid, direction: str, callback: Callback | None,
                backprop: str, params: Sequence[torch.Tensor] | None) -> tuple:
-        if backprop == "reversible":
-            from .reversible import reversible_drive
-
-            return reversible_drive(self, ev, state, grid, direction, callback, params)
+        if backprop != "autograd":
+            return BACKPROP_DRIVES[backprop](self, ev, state, grid, direction, callback, params)
         return drive(self, ev, state, grid, direction, callback)
 
     def _check_inversion(self, inv: Inversion, grid: Grid) -> tuple:
@@ -400,9 +403,24 @@ class Solver(ABC):
 
 
 def _check_backprop(backprop: str, params: Any) -> None:
-    from .reversible import check_backprop
+    """Refuse an unknown mode, or ``params`` without reversal, with a one-line fix."""
+    if backprop not in BACKPROP_MODES:
+        raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {backprop!r}")
+    if params is not None and backprop != "reversible":
+        raise ValueError("params= names the tensors a reversible gradient flows to; it needs backprop='reversible' "
+                         "(plain autograd follows every tensor by itself)")
 
-    check_backprop(backprop, params)
+
+def bit_exact_twin(cls: type) -> type:
+    """The fixed-point class behind ``cls(..., bit_exact=True)`` (registered by :mod:`bdia.solvers.bitexact`)."""
+    if cls not in BIT_EXACT_TWINS:
+        names = sorted(c.__name__ for c in BIT_EXACT_TWINS)
+        raise ValueError(
+            f"bit_exact=True exists for {names}; {cls.__name__} has no exact inverse step to make bit-exact"
+            if not getattr(cls, "exact_inversion", False) else
+            f"bit_exact=True exists for {names}, not yet for {cls.__name__}"
+        )
+    return BIT_EXACT_TWINS[cls]
 
 
 def _short(ts: Sequence[float]) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..schedule import Grid
-from .base import (Evaluator, Inversion, InversionPrecisionWarning, NonFiniteError, Solution, _check_grid, _check_tensor,
+from .base import (BIT_EXACT_TWINS, bit_exact_twin, Evaluator, Inversion, InversionPrecisionWarning, NonFiniteError, Solution, _check_grid, _check_tensor,
                    ddim_transition, transition_coefficients)
 from .bdia import BDIA
 from .edict import EDICT
@@ -318,15 +318,4 @@ class BitExactEDICT(_BitExact, EDICT):
         return BitExactEDICTState(x, y, buf, state.residual)
 
 
-_TWINS: dict[type, type] = {BDIA: BitExactBDIA, EDICT: BitExactEDICT}
-
-
-def bit_exact_twin(cls: type) -> type:
-    """The fixed-point class behind ``cls(..., bit_exact=True)``."""
-    if cls not in _TWINS:
-        raise ValueError(
-            f"bit_exact=True exists for {sorted(c.__name__ for c in _TWINS)}; {cls.__name__} has no exact inverse "
-            "step to make bit-exact" if not getattr(cls, "exact_inversion", False) else
-            f"bit_exact=True exists for {sorted(c.__name__ for c in _TWINS)}, not yet for {cls.__name__}"
-        )
-    return _TWINS[cls]
+BIT_EXACT_TWINS.update({BDIA: BitExactBDIA, EDICT: BitExactEDICT})  # what Solver(bit_exact=True) builds

@@ -41,11 +41,9 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from ..schedule import Grid
-from .base import Evaluator, drive
+from .base import BACKPROP_DRIVES, BACKPROP_MODES, Evaluator, drive
 
 __all__ = ["BACKPROP_MODES", "differentiable_inputs", "reversible_drive"]
-
-BACKPROP_MODES = ("autograd", "reversible")
 
 _DISCOVERY_DEPTH = 5  # adapters nest a few levels (guidance -> to_eps -> UNet); deeper objects are not models
 
@@ -319,10 +317,4 @@ def reversible_drive(solver, ev: Evaluator, state: tuple, grid: Grid, direction:
     return solver.State(*_ReversibleLoop.apply(run, *tensors))
 
 
-def check_backprop(backprop: str, params: Any) -> None:
-    """Refuse an unknown mode, or ``params`` without reversal, with a one-line fix."""
-    if backprop not in BACKPROP_MODES:
-        raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {backprop!r}")
-    if params is not None and backprop != "reversible":
-        raise ValueError("params= names the tensors a reversible gradient flows to; it needs backprop='reversible' "
-                         "(plain autograd follows every tensor by itself)")
+BACKPROP_DRIVES["reversible"] = reversible_drive  # Solver.solve(..., backprop="reversible")

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .policy import image_items
+from ..runtime import image_items
 
 __all__ = ["ImageSizeWarning", "ImageConversionWarning", "ImageReadError", "read_image", "image_array", "to_8bit",
            "to_pixels", "to_pil", "pixel_errors"]
@@ -210,6 +210,11 @@ def to_pixels(images: Any, factor: int, size: int | Sequence[int] | None = None)
         sizes = ", ".join(f"{w}x{h}" for h, w in sorted(shapes))
         raise ValueError(f"images in a batch must have one size, got {sizes}; pass size=(width, height)")
     return torch.stack(xs) * 2.0 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> uint8, rounding in float64 and clipping outside (the inverse of ``x / 127.5 - 1``)."""
+    return ((x.detach().to(torch.float64) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def to_pil(pixels: torch.Tensor) -> list:

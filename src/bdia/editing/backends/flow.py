@@ -1,8 +1,8 @@
-"""Stable Diffusion 3 and Flux as :class:`~bdia.pipelines.editor.Backend` s of the one Editor.
+"""Stable Diffusion 3 and Flux as :class:`~bdia.editing.editor.Backend` s of the one Editor.
 
 docs/math.md sections 7 and 9. A backend wraps a loaded ``StableDiffusion3Pipeline`` or ``FluxPipeline``;
 ``Editor.from_pretrained(DIR)`` picks it from the folder's ``model_index.json``
-(:func:`~bdia.pipelines.loading.model_family`). What differs from Stable Diffusion's backend:
+(:func:`~bdia.io.loading.model_family`). What differs from Stable Diffusion's backend:
 
 - ``encode(pixels)`` / ``decode(latents, size)``: the VAE with its ``shift_factor`` and
   ``scaling_factor`` (the posterior mean, so encoding is deterministic); Flux latents packed into
@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from ..flow import FlowSchedule, flux_sigmas
-from ..models import ClassifierFreeGuidance
-from ..schedule import Grid
-from .diffusers_model import _plain_config, fingerprint_mismatch
-from .editor import Backend
-from .images import to_pixels
-from .policy import choose_device, resolve_dtype
-from .saved import dtype_name
+from ...flow import FlowSchedule, flux_sigmas
+from ...models import ClassifierFreeGuidance
+from ...schedule import Grid
+from .stable_diffusion import _plain_config, fingerprint_mismatch
+from .base import Backend
+from ...io.images import to_pixels
+from ...runtime import choose_device, resolve_dtype
+from ...io.saved import dtype_name
 
 __all__ = ["FluxBackend", "SD3Backend", "flow_fingerprint_mismatch", "FluxTransformerModel",
            "SD3TransformerModel"]
@@ -43,7 +43,7 @@ _PROBE_SIZE = 64  # transformer weights sampled per probed parameter
 
 def flow_fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     """A sentence naming what differs between two flow fingerprints (family, then as
-    :func:`~bdia.pipelines.diffusers_model.fingerprint_mismatch` over the transformer), or None."""
+    :func:`~bdia.editing.backends.stable_diffusion.fingerprint_mismatch` over the transformer), or None."""
     if saved.get("family") != current.get("family"):
         return f"it was made with a {saved.get('family')!r} model and this one is {current.get('family')!r}"
     return fingerprint_mismatch(saved, current, "transformer", "transformer")
@@ -80,10 +80,10 @@ class _FlowBackend(Backend):
                         device: str | torch.device | None = None, revision: str | None = None,
                         progress: bool = True, max_sequence_length: int | None = None,
                         **kwargs: Any) -> "_FlowBackend":
-        """Load with :func:`~bdia.pipelines.loading.load_pipeline` (safetensors only unless
+        """Load with :func:`~bdia.io.loading.load_pipeline` (safetensors only unless
         ``allow_pickle=True``); components the folder lacks (SD3's ``text_encoder_3``) stay absent.
         The backend's own options (Flux: ``true_cfg_scale``) go to the backend, the rest to diffusers."""
-        from .loading import absent_components, load_pipeline, resolve_model
+        from ...io.loading import absent_components, load_pipeline, resolve_model
 
         options = {k: kwargs.pop(k) for k in cls.backend_options if k in kwargs}
         kwargs = {**absent_components(model, revision), **kwargs}
@@ -184,7 +184,7 @@ class _FlowBackend(Backend):
     # ----- the VAE ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def _vae_latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        from ..solvers import NonFiniteError
+        from ...solvers import NonFiniteError
 
         self._latent_hw(pixels.shape[-2], pixels.shape[-1])
         vae = self.pipe.vae
@@ -196,7 +196,7 @@ class _FlowBackend(Backend):
 
     @torch.no_grad()
     def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        from ..solvers import NonFiniteError
+        from ...solvers import NonFiniteError
 
         vae = self.pipe.vae
         z = latents.float() / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)

@@ -7,8 +7,8 @@
 
 Each function takes the parsed arguments of the single-input command (plus :func:`add_batch_arguments`)
 and an editor (from :func:`editor_for`, which puts each launched process on its own device) and
-runs :mod:`bdia.pipelines.batch`. ``bdia invert|reconstruct|edit`` (:mod:`bdia.pipelines.cli`) call them
-when :func:`wants_many`; ``python -m bdia.pipelines.batch_cli invert|reconstruct|edit ...`` runs them directly.
+runs :mod:`bdia.datasets.batch`. ``bdia invert|reconstruct|edit`` (:mod:`bdia.cli.invert` and its siblings)
+call them when :func:`wants_many`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,20 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .batch import IMAGE_EXTENSIONS, LIST_EXTENSIONS, MANIFEST, Summary, find_inputs
-from .editor import load_editor  # the package's one editor loader, used here and by callers of this module
+from ..datasets.batch import (
+    IMAGE_EXTENSIONS,
+    LIST_EXTENSIONS,
+    MANIFEST,
+    Summary,
+    find_inputs,
+)
+from .common import DEFAULT_MODEL, check_common, running
+from ..editing.editor import (
+    load_editor,  # the package's one editor loader, used here and by callers of this module
+)
 
 __all__ = ["add_batch_arguments", "wants_many", "process_device", "load_editor", "editor_for", "invert_many",
-           "reconstruct_many", "edit_many", "main"]
+           "reconstruct_many", "edit_many", "run_many"]
 
 COMMANDS = ("invert", "reconstruct", "edit")
 
@@ -71,8 +80,6 @@ def process_device(device: str | None) -> str | None:
 def editor_for(args: argparse.Namespace, command: str) -> Any:
     """The editor of a many-inputs run: ``--model`` (digits by default) for invert; for reconstruct and
     edit, the model the first inversion was made with (with its dtype and revision) unless ``--model``."""
-    from .cli import DEFAULT_MODEL
-
     device = process_device(args.device)
     pickle = {"allow_pickle": True} if getattr(args, "allow_pickle", False) else {}
     if command == "invert":
@@ -125,7 +132,7 @@ def _report(summary: Summary, out: str, command: str) -> int:
 
 def invert_many(args: argparse.Namespace, editor: Any) -> int:
     """``bdia invert IMAGES_FOLDERS_OR_LISTS -o FOLDER``: one inversion per image, resumably."""
-    from .batch import invert_files
+    from ..datasets.batch import invert_files
 
     out = _folder_output(args)
     settings = {"negative_prompt": args.negative_prompt, "guidance_scale": args.guidance, "num_steps": args.steps,
@@ -144,7 +151,7 @@ def invert_many(args: argparse.Namespace, editor: Any) -> int:
 
 def reconstruct_many(args: argparse.Namespace, editor: Any) -> int:
     """``bdia reconstruct FOLDER_OR_MANIFEST -o FOLDER``: one image per inversion, with its latent error."""
-    from .batch import reconstruct_files
+    from ..datasets.batch import reconstruct_files
 
     out = _folder_output(args)
     summary = reconstruct_files(editor, _inversion_inputs(args, "reconstruct"), out, batch_size=args.batch_size,
@@ -154,7 +161,7 @@ def reconstruct_many(args: argparse.Namespace, editor: Any) -> int:
 
 def edit_many(args: argparse.Namespace, editor: Any) -> int:
     """``bdia edit FOLDER_OR_MANIFEST_OR_LIST --prompt P -o FOLDER``: a list's prompts override ``--prompt``."""
-    from .batch import edit_files
+    from ..datasets.batch import edit_files
 
     out = _folder_output(args)
     negative = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
@@ -166,34 +173,12 @@ def edit_many(args: argparse.Namespace, editor: Any) -> int:
 RUNNERS = {"invert": invert_many, "reconstruct": reconstruct_many, "edit": edit_many}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``bdia`` parsers of invert, reconstruct and edit (which carry the many-inputs options)."""
-    from . import cli
+def run_many(args: argparse.Namespace, command: str) -> int:
+    """The many-inputs form (:mod:`bdia.cli.datasets`) in the commands' error and threads context."""
+    from ..runtime import torch_threads
 
-    parser = argparse.ArgumentParser(prog="python -m bdia.pipelines.batch_cli",
-                                     description="Invert, reconstruct or edit folders and lists of images.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    cli.register(sub)
-    for name in list(sub.choices):
-        if name not in COMMANDS:
-            del sub.choices[name]
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command not in RUNNERS:
-        print(f"error: {args.command} has no many-inputs form; use one of {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    try:
-        return RUNNERS[args.command](args, editor_for(args, args.command))
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"bdia {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    check_common(args)
+    with running(args, args.model or (DEFAULT_MODEL if command == "invert" else "")):
+        editor = editor_for(args, command)
+        with torch_threads(1 if editor.backend.family == "digits" else None):  # as running, once the model is known
+            return RUNNERS[command](args, editor)

@@ -1,7 +1,7 @@
 """Many images at once: batched, resumable inversion, reconstruction and editing, sharded over processes.
 
-    from bdia.pipelines.batch import invert_files, reconstruct_files
-    from bdia.pipelines.batch_cli import load_editor
+    from bdia.datasets.batch import invert_files, reconstruct_files
+    from bdia.editing import load_editor
     editor = load_editor("digits")                                                # or a Stable Diffusion model
     invert_files(editor, ["digits/"], "inverted/", batch_size=8, num_steps=50)   # one .safetensors per image
     reconstruct_files(editor, ["inverted/"], "again/")                            # one .png per inversion
@@ -49,9 +49,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from ..io import atomic_path
+from ..io.files import atomic_path
 from ..solvers import Inversion
-from .saved import ImageInversion, load_inversion, save_inversion
+from ..io.saved import ImageInversion, load_inversion, save_inversion
 
 __all__ = ["IMAGE_EXTENSIONS", "Item", "Summary", "find_inputs", "plan_batches", "iter_inversions",
            "split_inversion", "stack_inversions", "invert_files", "reconstruct_files", "edit_files",

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..io import atomic_path
+from .files import atomic_path
 from ..flow import FlowSchedule
 from ..grids import GRID_KINDS
 from ..schedule import Grid, Schedule

@@ -9,7 +9,7 @@ The model works in pixel space: there is no VAE, the "latents" are the 16x16 gra
 [-1, 1] (``bdia.digits.to_model``), encode is that conversion and decode the identity. Images of
 another size or in colour are converted to 16x16 grayscale with a warning. The prompt "" is the
 null class (the unconditional model); guidance is the model's classifier-free guidance.
-Inversions save and load with :func:`~bdia.pipelines.save_inversion` under the model id
+Inversions save and load with :func:`~bdia.io.saved.save_inversion` under the model id
 ``"digits"``. Nothing here imports diffusers or transformers.
 """
 
@@ -22,20 +22,20 @@ from typing import Any
 
 import torch
 
-from .editor import DIGITS, Backend
-from .images import ImageSizeWarning, read_image, to_8bit
-from .policy import choose_device, image_items, resolve_dtype
-from .saved import dtype_name
+from ...io.images import ImageSizeWarning, read_image, to_8bit
+from ...io.saved import dtype_name
+from ...runtime import choose_device, image_items, resolve_dtype
+from .base import Backend
 
 __all__ = ["DIGITS_MODEL_ID", "DigitsBackend", "parse_class"]
 
-DIGITS_MODEL_ID = DIGITS
+DIGITS_MODEL_ID = "digits"  # the embedded model's id, registered in bdia.editing.backends
 _CLASS_NAME = "DigitsUNet"
 
 
 def parse_class(prompt: Any) -> int | None:
     """The class a digits prompt names: "0".."9" -> 0..9, "" -> None (the null class)."""
-    from ..digits import parse_label
+    from ...digits import parse_label
 
     if isinstance(prompt, str) and prompt.strip() == "":
         return None
@@ -73,13 +73,21 @@ class DigitsBackend(Backend):
     def load(cls, *, device: str | torch.device | None = None,
              dtype: str | torch.dtype | None = None) -> "DigitsBackend":
         """The shipped digits model on ``device`` (default: CUDA, else MPS, else CPU), float32 unless ``dtype``."""
-        from ..digits import load_model
+        from ...digits import load_model
 
         model = load_model(choose_device(device))
         torch_dtype = resolve_dtype(dtype)
         if torch_dtype is not None and torch_dtype != torch.float32:
             model = model.to(torch_dtype)
         return cls(model)
+
+    @classmethod
+    def from_pretrained(cls, model: str = DIGITS_MODEL_ID, *, torch_dtype: str | torch.dtype | None = None,
+                        device: str | torch.device | None = None, progress: bool = True) -> "DigitsBackend":
+        """The registry's entry point (:func:`bdia.editing.backends.load_backend`): :meth:`load` under the model id."""
+        if model != DIGITS_MODEL_ID:
+            raise ValueError(f"the digits backend loads the embedded model {DIGITS_MODEL_ID!r}, not {model!r}")
+        return cls.load(device=device, dtype=torch_dtype)
 
     @property
     def device(self) -> torch.device:
@@ -154,7 +162,7 @@ class DigitsBackend(Backend):
         if size is not None and tuple(size) != (self.size, self.size):
             raise ValueError(f"the digits model takes {self.size}x{self.size} images only, "
                              f"got size {size[0]}x{size[1]}")
-        from ..digits import to_model
+        from ...digits import to_model
 
         pixels = torch.stack([to_model(self._gray_uint8(im, k)) for k, im in enumerate(image_items(images))])
         return pixels.to(self.device)

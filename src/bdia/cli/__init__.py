@@ -1,8 +1,10 @@
-"""The ``bdia`` command line. Each subcommand lives in its own module and registers itself here.
+"""The ``bdia`` command line: one entry point (:func:`main`), one module per subcommand in this folder.
 
 A command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a
 function taking the parsed arguments and returning an exit code. Modules import their heavy
-dependencies (diffusers, matplotlib...) inside that function, so ``bdia --help`` stays fast.
+dependencies (diffusers, matplotlib...) inside that function, so ``bdia --help`` stays fast. What
+the image commands share (argument types and groups, checks, output helpers) is :mod:`.common`;
+the many-inputs form of invert/reconstruct/edit is :mod:`.datasets`.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import importlib
 import sys
 from typing import Sequence
 
+from .common import CommandError
+
+__all__ = ["COMMAND_MODULES", "CommandError", "build_parser", "main"]
+
 # Command modules, in the order `bdia --help` lists them.
-COMMAND_MODULES: list[str] = ["bdia.demo", "bdia.pipelines.cli", "bdia.bench"]
-
-
-class CommandError(ValueError):
-    """An error the user can fix; printed as one line without a traceback."""
+COMMAND_MODULES: list[str] = ["bdia.cli.demo", "bdia.cli.invert", "bdia.cli.reconstruct", "bdia.cli.edit",
+                               "bdia.cli.generate", "bdia.cli.bench"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="bdia", description="Exact diffusion inversion (BDIA) and its baselines.")
     parser.add_argument("--version", action="version", version=f"bdia {__version__}")

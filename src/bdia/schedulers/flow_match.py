@@ -1,6 +1,6 @@
 """BDIA as a drop-in for diffusers' FlowMatchEulerDiscreteScheduler (SD3, Flux), for generation.
 
-    pipe.scheduler = bdia.pipelines.BDIAFlowScheduler.from_config(pipe.scheduler.config, gamma=1.0)
+    pipe.scheduler = bdia.BDIAFlowScheduler.from_config(pipe.scheduler.config, gamma=1.0)
     image = pipe("a photo of a cat", num_inference_steps=28).images[0]
 
 docs/math.md sections 4 and 9. The grid is the one FlowMatchEulerDiscreteScheduler materialises (same
@@ -13,7 +13,7 @@ with both moves the one DDIM transition on a velocity grid, in float32 (or the s
 gamma = 0 is FlowMatchEulerDiscreteScheduler bit for bit with a float32 model; with a float16/bfloat16
 model diffusers rounds the increment (t_{i+1} - t_i) v to the model's dtype before adding it, this
 scheduler does not, so latents differ by a few units in the last place of that dtype. For exact
-inversion of real images use the editor's flow backend (:mod:`bdia.pipelines.flow_backend`).
+inversion of real images use the editor's flow backend (:mod:`bdia.editing.backends.flow`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..flow import FlowSchedule
 from ..solvers import BDIA
 from ..solvers.base import ddim_transition
 from ..solvers.bdia import bdia_step
-from .scheduler import PairMemory
+from .ddim import PairMemory
 
 __all__ = ["BDIAFlowScheduler"]
 

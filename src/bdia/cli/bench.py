@@ -8,7 +8,7 @@ import sys
 import warnings
 from typing import Any
 
-from .runner import WORKLOADS
+from ..bench.runner import WORKLOADS
 
 
 def register(subparsers: Any) -> None:
@@ -38,9 +38,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
-    from .config import BenchConfig
-    from .runner import render_folder, run_bench
+    from ..bench.config import BenchConfig
+    from ..bench.runner import render_folder, run_bench
+    from . import CommandError
 
     def log(msg: str) -> None:
         if not args.quiet:

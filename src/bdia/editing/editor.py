@@ -14,38 +14,33 @@ same latents under another prompt and guidance. The model runs in its own dtype 
 state stays in ``state_dtype`` (float64 by default).
 
 What is model-specific lives in a :class:`Backend`; the Editor holds the flow that every model
-shares. Backends: Stable Diffusion 1.x/2.x/XL (:mod:`.diffusers_model`), Stable Diffusion 3 and Flux
-(:mod:`.flow_backend`, velocity grids: docs/math.md section 9) and the digits model (:mod:`.digits_editor`);
-``from_pretrained`` picks one from the folder's ``model_index.json``. A new model family is a new
-backend, not a new editor.
+shares. Backends (:mod:`bdia.editing.backends`, one module per family): Stable Diffusion 1.x/2.x/XL
+(``stable_diffusion``), Stable Diffusion 3 and Flux (``flow``, velocity grids: docs/math.md section 9) and
+the digits model (``digits``); ``from_pretrained`` resolves the model once and the backend registry loads
+it (an embedded model by its id, a diffusers folder by its ``model_index.json``). A new model family is a
+new backend registered there, not a new editor.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
-from ..grids import make_grid
-from ..models import ClassifierFreeGuidance
+from ..io.images import pixel_errors, to_uint8
+from ..io.saved import ImageInversion, dtype_name
+from ..runtime import as_size, prompt_list, state_dtype_for
 from ..schedule import Grid, Schedule
 from ..solvers import Solver, make_solver
-from .images import pixel_errors, to_pil
-from ..digits.data import to_uint8 as _to_uint8
-from .policy import as_size, prompt_list, resolve_dtype, state_dtype_for
-from .saved import ImageInversion, dtype_name
+from .backends import FAMILY_NAMES, Backend, backend_for_pipeline, load_backend, resolve_model_choice
 
 __all__ = ["Backend", "Editor", "EditResult", "compare_pixels", "load_editor"]
 
 Prompt = str | Sequence[str]
 SAME = type("Same", (), {"__repr__": lambda self: "SAME"})()  # edit(): keep the inversion's negative prompt
-DIGITS = "digits"  # the model id of the embedded digits model
-FAMILY_NAMES = {"digits": "the embedded digits model", "sd": "a Stable Diffusion pipeline",  # Backend.family
-                "sd3": "a Stable Diffusion 3 pipeline", "flux": "a Flux pipeline"}
 
 
 @dataclass
@@ -58,115 +53,6 @@ class EditResult:
     seconds: float
     latent_error: float | None = None  # max |z_rec - z| against the inverted latents (reconstruct only)
     info: dict[str, Any] = field(default_factory=dict)
-
-
-class Backend(ABC):
-    """The model-specific pieces the :class:`Editor` needs; everything else is shared.
-
-    Required (size is (width, height) in pixels):
-
-    - ``schedule``: the noise schedule grids are built from (a :class:`bdia.Schedule`);
-    - ``device``, ``dtype``: where and in which dtype the model runs;
-    - ``load_images(images, size)``: paths/PIL/tensors (or a list) -> a pixel batch in [-1, 1];
-    - ``encode(pixels)`` / ``decode(latents, size)``: pixels <-> latents (float32 out; decode clips to [-1, 1]);
-    - ``conditions(prompts, negatives, height, width)``: (cond, uncond) for the model; ``negatives`` None
-      is the model's default unconditional branch;
-    - ``latent_shape(batch, height, width)``: the latents' shape (ValueError for an unsupported size);
-    - ``default_size``: (width, height) that ``generate`` makes by default;
-    - ``record()`` / ``check_record(record)``: the model id, class, dtype and fingerprint saved with an
-      inversion; refuse an inversion of another model;
-    - ``family``: "digits", "sd" (Stable Diffusion 1.x/2.x/XL), "sd3" or "flux", saved with an inversion;
-      the Editor refuses an inversion of another family before anything else.
-
-    With defaults for :class:`bdia.Schedule` models that a flow-matching backend overrides:
-
-    - ``guided(cond, uncond, scale)``: the model the solvers run on this backend's grids under guidance
-      (default: classifier-free guidance over ``eps_model(x, t, cond)``);
-    - ``grid(num_steps, strength, size)``: the grid (default ``schedule.grid`` truncated to ``strength``;
-      a flow model's grid may depend on the image size);
-    - ``schedule_record()`` / ``check_schedule(record)``: the schedule saved with an inversion; refuse another.
-
-    Optional: ``check_prompt(prompt)`` refuses a prompt the model cannot take, before any work;
-    ``to_images(pixels)`` (default RGB, or grayscale for one channel); ``latent_name`` and
-    ``lossy_codec`` (True when decode(encode(x)) != x, e.g. a VAE) shape the reports;
-    ``default_guidance`` is generate()'s guidance scale.
-    """
-
-    family: str = "sd"
-    latent_name = "latent"
-    lossy_codec = True
-    default_guidance = 7.5
-    schedule: Schedule
-    eps_model: Any  # model(x, t, cond) -> eps
-
-    @property
-    @abstractmethod
-    def device(self) -> torch.device: ...
-
-    @property
-    @abstractmethod
-    def dtype(self) -> torch.dtype: ...
-
-    @abstractmethod
-    def load_images(self, images: Any, size: tuple[int, int] | None = None) -> torch.Tensor: ...
-
-    @abstractmethod
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
-
-    @abstractmethod
-    def decode(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
-
-    @abstractmethod
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
-                   width: int) -> tuple[Any, Any]: ...
-
-    @abstractmethod
-    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]: ...
-
-    @property
-    @abstractmethod
-    def default_size(self) -> tuple[int, int]: ...
-
-    @abstractmethod
-    def record(self) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def check_record(self, record: dict[str, Any]) -> None: ...
-
-    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None,
-             kind: str = "diffusers") -> Grid:
-        grid = make_grid(self.schedule, int(num_steps), kind)
-        return grid if float(strength) == 1.0 else grid.truncated(strength)
-
-    def schedule_record(self) -> dict[str, Any]:
-        """The schedule's config as plain data, saved with an inversion."""
-        return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in dict(self.schedule.config).items()}
-
-    def check_schedule(self, record: dict[str, Any]) -> None:
-        """Refuse an inversion made under another noise schedule or prediction type."""
-        saved = Schedule.from_config(record)
-        if not torch.equal(saved.alphas_cumprod, self.schedule.alphas_cumprod):
-            raise ValueError("this inversion was made with another noise schedule (betas) than this model's; "
-                             "load the model it was inverted with")
-        if saved.prediction_type != self.schedule.prediction_type:
-            raise ValueError(
-                f"this inversion was made with a {saved.prediction_type!r}-prediction model and this "
-                f"model predicts {self.schedule.prediction_type!r}; load the model it was inverted with"
-            )
-
-    def guided(self, cond: Any, uncond: Any, scale: float) -> Any:
-        return ClassifierFreeGuidance(self.eps_model, cond, uncond, scale)
-
-    def check_prompt(self, prompt: str) -> None:
-        """Refuse a prompt this model cannot take (any text is fine by default)."""
-
-    def to_images(self, pixels: torch.Tensor) -> list:
-        """PIL images from pixels in [-1, 1]: RGB, or grayscale ("L") for one channel."""
-        if pixels.shape[1] != 1:
-            return to_pil(pixels)
-        from PIL import Image
-
-        return [Image.fromarray(im[0].numpy(), mode="L") for im in _to_uint8(pixels.cpu())]
 
 
 class _Progress:
@@ -197,9 +83,9 @@ class Editor:
 
     Args:
         backend: a :class:`Backend`, or a loaded diffusers ``StableDiffusionPipeline`` /
-            ``StableDiffusionXLPipeline`` (wrapped in :class:`~bdia.pipelines.diffusers_model.StableDiffusionBackend`
+            ``StableDiffusionXLPipeline`` (wrapped in :class:`~bdia.editing.backends.stable_diffusion.StableDiffusionBackend`
             with ``model_id``, ``revision`` and ``schedule_overrides`` such as ``timestep_spacing="trailing"``),
-            ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (:mod:`bdia.pipelines.flow_backend`).
+            ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (:mod:`bdia.editing.backends.flow`).
         state_dtype: the solver state's dtype (float64 by default; float32 loses digits, see docs/math.md).
         progress: show a progress bar on the sampling loops (tqdm); each call may override it.
     """
@@ -207,11 +93,7 @@ class Editor:
     def __init__(self, backend: Any, *, state_dtype: torch.dtype = torch.float64, progress: bool = True,
                  **pipeline_options: Any):
         if not isinstance(backend, Backend):
-            from .flow_backend import FluxBackend, SD3Backend
-            from .diffusers_model import StableDiffusionBackend
-
-            flow = {cls.pipeline_class: cls for cls in (SD3Backend, FluxBackend)}
-            backend = flow.get(type(backend).__name__, StableDiffusionBackend)(backend, **pipeline_options)
+            backend = backend_for_pipeline(backend, **pipeline_options)
         elif pipeline_options:
             raise TypeError(f"options {sorted(pipeline_options)} apply to a diffusers pipeline, "
                             f"not a {type(backend).__name__}")
@@ -226,22 +108,14 @@ class Editor:
         """An editor for ``model``: "digits" (the embedded digits model), a diffusers folder or a hub id.
 
         The backend follows the pipeline class in the folder's ``model_index.json``: Stable Diffusion
-        (1.x/2.x/XL), Stable Diffusion 3 or Flux (:func:`~bdia.pipelines.loading.model_family`).
+        (1.x/2.x/XL), Stable Diffusion 3 or Flux (:func:`~bdia.io.loading.model_family`).
 
         ``torch_dtype`` is the model's dtype (float16 halves memory; the solver state stays float64);
         ``device`` defaults to CUDA, else MPS, else the CPU. Other keywords (``revision``,
-        ``variant``, ``allow_pickle``...) go to :func:`~bdia.pipelines.loading.load_pipeline`.
+        ``variant``, ``allow_pickle``...) go to :func:`~bdia.io.loading.load_pipeline`.
         """
-        if str(model) == DIGITS:
-            from .digits_editor import DigitsBackend
-
-            if kwargs:
-                raise ValueError(f"{', '.join(sorted(kwargs))}: these apply to diffusers models; the digits model "
-                                 "ships with bdia")
-            backend: Backend = DigitsBackend.load(device=device, dtype=torch_dtype)
-        else:
-            backend = _backend_class(model, kwargs.get("revision")).from_pretrained(
-                model, torch_dtype=torch_dtype, device=device, progress=progress, **kwargs)
+        choice = resolve_model_choice(model, dtype=torch_dtype, device=device, revision=kwargs.pop("revision", None))
+        backend = load_backend(choice, progress=progress, **kwargs)
         return cls(backend, state_dtype=state_dtype, progress=progress)
 
     # ----- what callers read ----------------------------------------------------------------------
@@ -332,7 +206,7 @@ class Editor:
             clean = inv.clean.to(result.latents)
             result.latent_error = float((result.latents - clean).abs().max())
             decode = self.backend.decode
-            same = _to_uint8(decode(result.latents, inv.image_size)) == _to_uint8(decode(clean, inv.image_size))
+            same = to_uint8(decode(result.latents, inv.image_size)) == to_uint8(decode(clean, inv.image_size))
             result.info["identical"] = float(same.double().mean())
         return result
 
@@ -383,7 +257,7 @@ class Editor:
                      size: int | Sequence[int] | None = None) -> dict[str, float]:
         """Errors of a reconstruction against ``image`` (see :func:`compare_pixels`); with a lossy codec (a
         VAE) also ``vae_roundtrip`` (the codec's own round trip, which exact inversion cannot beat) and
-        ``vs_vae`` (reconstruction against that round trip; :func:`bdia.pipelines.images.pixel_errors`).
+        ``vs_vae`` (reconstruction against that round trip; :func:`bdia.io.images.pixel_errors`).
         Pass the inversion's size if it was resized.
         """
         pixels = self.backend.load_images(image, as_size(size) or (inv.image_size if inv else None))
@@ -450,46 +324,13 @@ class Editor:
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
 
-def _backend_class(model: Any, revision: str | None = None) -> type:
-    """The backend class a diffusers pipeline folder or hub id needs, from its model_index.json."""
-    from .loading import model_family
-
-    family = model_family(model, revision)
-    if family == "sd3":
-        from .flow_backend import SD3Backend
-
-        return SD3Backend
-    if family == "flux":
-        from .flow_backend import FluxBackend
-
-        return FluxBackend
-    from .diffusers_model import StableDiffusionBackend
-
-    return StableDiffusionBackend
-
-
 def load_editor(model: str, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
                 revision: str | None = None, progress: bool = True, **kwargs: Any) -> Editor:
     """An editor with the command line's defaults: "auto" dtype on CUDA is float16 for Stable Diffusion
-    and bfloat16 for SD3 and Flux (their transformers overflow float16), float32 elsewhere (the digits
-    model always defaults to float32)."""
-    from .policy import choose_device
-
-    dev = choose_device(device)
-    torch_dtype = resolve_dtype(dtype)
-    if model == DIGITS:
-        if revision is not None:
-            raise ValueError("--revision applies to hub models; the digits model ships with bdia")
-    else:
-        if torch_dtype is None and dev.type == "cuda":
-            from .loading import model_family
-
-            torch_dtype = torch.float16 if model_family(model, revision) == "sd" else torch.bfloat16
-        elif torch_dtype is None:
-            torch_dtype = torch.float32
-        if revision is not None:
-            kwargs["revision"] = revision
-    return Editor.from_pretrained(model, torch_dtype=torch_dtype, device=dev, progress=progress, **kwargs)
+    and bfloat16 for SD3 and Flux (their transformers overflow float16), float32 elsewhere (the embedded
+    models always default to float32). The model is resolved once (:func:`resolve_model_choice`)."""
+    choice = resolve_model_choice(model, dtype=dtype, device=device, revision=revision, cli_defaults=True)
+    return Editor(load_backend(choice, progress=progress, **kwargs), progress=progress)
 
 
 def compare_pixels(original: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
@@ -500,6 +341,6 @@ def compare_pixels(original: torch.Tensor, other: torch.Tensor) -> dict[str, flo
         raise ValueError(f"{original.shape[0]} image(s) of shape {tuple(original.shape[1:])} given for "
                          f"{other.shape[0]} of shape {tuple(other.shape[1:])}")
     a, b = original.detach().double().cpu(), other.detach().double().cpu()
-    diff8 = (_to_uint8(a).int() - _to_uint8(b).int()).abs()
+    diff8 = (to_uint8(a).int() - to_uint8(b).int()).abs()
     return {"reconstruction": float((a - b).abs().mean() / 2.0), "max_error": int(diff8.max()),
             "identical": float((diff8 == 0).double().mean())}

@@ -1,7 +1,7 @@
 """The edge between diffusers' Stable Diffusion pipelines and the core's model contract.
 
 :class:`StableDiffusionBackend` is the Stable Diffusion family (SD 1.x, 2.x, SDXL) behind
-:class:`~bdia.pipelines.Editor`: VAE latents, text prompts, classifier-free guidance.
+:class:`~bdia.editing.Editor`: VAE latents, text prompts, classifier-free guidance.
 
 :class:`UNetModel` turns a ``UNet2DConditionModel`` into ``model(x, t, cond) -> prediction`` with
 ``cond`` a flat dict of tensors (``encoder_hidden_states``; for SDXL also ``text_embeds`` and
@@ -19,13 +19,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models import to_eps
-from ..schedule import Schedule
-from ..solvers import NonFiniteError
-from .editor import Backend
-from .images import to_pixels
-from .policy import choose_device, prompt_list, resolve_dtype
-from .saved import dtype_name
+from ...models import to_eps
+from ...schedule import Schedule
+from ...solvers import NonFiniteError
+from .base import Backend
+from ...io.images import to_pixels
+from ...runtime import choose_device, prompt_list, resolve_dtype
+from ...io.saved import dtype_name
 
 __all__ = ["StableDiffusionBackend", "UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl",
            "pipeline_fingerprint"]
@@ -208,9 +208,9 @@ class StableDiffusionBackend(Backend):
                         device: str | torch.device | None = None, revision: str | None = None,
                         progress: bool = True, **kwargs: Any) -> "StableDiffusionBackend":
         """Load a pipeline from a local folder or a hub id (hub ids download on the user's machine) with
-        :func:`~bdia.pipelines.loading.load_pipeline`: safetensors weights only unless ``allow_pickle=True``;
+        :func:`~bdia.io.loading.load_pipeline`: safetensors weights only unless ``allow_pickle=True``;
         other keywords (``variant``, ...) go to diffusers."""
-        from .loading import load_pipeline, resolve_model
+        from ...io.loading import load_pipeline, resolve_model
 
         pipe = load_pipeline(model, dtype=resolve_dtype(torch_dtype), revision=revision, progress=progress, **kwargs)
         pipe = pipe.to(choose_device(device))
