@@ -100,6 +100,8 @@ class Schedule:
     steps_offset: int = 0
     prediction_type: str = "epsilon"
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # the float32 betas DDIMScheduler keeps as ``betas`` (after zero-SNR rescaling); abar derives from them
+    betas: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> "Schedule":
@@ -148,6 +150,7 @@ class Schedule:
             steps_offset=int(cfg["steps_offset"]),
             prediction_type=cfg["prediction_type"],
             config=cfg,
+            betas=betas,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -168,9 +171,13 @@ class Schedule:
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.numel())
 
-    def timesteps(self, num_steps: int) -> torch.Tensor:
-        """The N descending training timesteps diffusers' DDIMScheduler.set_timesteps produces."""
-        T = self.num_train_timesteps
+    def timesteps(self, num_steps: int, num_train_timesteps: int | None = None) -> torch.Tensor:
+        """The N descending training timesteps diffusers' DDIMScheduler.set_timesteps produces.
+
+        ``num_train_timesteps``: the T of the spacing rule, by default the length of the abar table
+        (DDIMScheduler takes T from its config even when its ``trained_betas`` have another length).
+        """
+        T = self.num_train_timesteps if num_train_timesteps is None else int(num_train_timesteps)
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
             raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__}")
         if num_steps < 2:
@@ -190,9 +197,15 @@ class Schedule:
             )
         return torch.from_numpy(ts.copy())
 
-    def grid(self, num_steps: int) -> "Grid":
-        """The sampling grid for ``num_steps`` model evaluations (docs/math.md section 2)."""
-        ts = self.timesteps(num_steps)
+    def grid(self, num_steps: int, num_train_timesteps: int | None = None) -> "Grid":
+        """The sampling grid for ``num_steps`` model evaluations (docs/math.md section 2);
+        ``num_train_timesteps`` as in :meth:`timesteps`."""
+        ts = self.timesteps(num_steps, num_train_timesteps)
+        if int(ts.max()) >= self.num_train_timesteps:
+            raise ValueError(
+                f"the {num_steps}-step grid needs timestep {int(ts.max())}, but the schedule has "
+                f"{self.num_train_timesteps} betas: give one beta per training timestep"
+            )
         abar = torch.cat([self.alphas_cumprod[ts], torch.tensor([self.final_alphas_cumprod], dtype=torch.float64)])
         return Grid.from_alphas_cumprod(ts, abar, time_of=self)
 

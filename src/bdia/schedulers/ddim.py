@@ -19,6 +19,10 @@ Zero terminal SNR (``rescale_betas_zero_snr``): abar = 0 at the last training ti
 DDIMScheduler (x0 = -v there for v-prediction); an eps-prediction model, for which DDIMScheduler
 returns non-finite values at that point, is converted with the 2**-24 floor of diffusers' other
 schedulers. Unlike DDIMScheduler, at least 2 inference steps are needed (BDIA's pair).
+With gamma = 0 at every step nothing needs the pair, and BDIAScheduler takes what DDIMScheduler takes:
+a step from a timestep that is not in ``timesteps`` goes to t - num_train_timesteps // N (DDIMScheduler's
+rule), ``sample_max_value`` below 1, ``trained_betas`` of another length than ``num_train_timesteps``
+(used as given). With gamma > 0 these are refused with an error saying what to change.
 """
 
 from __future__ import annotations
@@ -80,25 +84,33 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
     order = 1
 
     def _setup(self, gamma: Any, inverse: bool) -> None:
-        cfg = {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
-        if cfg.get("trained_betas") is not None:
-            cfg["trained_betas"] = [float(b) for b in cfg["trained_betas"]]
-        self.schedule = Schedule.from_config(cfg)
         self._solver = BDIA(gamma)  # validates gamma; gives the per-step values on a grid
         c = self.config
-        if c.step_pairing not in STEP_PAIRINGS:
-            raise ValueError(f"step_pairing must be one of {STEP_PAIRINGS}, got {c.step_pairing!r}")
         zero_gamma = self._solver.gamma == 0.0 or (
             isinstance(self._solver.gamma, tuple) and not any(self._solver.gamma))
-        if c.step_pairing == "stride" and (inverse or not zero_gamma):
+        # gamma = 0 at every step is DDIM, which needs no pair: such a generating scheduler takes what
+        # DDIMScheduler takes (any timestep, any sample_max_value, trained_betas of any length).
+        self._ddim_only = zero_gamma and not inverse
+        cfg = {k: v for k, v in dict(c).items() if not k.startswith("_")}
+        if cfg.get("trained_betas") is not None:
+            cfg["trained_betas"] = [float(b) for b in cfg["trained_betas"]]
+            if self._ddim_only and len(cfg["trained_betas"]) != c.num_train_timesteps:
+                # DDIMScheduler's table is the betas as given; its timesteps still follow num_train_timesteps
+                cfg["num_train_timesteps"] = len(cfg["trained_betas"])
+        self.schedule = Schedule.from_config(cfg)
+        if c.step_pairing not in STEP_PAIRINGS:
+            raise ValueError(f"step_pairing must be one of {STEP_PAIRINGS}, got {c.step_pairing!r}")
+        if c.step_pairing == "stride" and not self._ddim_only:
             raise ValueError(
                 "step_pairing='stride' reproduces DDIMScheduler (gamma=0) only; BDIA's pair needs every step to "
                 "land on the next grid point: use step_pairing='next' (the default) or gamma=0"
             )
         if c.thresholding and not 0.0 < c.dynamic_thresholding_ratio <= 1.0:
             raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {c.dynamic_thresholding_ratio}")
-        if c.thresholding and c.sample_max_value < 1.0:
-            raise ValueError(f"sample_max_value must be at least 1, got {c.sample_max_value}")
+        if c.thresholding and c.sample_max_value < 1.0 and not self._ddim_only:
+            # below 1 the threshold s = sample_max_value always rescales x0 (a stretch, not a clip)
+            raise ValueError(f"sample_max_value must be at least 1, got {c.sample_max_value} "
+                             "(smaller values are taken as DDIMScheduler takes them only with gamma=0)")
         if c.clip_sample and not c.thresholding and c.clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range must be positive, got {c.clip_sample_range}")
         if inverse and (c.clip_sample or c.thresholding):
@@ -109,6 +121,8 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         # DDIMScheduler's float32 table, bit for bit. Schedule floors a zero-SNR abar at 2**-24 so that
         # its eps-only moves stay finite; DDIMScheduler keeps the exact 0, which v- and x0-prediction
         # models handle (x0 = -v there), so the exact value is used except for eps-prediction below.
+        self.betas = self.schedule.betas
+        self.alphas = 1.0 - self.betas
         self.alphas_cumprod = self.schedule.alphas_cumprod.float()
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 0.0
@@ -124,7 +138,7 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         if n > self.config.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps ({n}) cannot exceed num_train_timesteps ({self.config.num_train_timesteps})")
-        self.grid = self.schedule.grid(n)
+        self.grid = self.schedule.grid(n, self.config.num_train_timesteps)
         self._gammas = self._solver.gammas(self.grid)
         self.num_inference_steps = n
         self._abars = [self._abar(int(t)) for t in self.grid.timesteps] + [float(self.final_alpha_cumprod)]
@@ -184,8 +198,9 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         if self.grid is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         t = float(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
-        if t != int(t) or not 0 <= t < self.config.num_train_timesteps:
-            raise ValueError(f"timestep {t:g} is not a training timestep in [0, {self.config.num_train_timesteps - 1}]")
+        n = self.alphas_cumprod.numel()  # num_train_timesteps, or the length of trained_betas as DDIM uses them
+        if t != int(t) or not 0 <= t < n:
+            raise ValueError(f"timestep {t:g} is not a training timestep in [0, {n - 1}]")
         return int(t)
 
     def _output(self, prev: torch.Tensor, x0: torch.Tensor, sample: torch.Tensor, return_dict: bool):
@@ -230,7 +245,8 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
             With gamma = 0 every step is DDIMScheduler's step with eta = 0.
         step_pairing: where a step from timestep t lands.
             ``"next"`` (default): the next element of ``timesteps`` (the clean end after the last);
-            BDIA's backward move lands on the previous element.
+            BDIA's backward move lands on the previous element. A timestep not in ``timesteps``
+            is refused, except with gamma = 0, where it takes DDIMScheduler's rule as "stride" does.
             ``"stride"``: ``t - num_train_timesteps // num_inference_steps`` (the clean end below 0),
             DDIMScheduler's rule, for bit-level compatibility with gamma = 0 only.
             The two agree for ``timestep_spacing="leading"``. For "trailing" and "linspace" they differ:
@@ -325,6 +341,13 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
         self._start = None
         return z_next.to(z)
 
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """DDIMScheduler's variance of its step timestep -> prev_timestep (the noise eta > 0 scales);
+        BDIA adds no noise, this is DDIMScheduler's API, computed as it does (float32)."""
+        abar = self.alphas_cumprod[timestep]
+        abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
              eta: float = 0.0, use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
              variance_noise: torch.Tensor | None = None, return_dict: bool = True) -> DDIMSchedulerOutput | tuple:
@@ -336,13 +359,17 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
             )
         t = self._timestep(timestep)
         z, out = self._work(sample, model_output)
-        if self.config.step_pairing == "stride":  # DDIMScheduler's rule, gamma = 0
+        hits = (self.grid.timesteps == t).nonzero().flatten()
+        if self.config.step_pairing == "stride" or (hits.numel() == 0 and self._ddim_only):
+            # DDIMScheduler's rule from any timestep; only gamma = 0 gets here, which needs no pair
             x0, eps = self._predict(out, z, t, use_clipped_model_output)
             prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+            if hits.numel() == 0:
+                self._reset()  # off the grid: the next grid step starts a new pair
             return self._output(_ddim_move(x0, eps, self._abar(prev_t)), x0, sample, return_dict)
-        hits = (self.grid.timesteps == t).nonzero().flatten()
         if hits.numel() == 0:
-            raise ValueError(f"timestep {t} is not on this scheduler's grid {self.grid!r}")
+            raise ValueError(f"timestep {t} is not on this scheduler's grid {self.grid!r}: BDIA's pair (gamma > 0) "
+                             "needs the timesteps of set_timesteps; only gamma=0 (DDIM) steps from other ones")
         i = int(hits[0])
         paired = self._paired(z, i) and self._gammas[i - 1] != 0
         x0, fwd, bwd = self._moves(out, z, i, paired, use_clipped_model_output)
