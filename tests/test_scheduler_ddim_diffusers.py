@@ -22,7 +22,7 @@ pytest.importorskip("diffusers")
 import diffusers  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
 
-from bdia.pipelines import BDIAScheduler  # noqa: E402
+from bdia.schedulers import BDIAScheduler  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
