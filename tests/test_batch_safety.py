@@ -222,3 +222,76 @@ def test_item5_one_run_per_output_folder_and_a_killed_runs_lock_is_taken_over(da
     code, stdout, err = bdia_cli("invert", data / "in", "-o", out, "--prompt", "3", "--steps", STEPS, "-q")
     assert code == 0 and "3 already done" in stdout and f"pid {holder.pid}" in err and "took over" in err, err
     assert not (out / ".bdia-lock").exists()  # released at the end
+
+
+def test_item6_an_output_name_too_long_fails_alone(data, bdia_cli):
+    long = data / "in" / ("x" * 248 + ".png")  # its .safetensors name exceeds 255 bytes
+    long.write_bytes((data / "in" / "d0.png").read_bytes())
+    code, out, err = bdia_cli("invert", data / "in", "-o", data / "inv2", "--prompt", "3", "--steps", STEPS, "-q")
+    assert code == 1 and "3 written" in out and "1 failed" in out and "Traceback" not in err, (out, err)
+
+
+def test_item11_bit_exact_refuses_inputs_that_require_grad():
+    import torch
+
+    from bdia.solvers import BDIA
+
+    grid = _grid()
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="backprop='reversible'"):
+        BDIA(0.5, bit_exact=True).sample(lambda z, t: 0.1 * z, x, grid)
+    out = BDIA(0.5, bit_exact=True).sample(lambda z, t: 0.1 * z, x.detach(), grid)  # without grad: as before
+    assert not out.requires_grad
+
+
+def _grid():
+    from bdia.schedule import Schedule
+
+    return Schedule.from_config({}).grid(5)
+
+
+def test_item12_smaller_defects(tmp_path, data, bdia_cli):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from bdia.pipelines.batch_cli import load_editor
+    from bdia.pipelines.images import read_image
+    from bdia.schedule import Schedule
+    from bdia.solvers import BDIA
+
+    # EXIF orientation: a photo tagged Orientation=6 is read as a viewer shows it
+    arr = np.zeros((16, 24, 3), np.uint8)
+    arr[:4, :, 0] = 255  # a red top strip
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    im = read_image(tmp_path / "rot.jpg")
+    assert im.size == (16, 24)  # turned: the stored 24x16 is shown 16 wide
+    # names that are not UTF-8 are refused as failed, not written unreadably
+    bad = os.fsencode(data / "in") + b"/\xff.png"
+    with open(bad, "wb") as f:
+        f.write((data / "in" / "d0.png").read_bytes())
+    code, out, err = bdia_cli("invert", data / "in", "-o", data / "inv3", "--prompt", "3", "--steps", STEPS, "-q")
+    assert code == 1 and "3 written" in out and "1 failed" in out and "not valid UTF-8" in err, (out, err)
+    # a schedule config cannot ask for terabytes
+    with pytest.raises(ValueError, match="num_train_timesteps must be in"):
+        Schedule.from_config({"num_train_timesteps": 10**12})
+    # --batch-size 0 is refused before anything is created
+    code, _, err = bdia_cli("invert", data / "in", "-o", tmp_path / "b0", "--batch-size", "0", "--prompt", "3", "-q")
+    assert code == 2 and "batch_size" in err and not (tmp_path / "b0").exists(), err
+    editor = load_editor("digits", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="num_images=3 with 2 prompts"):
+        editor.generate(["3", "4"], num_images=3, num_steps=2, progress=False)
+    with pytest.raises(ValueError, match="height must be a positive"):
+        editor.generate("3", height=0, num_steps=2, progress=False)
+    with pytest.raises(TypeError, match="load_inversion"):
+        editor.reconstruct(os.fspath(data / "in" / "d0.png"))
+
+    # a model that changes its input in place is detected, not a silent round-trip error
+    def rude(z, t):
+        z.mul_(1.0001)
+        return 0.1 * z.clone()
+
+    with pytest.raises(RuntimeError, match="changed its input in place"):
+        BDIA(0.5).sample(rude, torch.randn(2, 3, dtype=torch.float64), _grid())

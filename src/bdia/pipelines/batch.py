@@ -260,9 +260,11 @@ def _open_image(source: Any) -> Any:
     if isinstance(source, (str, os.PathLike)):
         from PIL import Image
 
+        from PIL import ImageOps
+
         with Image.open(source) as im:
             im.load()
-            return im.copy()
+            return ImageOps.exif_transpose(im)  # as viewers show it (a phone photo is stored sideways)
     return source
 
 
@@ -272,7 +274,9 @@ def _image_key(source: Any) -> tuple:
         from PIL import Image
 
         with Image.open(source) as im:
-            return tuple(im.size)
+            w, h = im.size
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+            return (h, w) if turned else (w, h)
     if isinstance(source, torch.Tensor):
         return tuple(source.shape)
     return tuple(source.size)  # PIL
@@ -661,6 +665,9 @@ def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, histo
             state = _state(task, it, target, history, settings[it], sources[it], overwrite, record)
         except _Refused as e:
             record(it, "failed", str(e))
+            continue
+        except OSError as e:  # e.g. an output name longer than the file system allows: this input alone fails
+            record(it, "failed", f"cannot use the output {target}: {_reason(e)}")
             continue
         if state == "done":
             summary.skipped += 1

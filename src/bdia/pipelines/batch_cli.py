@@ -128,7 +128,8 @@ def _folder_output(args: argparse.Namespace) -> str:
 def _report(summary: Summary, out: str, command: str) -> int:
     print(f"{command}: {summary}")
     for source, reason in summary.failures[:10]:
-        print(f"  failed: {source}: {reason}", file=sys.stderr)
+        shown = source.encode("utf-8", "backslashreplace").decode()  # a file name that is not UTF-8
+        print(f"  failed: {shown}: {reason}", file=sys.stderr)
     if summary.rank == 0:
         print(f"wrote {Path(out) / MANIFEST}")
     return 1 if summary.failed else 0
