@@ -747,12 +747,25 @@ def invert_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: s
                  {} if err is None else {"round_trip_error": err})
                 for one, err in zip(split_inversion(inv), errors)]
 
-    fixed = {k: v for k, v in invert_kwargs.items() if k != "progress"}
+    fixed = _with_defaults(editor.invert, invert_kwargs)
     task = _Task("invert", INVERSION_EXTENSION, lambda it: _image_key(it.source), load, run,
                  lambda it: _prompt_of(it, prompt),
                  lambda it: {"command": "invert", "model": _model_of(editor), "prompt": _prompt_of(it, prompt), **fixed})
     return _run(task, items, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress,
                 device=_device_of(editor), inputs=inputs)
+
+
+def _with_defaults(method: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword settings a call gives, with the method's defaults filled in: an option passed at its
+    default value and one left out are the same setting (the CLI passes some the API leaves out)."""
+    import inspect
+
+    try:
+        defaults = {n: p.default for n, p in inspect.signature(method).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+    except (TypeError, ValueError):  # no signature to read
+        defaults = {}
+    return {k: v for k, v in {**defaults, **kwargs}.items() if k != "progress"}
 
 
 def _model_of(editor: Any) -> Any:
@@ -843,4 +856,4 @@ def edit_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: str
                        lambda inv, batch: editor.edit(inv, [_prompt_of(it, prompt) for it in batch], **edit_kwargs),
                        batch_size=batch_size, overwrite=overwrite, progress=progress,
                        prompt_of=lambda it: _prompt_of(it, prompt), inputs=inputs,
-                       settings={k: v for k, v in edit_kwargs.items() if k != "progress"})
+                       settings=_with_defaults(editor.edit, edit_kwargs))
