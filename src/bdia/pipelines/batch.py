@@ -258,9 +258,7 @@ def stack_inversions(invs: Sequence[ImageInversion]) -> ImageInversion:
 def _open_image(source: Any) -> Any:
     """An image file read completely (a truncated or damaged file fails here), or the object as given."""
     if isinstance(source, (str, os.PathLike)):
-        from PIL import Image
-
-        from PIL import ImageOps
+        from PIL import Image, ImageOps
 
         with Image.open(source) as im:
             im.load()
