@@ -14,11 +14,14 @@ way, or the ``manifest.jsonl`` of an inversion run. Each input gets one output u
 whose name is derived from the input's path (its path inside the folder it was found in), and one
 record in ``out_dir/manifest.jsonl``: name, source, output, sha256, prompt, status, error, seconds.
 
-Safety: every output is written atomically (``bdia.io.atomic_path``), and each manifest record is
-flushed and fsynced as soon as its output is in place, so a killed run loses no finished result and
-leaves no partial file at an output path. A rerun skips the inputs whose output exists and matches
-its recorded checksum (or verifies by reading it), and never overwrites without ``overwrite=True``.
-An input that cannot be read is recorded as failed with the reason and the run goes on.
+Safety (docs/datasets.md): every output is written atomically (``bdia.io.atomic_path``), with a
+"writing" record (its checksum) fsynced before the rename and a "done" record after, so a killed run
+loses no finished result and leaves no partial file at an output path. A rerun skips an input whose
+output this folder's manifest recorded with the same checksum, settings and source checksum; a file
+bdia did not write is never adopted nor replaced, and one made otherwise is refused (recomputed with
+``overwrite=True``), saying what differs. Names and paths from lists and manifests stay inside their
+folders, an output folder overlapping an input folder is refused, and the folder is locked for the run
+(:mod:`bdia.pipelines.batch_safety`). An input that cannot be used is recorded as failed and the run goes on.
 
 Batches: images of one size are batched in input order (``batch_size``). A float32 network's
 kernels block their sums by batch size, so an image's result depends in its last bits on the batch
