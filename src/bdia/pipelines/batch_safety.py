@@ -173,8 +173,10 @@ class OutputLock:
         except ImportError:  # no flock (Windows): an exclusive create, a dead pid's file taken over
             fcntl = None
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL), 0o644) \
-                if fcntl or not self.path.exists() else None
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL), 0o644)
+            except FileExistsError:  # only without flock: the file is the lock
+                fd = None
             if fd is None:
                 holder = self._holder()
                 if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0) or 0)):
