@@ -137,11 +137,14 @@ def test_resume_is_safe(tmp_path, editor, folder):
     out = tmp_path / "out"
     invert_files(editor, [folder], out, batch_size=4, num_steps=STEPS, progress=False)
     reference = {p.name: p.read_bytes() for p in out.rglob("*.safetensors")}
-    # A run killed after d1's rename but before its record; a torn last line in a manifest part;
-    # d0 removed; d2 replaced by garbage (unrecorded); d3 changed after it was recorded.
+    # A run killed after d1's rename but before its "done" record (its "writing" record is there); a torn
+    # last line in a manifest part; d0 removed; d2 replaced by garbage with its records gone (a file bdia
+    # did not write); d3 changed after it was recorded.
     (out / "d0.safetensors").unlink()
     lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
     kept = [ln for ln in lines if json.loads(ln)["name"] not in ("d0", "d1", "d2")]
+    d1 = next(json.loads(ln) for ln in lines if json.loads(ln)["name"] == "d1")
+    kept.append(json.dumps(dict(d1, status="writing")) + "\n")
     (out / "manifest.jsonl").write_text("".join(kept))
     (out / "manifest.part-0.jsonl").write_text('{"name": "d0", "status": "do')  # the next record goes on a new line
     (out / "d2.safetensors").write_bytes(b"garbage")
@@ -150,17 +153,21 @@ def test_resume_is_safe(tmp_path, editor, folder):
     assert (summary.done, summary.skipped, summary.failed) == (1, 4, 2)
     records = read_manifest(out)
     assert (out / "d0.safetensors").read_bytes() == reference["d0.safetensors"]  # its whole batch was recomputed
-    assert records["d1"]["note"] == "found complete on disk" and records["d1"]["sha256"] == file_sha256(out / "d1.safetensors")
-    assert "not a complete output" in records["d2"]["error"] and (out / "d2.safetensors").read_bytes() == b"garbage"
+    assert records["d1"]["note"] == "completed by an interrupted run"
+    assert records["d1"]["sha256"] == file_sha256(out / "d1.safetensors")
+    assert "not written by this folder" in records["d2"]["error"] and "--overwrite" not in records["d2"]["error"]
+    assert (out / "d2.safetensors").read_bytes() == b"garbage"
     assert "differs from the checksum" in records["d3"]["error"]
     assert not list(out.glob("manifest.part-*"))
     again = invert_files(editor, [folder], out, batch_size=4, num_steps=STEPS, progress=False)
     assert (again.done, again.skipped, again.failed) == (0, 5, 2)  # still refused: a failure is no license
-    # Overwriting is asked for: everything is recomputed, and the damaged outputs replaced.
+    # Overwriting is asked for: what bdia wrote is recomputed; the file it did not write is still not touched.
     summary = invert_files(editor, [folder], out, batch_size=4, num_steps=STEPS, overwrite=True, progress=False)
-    assert (summary.done, summary.failed) == (7, 0)
-    assert {p.name: p.read_bytes() for p in out.rglob("*.safetensors")} == reference
-    assert all(r["status"] == "done" for r in read_manifest(out).values())
+    assert (summary.done, summary.failed) == (6, 1)
+    assert (out / "d2.safetensors").read_bytes() == b"garbage"
+    assert {p.name: p.read_bytes() for p in out.rglob("*.safetensors") if p.name != "d2.safetensors"} == \
+        {k: v for k, v in reference.items() if k != "d2.safetensors"}
+    assert [n for n, r in read_manifest(out).items() if r["status"] != "done"] == ["d2"]
 
 
 def test_reconstruct_and_edit_files(tmp_path, editor, folder, digits):
@@ -188,7 +195,8 @@ def test_reconstruct_and_edit_files(tmp_path, editor, folder, digits):
     summary = edit_files(editor, [edits], tmp_path / "ed", prompt="5", batch_size=8, progress=False)
     assert (summary.done, summary.failed) == (2, 1)
     records = read_manifest(tmp_path / "ed")
-    assert records["inv/in/d0"]["prompt"] == "8" and records["inv/in/d1"]["prompt"] == ""
+    # An empty prompt cell means the run's prompt (issue 21, item 10), not the empty prompt.
+    assert records["inv/in/d0"]["prompt"] == "8" and records["inv/in/d1"]["prompt"] == "5"
     assert "class label" in records["inv/in/d2"]["error"]
     with pytest.raises(ValueError, match="no target prompt"):
         edit_files(editor, [inv_dir], tmp_path / "ed2", progress=False)

@@ -45,6 +45,8 @@ _DDIM_DEFAULTS: dict[str, Any] = {
 ZERO_SNR_ABAR = 2.0**-24
 
 
+MAX_TRAIN_TIMESTEPS = 100_000  # far above any trained model's (1000)
+
 def _cosine_betas(num_train_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
     """GLIDE's squared-cosine schedule (Nichol & Dhariwal 2021), as diffusers discretises it."""
 
@@ -108,8 +110,8 @@ class Schedule:
         """Build from a diffusers scheduler config; ``overrides`` replace single keys."""
         cfg = {**_DDIM_DEFAULTS, **_load_config(config), **overrides}
         T = int(cfg["num_train_timesteps"])
-        if T < 2:
-            raise ValueError(f"num_train_timesteps must be at least 2, got {T}")
+        if not 2 <= T <= MAX_TRAIN_TIMESTEPS:  # bounded as saved inversions are: a config cannot ask for terabytes
+            raise ValueError(f"num_train_timesteps must be in [2, {MAX_TRAIN_TIMESTEPS}], got {T}")
         if cfg.get("trained_betas") is not None:
             betas = torch.tensor(cfg["trained_betas"], dtype=torch.float32).flatten()
             if betas.numel() != T:

@@ -85,7 +85,7 @@ def editor_for(args: argparse.Namespace, command: str) -> Any:
     if command == "invert":
         return load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=device, revision=args.revision,
                            progress=False, **pickle)
-    record = _first_model_record(_inversion_inputs(args, command))
+    record = _common_model_record(_inversion_inputs(args, command))
     model = args.model or record.get("id")
     if not model:
         raise ValueError("the inversions do not record their model; pass --model")
@@ -102,17 +102,28 @@ def _inversion_inputs(args: argparse.Namespace, command: str) -> list:
     return find_inputs(source, "inversion")
 
 
-def _first_model_record(items: list) -> dict[str, Any]:
-    """The ``model`` record of the first inversion file whose header can be read."""
+def _common_model_record(items: list) -> dict[str, Any]:
+    """The ``model`` record most of the readable inversion files share (the first such on a tie). A file
+    made with another model, or with a malformed header, is recorded as failed by the run itself."""
     from safetensors import safe_open
 
+    from ..io.saved import _check_model_record
+
+    counts: dict[str, list] = {}
     for item in items:
+        if item.error is not None:
+            continue
         try:
             with safe_open(item.source, framework="pt") as f:
-                return json.loads((f.metadata() or {})["bdia"]).get("model", {})
-        except Exception:  # a damaged file is recorded as failed by the run itself
+                model = json.loads((f.metadata() or {})["bdia"])["model"]
+            _check_model_record(model)
+        except Exception:  # noqa: BLE001 - any unreadable header is that file's failure, reported by the run
             continue
-    raise ValueError(f"none of the {len(items)} inversion file(s) can be read")
+        key = json.dumps([model.get(k) for k in ("id", "revision", "dtype")])
+        counts.setdefault(key, [0, model])[0] += 1
+    if not counts:
+        raise ValueError(f"none of the {len(items)} inversion file(s) can be read")
+    return max(counts.values(), key=lambda c: c[0])[1]
 
 
 def _folder_output(args: argparse.Namespace) -> str:
@@ -124,7 +135,8 @@ def _folder_output(args: argparse.Namespace) -> str:
 def _report(summary: Summary, out: str, command: str) -> int:
     print(f"{command}: {summary}")
     for source, reason in summary.failures[:10]:
-        print(f"  failed: {source}: {reason}", file=sys.stderr)
+        shown = source.encode("utf-8", "backslashreplace").decode()  # a file name that is not UTF-8
+        print(f"  failed: {shown}: {reason}", file=sys.stderr)
     if summary.rank == 0:
         print(f"wrote {Path(out) / MANIFEST}")
     return 1 if summary.failed else 0
@@ -154,7 +166,8 @@ def reconstruct_many(args: argparse.Namespace, editor: Any) -> int:
     from ..datasets.batch import reconstruct_files
 
     out = _folder_output(args)
-    summary = reconstruct_files(editor, _inversion_inputs(args, "reconstruct"), out, batch_size=args.batch_size,
+    _inversion_inputs(args, "reconstruct")  # an image given is refused with its advice
+    summary = reconstruct_files(editor, args.inversion, out, batch_size=args.batch_size,
                                 overwrite=args.overwrite, progress=not args.quiet)
     return _report(summary, out, "reconstruct")
 
@@ -165,7 +178,8 @@ def edit_many(args: argparse.Namespace, editor: Any) -> int:
 
     out = _folder_output(args)
     negative = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
-    summary = edit_files(editor, _inversion_inputs(args, "edit"), out, args.prompt, batch_size=args.batch_size,
+    _inversion_inputs(args, "edit")
+    summary = edit_files(editor, args.source, out, args.prompt, batch_size=args.batch_size,
                          overwrite=args.overwrite, progress=not args.quiet, guidance_scale=args.guidance, **negative)
     return _report(summary, out, "edit")
 

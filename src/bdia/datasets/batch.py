@@ -14,11 +14,14 @@ way, or the ``manifest.jsonl`` of an inversion run. Each input gets one output u
 whose name is derived from the input's path (its path inside the folder it was found in), and one
 record in ``out_dir/manifest.jsonl``: name, source, output, sha256, prompt, status, error, seconds.
 
-Safety: every output is written atomically (``bdia.io.atomic_path``), and each manifest record is
-flushed and fsynced as soon as its output is in place, so a killed run loses no finished result and
-leaves no partial file at an output path. A rerun skips the inputs whose output exists and matches
-its recorded checksum (or verifies by reading it), and never overwrites without ``overwrite=True``.
-An input that cannot be read is recorded as failed with the reason and the run goes on.
+Safety (docs/datasets.md): every output is written atomically (``bdia.io.atomic_path``), with a
+"writing" record (its checksum) fsynced before the rename and a "done" record after, so a killed run
+loses no finished result and leaves no partial file at an output path. A rerun skips an input whose
+output this folder's manifest recorded with the same checksum, settings and source checksum; a file
+bdia did not write is never adopted nor replaced, and one made otherwise is refused (recomputed with
+``overwrite=True``), saying what differs. Names and paths from lists and manifests stay inside their
+folders, an output folder overlapping an input folder is refused, and the folder is locked for the run
+(:mod:`bdia.datasets.safety`). An input that cannot be used is recorded as failed and the run goes on.
 
 Batches: images of one size are batched in input order (``batch_size``). A float32 network's
 kernels block their sums by batch size, so an image's result depends in its last bits on the batch
@@ -42,6 +45,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,7 @@ import torch
 from ..io.files import atomic_path
 from ..solvers import Inversion
 from ..io.saved import ImageInversion, load_inversion, save_inversion
+from .safety import OutputLock, check_folders, inside, name_problem, read_list_rows, record_problem
 
 __all__ = ["IMAGE_EXTENSIONS", "Item", "Summary", "find_inputs", "plan_batches", "iter_inversions",
            "split_inversion", "stack_inversions", "invert_files", "reconstruct_files", "edit_files",
@@ -73,6 +78,7 @@ class Item:
     source: str
     name: str
     prompt: str | None = None
+    error: str | None = None  # why this input is refused (a bad list or manifest record): recorded as failed
 
 
 def _name_of(path: Path, root: Path | None) -> str:
@@ -97,34 +103,47 @@ def _scan(folder: Path, extensions: tuple[str, ...]) -> list[Item]:
     return [Item(os.fspath(p), _name_of(p, folder)) for p in sorted(found, key=lambda p: p.relative_to(folder).parts)]
 
 
-def _list_rows(path: Path) -> list[tuple[str, str | None, str | None]]:
-    """(path, prompt, name) per entry of a .txt/.csv/.jsonl list, or the done records of a manifest."""
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    rows: list[tuple[str, str | None, str | None]] = []
-    if suffix == ".txt":
-        for line in text.splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                file, _, prompt = line.rstrip("\r\n").partition("\t")
-                rows.append((file.strip(), prompt if _ else None, None))
-        return rows
-    if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        column = next((c for c in _PATH_COLUMNS if c in (reader.fieldnames or [])), None)
+def _list_rows(path: Path) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(path, prompt, name, problem) per entry of a .txt/.csv/.jsonl list, or the done records of a manifest.
+    A path must lie inside the list's folder and a manifest's name be a plain relative one, else ``problem``."""
+    kind, records = read_list_rows(path)
+    rows: list[tuple[str, str | None, str | None, str | None]] = []
+    if kind == "csv":
+        fields = records[0]["_fields"] if records else None
+        column = next((c for c in _PATH_COLUMNS if c in (fields or [])), None)
         if column is None:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                fields = next(csv.reader(f), None)
             raise ValueError(f"{path}: a CSV list needs a header with a 'path' column (and optionally 'prompt'), "
-                             f"got columns {reader.fieldnames}")
-        return [(r[column], r.get("prompt"), None) for r in reader if (r.get(column) or "").strip()]
-    records = [r for r in _json_lines(path, strict=True)]
-    if records and all("status" in r and "output" in r for r in records):  # a manifest: its finished outputs
-        latest = _latest(records)
-        return [(r["output"], None, r.get("name")) for r in latest.values() if r.get("status") == "done"]
+                             f"got columns {fields}")
+        records = [{"path": r.get(column), "prompt": r.get("prompt") or None} for r in records
+                   if (r.get(column) or "").strip()]  # an empty prompt cell: the run's prompt
+    elif kind == "jsonl" and records and all("status" in r and "output" in r for r in records):
+        good = []  # a manifest: its finished outputs
+        for r in records:
+            problem = record_problem(r)
+            if problem is None:
+                good.append(r)
+            else:
+                rows.append((str(r.get("output"))[:200], None, None, f"{path}: a bad record ({problem})"))
+        for r in _latest(good).values():
+            if r.get("status") != "done":
+                continue
+            out = r["output"]
+            if out is None or not inside(out, path.parent):
+                rows.append((str(out), None, None, f"{path}: record {r['name']!r} names an output outside its folder"))
+            else:
+                rows.append((out, None, r["name"], None))
+        return rows
     for k, r in enumerate(records, 1):
         column = next((c for c in _PATH_COLUMNS if c in r), None)
         if column is None:
             raise ValueError(f"{path}: record {k} has no 'path' field")
-        rows.append((str(r[column]), None if r.get("prompt") is None else str(r["prompt"]), None))
-    return rows
+        prompt = r.get("prompt")
+        rows.append((str(r[column]), None if prompt is None else str(prompt), None, None))
+    return [(f, pr, n, e if e else None if inside(f, path.parent) and not os.path.isabs(f)
+             else f"{path}: {f[:200]!r} is not inside the list's folder (lists name files relative to their "
+                  "folder, without '..')") for f, pr, n, e in rows]
 
 
 def find_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], kind: str = "image") -> list[Item]:
@@ -148,15 +167,24 @@ def find_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], kind: s
         elif not p.is_file():
             raise FileNotFoundError(f"no file or folder at {os.fspath(p)!r}")
         elif p.suffix.lower() in LIST_EXTENSIONS:
-            for file, prompt, name in _list_rows(p):
-                q = Path(file) if Path(file).is_absolute() else p.parent / file
-                items.append(Item(os.fspath(q), name or _name_of(q, p.parent), prompt))
+            for k, (file, prompt, name, problem) in enumerate(_list_rows(p)):
+                q = p.parent / file
+                if problem is None:
+                    name = name or _name_of(q, p.parent)
+                    problem = name_problem(name)
+                items.append(Item(os.fspath(q), f"{p.name}:{k + 1}" if problem else name, prompt,
+                                  problem and f"refused: {problem}"))
         else:  # a file given by name: a wrong or damaged one is recorded as failed, not refused here
             items.append(Item(os.fspath(p), p.stem))
     if not items:
         raise ValueError(f"no {'images' if kind == 'image' else 'inversion files'} found in {list(map(str, inputs))}")
     seen: dict[str, str] = {}
+    # A file name that cannot be an output name (not UTF-8...) is refused as failed, not written unreadably.
+    items = [it if it.error or not name_problem(it.name) else dataclasses.replace(it, error=f"refused: "
+             f"{name_problem(it.name)}") for it in items]
     for it in items:
+        if it.error is not None:
+            continue
         if it.name in seen:
             raise ValueError(f"{seen[it.name]!r} and {it.source!r} would both be written as {it.name!r}; "
                              "rename one, or run them separately with different output folders")
@@ -233,11 +261,11 @@ def stack_inversions(invs: Sequence[ImageInversion]) -> ImageInversion:
 def _open_image(source: Any) -> Any:
     """An image file read completely (a truncated or damaged file fails here), or the object as given."""
     if isinstance(source, (str, os.PathLike)):
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         with Image.open(source) as im:
             im.load()
-            return im.copy()
+            return ImageOps.exif_transpose(im)  # as viewers show it (a phone photo is stored sideways)
     return source
 
 
@@ -247,7 +275,9 @@ def _image_key(source: Any) -> tuple:
         from PIL import Image
 
         with Image.open(source) as im:
-            return tuple(im.size)
+            w, h = im.size
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+            return (h, w) if turned else (w, h)
     if isinstance(source, torch.Tensor):
         return tuple(source.shape)
     return tuple(source.size)  # PIL
@@ -316,7 +346,13 @@ def _manifest_files(out_dir: Path) -> list[Path]:
 def _records(out_dir: Path) -> list[dict[str, Any]]:
     """Every record of ``manifest.jsonl`` and of the per-process parts an unfinished run left (a torn
     last line is skipped)."""
-    return [r for f in _manifest_files(out_dir) for r in _json_lines(f)]
+    return [r for f in _manifest_files(out_dir) for r in _json_lines(f) if record_problem(r) is None]
+
+
+def _bad_records(out_dir: Path) -> int:
+    """How many records of the manifest and its parts are skipped as damaged (a name that is not a plain
+    relative path, a status that is not a string...)."""
+    return sum(record_problem(r) is not None for f in _manifest_files(out_dir) for r in _json_lines(f))
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -434,9 +470,9 @@ class _Task:
     suffix: str
     key: Callable[[Item], Any]  # batch key, read cheaply (raises for an unreadable input)
     load: Callable[[Item], Any]  # the input, read fully (raises for a damaged one)
-    run: Callable[[list[Item], list[Any]], list[tuple[Callable[[Path, bool], None], dict[str, Any]]]]
-    verify: Callable[[Path], None]  # raises if an existing output is not a complete one
+    run: Callable[[list[Item], list[Any]], list[tuple[Callable[[Path], None], dict[str, Any]]]]
     prompt: Callable[[Item], Any] = lambda item: item.prompt  # the prompt the manifest records
+    settings: Callable[[Item], dict[str, Any]] = lambda item: {}  # what decides the output besides the source
 
 
 def _reason(e: BaseException) -> str:
@@ -454,25 +490,72 @@ def _progress_bar(enabled: bool, total: int, what: str, procs: _Processes):
     return tqdm(total=total, desc=desc, unit="img", position=procs.rank, dynamic_ncols=True)
 
 
+def _settings_json(d: dict[str, Any]) -> Any:
+    """Settings as the manifest stores them (plain JSON, compared as read back)."""
+    return json.loads(json.dumps(d, sort_keys=True, default=repr))
+
+
+def _acquire(out: Path, procs: _Processes) -> OutputLock | None:
+    """The first process takes the output folder's lock; the others share it (they learn the outcome)."""
+    lock, error = None, None
+    if procs.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(out)
+        try:
+            lock.acquire()
+        except ValueError as e:
+            lock, error = None, str(e)
+    if procs.state is not None:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error], from_process=0)[0]
+    if error:
+        raise ValueError(error)
+    if lock is not None and lock.took_over:
+        print(f"note: took over the lock of a run that ended without releasing it (pid "
+              f"{lock.took_over.get('pid')}, since {lock.took_over.get('started')})", file=sys.stderr)
+    return lock
+
+
 def _run(task: _Task, items: list[Item], out_dir: str | os.PathLike, *, batch_size: int, overwrite: bool,
-         progress: bool, device: torch.device) -> Summary:
+         progress: bool, device: torch.device, inputs: Any = ()) -> Summary:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; the output of many inputs is a folder (-o FOLDER)")
     if (out / MANIFEST).is_dir():
         raise ValueError(f"{out / MANIFEST} is a folder; remove it or choose another output folder")
+    plan_batches([], batch_size)  # a bad batch size is refused before the folder is made
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs) if not _is_items(inputs) else []
+    check_folders([Path(g) for g in given], [it.source for it in items if it.error is None], out)
     procs = _Processes(device)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = _acquire(out, procs)
+    try:
+        return _run_locked(task, items, out, procs, batch_size=batch_size, overwrite=overwrite, progress=progress)
+    finally:
+        procs.wait()
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(task: _Task, items: list[Item], out: Path, procs: _Processes, *, batch_size: int, overwrite: bool,
+                progress: bool) -> Summary:
     start = time.perf_counter()
     summary = Summary(rank=procs.rank, processes=procs.count)
+    bad = _bad_records(out) if procs.rank == 0 else 0
+    if bad:
+        print(f"note: {bad} damaged record(s) in {out / MANIFEST} skipped (and dropped when it is rewritten)",
+              file=sys.stderr)
     writer = _ManifestWriter(out, procs.rank)
 
     def record(item: Item, status: str, error: str | None = None, output: Path | None = None,
-               seconds: float | None = None, **extra: Any) -> None:
-        writer.append({"name": item.name, "source": item.source, "prompt": task.prompt(item),
+               seconds: float | None = None, sha256: str | None = None, **extra: Any) -> None:
+        if output is not None and sha256 is None:
+            sha256 = file_sha256(output)
+        writer.append({"name": item.name if name_problem(item.name) is None else None, "source": item.source,
+                       "prompt": task.prompt(item),
                        "output": None if output is None else output.relative_to(out).as_posix(),
-                       "sha256": None if output is None else file_sha256(output), "status": status,
-                       "error": error, "seconds": seconds, "time": time.time(), "rank": procs.rank, **extra})
+                       "sha256": sha256, "status": status, "error": error, "seconds": seconds, "time": time.time(),
+                       "rank": procs.rank, **extra})
         if status == "failed":
             summary.failed += 1
             summary.failures.append((item.source, error or ""))
@@ -482,23 +565,27 @@ def _run(task: _Task, items: list[Item], out_dir: str | os.PathLike, *, batch_si
     keys, unreadable = [], []
     for item in items:
         try:
+            if item.error is not None:
+                raise _Refused(item.error)
             keys.append(task.key(item))
         except Exception as e:
             keys.append(None)
-            unreadable.append((item, _reason(e)))
+            unreadable.append((item, e.args[0] if isinstance(e, _Refused) else f"cannot read {item.source}: "
+                                                                               f"{_reason(e)}"))
     batches = plan_batches(keys, batch_size)
-    # An output is checked against its latest "done" record: a later failure (a damaged output found)
-    # must not let the next run take that output as finished.
-    recorded = _latest(r for r in _records(out) if r.get("status") == "done")
+    # Every record per name, oldest first: an output is this folder's when one of them recorded it.
+    history: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(_records(out), key=lambda r: r.get("time", 0)):
+        history.setdefault(r["name"], []).append(r)
     bar = None
     try:
         if procs.rank == 0:
             for item, reason in unreadable:
-                record(item, "failed", f"cannot read {item.source}: {reason}")
+                record(item, "failed", reason)
         with procs.split(list(range(len(batches)))) as mine:
             bar = _progress_bar(progress, sum(len(batches[b]) for b in mine), task.what, procs)
             for b in mine:
-                _run_batch(task, [items[i] for i in batches[b]], out, overwrite, recorded, record, summary)
+                _run_batch(task, [items[i] for i in batches[b]], out, overwrite, history, record, summary)
                 if bar is not None:
                     bar.update(len(batches[b]))
                     bar.set_postfix(failed=summary.failed, refresh=False)
@@ -509,42 +596,81 @@ def _run(task: _Task, items: list[Item], out_dir: str | os.PathLike, *, batch_si
     procs.wait()
     if procs.rank == 0:
         _merge_manifest(out)
-    procs.wait()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _is_done(task: _Task, item: Item, target: Path, recorded: dict[str, dict[str, Any]], record: Callable) -> bool:
-    """True when ``target`` holds this input's finished output (an output found without a record, as after
-    a kill between the rename and the record, is verified by reading it, then recorded)."""
-    if not target.exists():
-        return False
-    r = recorded.get(item.name)
-    if r is not None and r.get("output") is not None:
-        if r.get("sha256") == file_sha256(target):
-            return True
-        raise FileExistsError(f"{target} differs from the checksum the manifest recorded for it; remove it or "
-                              "pass overwrite=True (--overwrite)")
-    try:
-        task.verify(target)
-    except Exception as e:
-        raise FileExistsError(f"{target} exists but is not a complete output ({_reason(e)}); remove it or "
-                              "pass overwrite=True (--overwrite)") from None
-    record(item, "done", output=target, note="found complete on disk")
-    return True
+class _Refused(Exception):
+    """An input refused before it is read (its message is the reason recorded)."""
 
 
-def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, recorded: dict[str, dict[str, Any]],
+def _differences(r: dict[str, Any], settings: Any, source_sha: str) -> list[str]:
+    """What differs between a record and this run for one input: the settings and the source's content."""
+    if "settings" not in r:
+        return ["settings (not recorded: written by an older bdia)"]
+    old = r.get("settings") if isinstance(r.get("settings"), dict) else {}
+    diff = [f"{k} {old.get(k)!r:.60} then, {settings.get(k)!r:.60} now" for k in sorted(set(old) | set(settings))
+            if old.get(k) != settings.get(k)]
+    if r.get("source_sha256") != source_sha:
+        diff.append("the source's content")
+    return diff
+
+
+def _state(task: _Task, item: Item, target: Path, history: dict[str, list[dict[str, Any]]], settings: Any,
+           source_sha: str, overwrite: bool, record: Callable) -> str:
+    """"done" (this input's output with these settings is in place), "todo", or raises _Refused.
+
+    Only an output this folder's manifest recorded (same checksum) counts; a file bdia did not write is
+    never adopted nor replaced. With ``overwrite`` every recorded output is recomputed; without, one made
+    from other settings or another source is refused, saying what differs."""
+    rel = item.name + task.suffix
+    ours = [r for r in history.get(item.name, []) if r.get("output") == rel]
+    if not target.exists() and not target.is_symlink():
+        return "todo"
+    if target.is_symlink() or not target.is_file():
+        raise _Refused(f"{target} is a link or not a file; bdia does not write through it (remove it)")
+    sha = file_sha256(target)
+    match = [r for r in ours if r.get("sha256") == sha and r.get("status") in ("done", "writing")]
+    if not ours:
+        raise _Refused(f"{target} exists but was not written by this folder's runs (no manifest record); it is "
+                       "left untouched: move it away or choose another output folder")
+    if overwrite:  # asked for: what this folder's runs wrote is recomputed
+        return "todo"
+    if not match:
+        raise _Refused(f"{target} differs from the checksum the manifest recorded for it; remove it or "
+                       "pass overwrite=True (--overwrite)")
+    latest = match[-1]
+    diff = _differences(latest, settings, source_sha)
+    if diff:
+        raise _Refused(f"{target} was made with other inputs ({'; '.join(diff)}); pass overwrite=True "
+                       "(--overwrite) to recompute it, or choose another output folder")
+    if latest.get("status") == "writing":  # a kill between the rename and the "done" record
+        record(item, "done", output=target, sha256=sha, settings=settings, source_sha256=source_sha,
+               note="completed by an interrupted run")
+    return "done"
+
+
+def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, history: dict[str, list[dict[str, Any]]],
                record: Callable, summary: Summary) -> None:
-    targets = [out / (it.name + task.suffix) for it in batch]
-    todo = []
-    for it, target in zip(batch, targets):
+    todo, settings, sources = [], {}, {}
+    for it in batch:
+        target = out / (it.name + task.suffix)
         try:
-            done = not overwrite and _is_done(task, it, target, recorded, record)
-        except FileExistsError as e:
+            if not inside(target, out):
+                raise _Refused(f"refused: {target} is not inside the output folder (a link in the way?)")
+            settings[it] = _settings_json(task.settings(it))
+            try:
+                sources[it] = file_sha256(it.source)
+            except OSError as e:
+                raise _Refused(f"cannot read {it.source}: {_reason(e)}") from None
+            state = _state(task, it, target, history, settings[it], sources[it], overwrite, record)
+        except _Refused as e:
             record(it, "failed", str(e))
             continue
-        if done:
+        except OSError as e:  # e.g. an output name longer than the file system allows: this input alone fails
+            record(it, "failed", f"cannot use the output {target}: {_reason(e)}")
+            continue
+        if state == "done":
             summary.skipped += 1
         else:
             todo.append(it)
@@ -576,8 +702,17 @@ def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, recor
         if it not in todo:
             continue
         target = out / (it.name + task.suffix)
-        write(target, overwrite)
-        record(it, "done", output=target, seconds=seconds, **extra)
+        try:
+            with atomic_path(target, overwrite=True) as tmp:
+                write(tmp)
+                sha = file_sha256(tmp)
+                # Recorded before the rename: a file found later with this checksum is known to be ours.
+                record(it, "writing", output=target, sha256=sha, settings=settings[it], source_sha256=sources[it])
+        except (OSError, ValueError) as e:  # a name too long, a full disk: this input fails, the run goes on
+            record(it, "failed", f"cannot write {target}: {_reason(e)}")
+            continue
+        record(it, "done", output=target, sha256=sha, seconds=seconds, settings=settings[it],
+               source_sha256=sources[it], **extra)
         summary.done += 1
 
 
@@ -609,14 +744,38 @@ def invert_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: s
         if check:
             rec = editor.reconstruct(inv, progress=False)
             errors = (rec.latents - inv.clean.to(rec.latents)).flatten(1).abs().amax(1).tolist()
-        return [((lambda target, ow, one=one: save_inversion(one, target, overwrite=ow)),
+        return [((lambda tmp, one=one: save_inversion(one, tmp, overwrite=True)),
                  {} if err is None else {"round_trip_error": err})
                 for one, err in zip(split_inversion(inv), errors)]
 
+    fixed = _with_defaults(editor.invert, invert_kwargs)
     task = _Task("invert", INVERSION_EXTENSION, lambda it: _image_key(it.source), load, run,
-                 lambda p: load_inversion(p), lambda it: _prompt_of(it, prompt))
+                 lambda it: _prompt_of(it, prompt),
+                 lambda it: {"command": "invert", "model": _model_of(editor), "prompt": _prompt_of(it, prompt), **fixed})
     return _run(task, items, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                device=_device_of(editor))
+                device=_device_of(editor), inputs=inputs)
+
+
+def _with_defaults(method: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword settings a call gives, with the method's defaults filled in: an option passed at its
+    default value and one left out are the same setting (the CLI passes some the API leaves out)."""
+    import inspect
+
+    try:
+        defaults = {n: p.default for n, p in inspect.signature(method).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+    except (TypeError, ValueError):  # no signature to read
+        defaults = {}
+    return {k: v for k, v in {**defaults, **kwargs}.items() if k != "progress"}
+
+
+def _model_of(editor: Any) -> Any:
+    """The model a run's outputs come from, as its manifest records it (without the weight fingerprint)."""
+    try:
+        record = editor.backend.record()
+    except AttributeError:  # an editor without a backend (a test double): its type
+        return type(editor).__name__
+    return {k: v for k, v in record.items() if k != "fingerprint"}
 
 
 def _is_items(inputs: Any) -> bool:
@@ -628,37 +787,25 @@ def _prompt_of(item: Item, default: Any) -> Any:
 
 
 def _inversion_key(item: Item) -> str:
-    """The settings a saved inversion must share with its batch partners, from the file's header."""
-    from safetensors import safe_open
-
-    with safe_open(item.source, framework="pt") as f:
-        metadata = f.metadata() or {}
-    if "bdia" not in metadata:
-        raise ValueError("not an inversion written by bdia")
-    d = json.loads(metadata["bdia"])
-    if int(d["latent_shape"][0]) != 1:
-        raise ValueError(f"the file holds {d['latent_shape'][0]} images; regenerate it on its own "
+    """The settings a saved inversion must share with its batch partners. The file is read and checked in
+    full (as the single-file commands do), so a damaged header is this file's failure, not a traceback."""
+    inv = load_inversion(item.source)
+    if inv.batch_size != 1:
+        raise ValueError(f"the file holds {inv.batch_size} images; regenerate it on its own "
                          "(bdia reconstruct FILE -o NAME.png)")
-    return _compat_key(d)
+    return _compat_key(inv.describe())
 
 
-def _verify_image(path: Path) -> None:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-
-
-def _save_image(image: Any) -> Callable[[Path, bool], None]:
-    def write(target: Path, overwrite: bool) -> None:
-        with atomic_path(target, overwrite) as tmp:
-            image.save(tmp, format="PNG")
+def _save_image(image: Any) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        image.save(tmp, format="PNG")
     return write
 
 
 def _regenerate(editor: Any, items: list[Item], out_dir: str | os.PathLike, what: str,
                 regenerate: Callable[[ImageInversion, list[Item]], Any], *, batch_size: int, overwrite: bool,
-                progress: bool, prompt_of: Callable[[Item], Any] = lambda item: None) -> Summary:
+                progress: bool, prompt_of: Callable[[Item], Any] = lambda item: None,
+                settings: dict[str, Any] | None = None, inputs: Any = ()) -> Summary:
     def load(item: Item) -> ImageInversion:
         if what == "edit":
             editor.validate_prompt(prompt_of(item))
@@ -676,9 +823,11 @@ def _regenerate(editor: Any, items: list[Item], out_dir: str | os.PathLike, what
             results.append((_save_image(image), extra))
         return results
 
-    task = _Task(what, ".png", _inversion_key, load, run, _verify_image, prompt_of)
+    fixed = {"command": what, "model": _model_of(editor), **(settings or {})}
+    task = _Task(what, ".png", _inversion_key, load, run, prompt_of,
+                 lambda it: {**fixed, "prompt": prompt_of(it)} if what == "edit" else fixed)
     return _run(task, items, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                device=_device_of(editor))
+                device=_device_of(editor), inputs=inputs)
 
 
 def reconstruct_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, *, batch_size: int = 8,
@@ -688,7 +837,7 @@ def reconstruct_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, *, b
     each image's ``latent_error`` (max |z_rec - z|)."""
     items = inputs if _is_items(inputs) else find_inputs(inputs, "inversion")
     return _regenerate(editor, items, out_dir, "reconstruct", lambda inv, batch: editor.reconstruct(inv, progress=False),
-                       batch_size=batch_size, overwrite=overwrite, progress=progress)
+                       batch_size=batch_size, overwrite=overwrite, progress=progress, inputs=inputs)
 
 
 def edit_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: str | None = None, *,
@@ -707,4 +856,5 @@ def edit_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: str
     return _regenerate(editor, items, out_dir, "edit",
                        lambda inv, batch: editor.edit(inv, [_prompt_of(it, prompt) for it in batch], **edit_kwargs),
                        batch_size=batch_size, overwrite=overwrite, progress=progress,
-                       prompt_of=lambda it: _prompt_of(it, prompt))
+                       prompt_of=lambda it: _prompt_of(it, prompt), inputs=inputs,
+                       settings=_with_defaults(editor.edit, edit_kwargs))

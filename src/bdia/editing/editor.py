@@ -201,6 +201,9 @@ class Editor:
         ``latent_error`` is the max latent difference from the inverted latents; ``info["identical"]``
         the fraction of 8-bit pixels equal to those of the decoded inverted latents.
         """
+        if not isinstance(inv, ImageInversion):
+            raise TypeError(f"reconstruct takes an ImageInversion (from invert or load_inversion), got "
+                            f"{type(inv).__name__}; for a file: editor.reconstruct(load_inversion(path))")
         result = self._regenerate(inv, inv.prompt, inv.negative_prompt, inv.guidance_scale, progress, "reconstruction")
         if inv.clean is not None:
             clean = inv.clean.to(result.latents)
@@ -239,6 +242,12 @@ class Editor:
             gamma = 0.5
         solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         default_w, default_h = self.backend.default_size
+        for name, v in (("height", height), ("width", width)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive number of pixels (or None: the model's default), got {v!r}")
+        if not isinstance(prompt, str) and num_images not in (1, len(prompt)):
+            raise ValueError(f"num_images={num_images} with {len(prompt)} prompts: give one prompt for num_images "
+                             "images, or one prompt per image")
         height, width = int(height or default_h), int(width or default_w)
         grid = self.backend.grid(num_steps, 1.0, (width, height), grid)
         batch = num_images if isinstance(prompt, str) else len(prompt)

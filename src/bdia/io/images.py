@@ -44,7 +44,7 @@ def read_image(path: str | os.PathLike) -> Any:
     file) for one that cannot be decoded. Warns (:class:`ImageConversionWarning`) when the file is
     an animation, and when Pillow can read a 16-bit colour image only at 8 bits per channel.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     name = os.fspath(path)
     if not os.path.isfile(name):
@@ -54,7 +54,8 @@ def read_image(path: str | os.PathLike) -> Any:
             frames = int(getattr(im, "n_frames", 1))
             rawmodes = [_tile_rawmode(tile) for tile in im.tile]
             im.load()
-            image = im.copy()
+            # Turned as the EXIF Orientation tag says (as viewers show it): a phone photo is stored sideways.
+            image = ImageOps.exif_transpose(im)
     except Image.DecompressionBombError as e:
         raise ImageReadError(f"{name!r} is too large to open safely ({_one_line(e)}); "
                              "resize it before inverting") from None

@@ -148,8 +148,13 @@ class Evaluator:
         return self._eval(z, t.to(z.device).expand(z.shape[0]), i)
 
     def _eval(self, z: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-        out = self.model(z.to(self.run_dtype), t)
+        x = z.to(self.run_dtype)
+        version = x._version  # autograd's in-place counter: a free check that the model left its input alone
+        out = self.model(x, t)
         self.nfe += 1
+        if x._version != version and x.data_ptr() == z.data_ptr():
+            raise RuntimeError(f"the model changed its input in place ({self._where(i)}); the solver's state is "
+                               "that tensor, so the result would be wrong: clone the input inside the model")
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model returned {type(out).__name__}, expected a tensor ({self._where(i)})")
         if out.shape != z.shape:

@@ -73,6 +73,16 @@ def reversible_scale(q: np.ndarray, buffer: np.ndarray, n: int, d: int) -> tuple
     return q, buffer // n
 
 
+def _refuse_grad(x: Any, name: str, backprop: str, reversible: bool) -> None:
+    """The integer state carries no gradient: refuse an input that asks for one instead of dropping it."""
+    if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+        fix = ("pass backprop='reversible' (gradients through the exact trajectory)" if reversible else
+               "invert with the float solver (bit_exact=False), or differentiate the sampling with "
+               "backprop='reversible'")
+        raise ValueError(f"{name} requires grad, but the bit-exact solver's integer state carries no gradient "
+                         f"with backprop={backprop!r}; {fix}")
+
+
 def buffer_bits(state: tuple) -> float:
     """Mean size in bits of the information buffer per element."""
     return float(np.mean(np.frompyfunc(int.bit_length, 1, 1)(state.buffer).astype(np.float64)))
@@ -161,6 +171,7 @@ class _BitExact:
 
     def invert(self, model: Callable, x0: torch.Tensor, grid: Grid, **kwargs: Any) -> Inversion:
         """As :meth:`Solver.invert`; ``latents`` are float64 views, ``metadata['bit_exact_state']`` the exact state."""
+        _refuse_grad(x0, "x0", kwargs.get("backprop", "autograd"), reversible=False)
         inv = super().invert(model, x0, grid, **kwargs)
         exact = self.State(*inv.latents)
         inv.latents = self.views(exact)
@@ -173,6 +184,8 @@ class _BitExact:
         exact trajectory, recovered by the integer inverse, through the float solver's steps
         (:mod:`bdia.solvers.reversible`): no rounding amplified whatever gamma and N are."""
         if backprop != "reversible":
+            _refuse_grad(start.latents[0] if isinstance(start, Inversion) else start, "start", backprop,
+                         reversible=True)
             return super().solve(model, start, grid, callback=callback, backprop=backprop, params=params)
         from .reversible import reversible_bit_exact_drive
 
