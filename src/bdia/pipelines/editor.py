@@ -44,7 +44,7 @@ __all__ = ["Backend", "Editor", "EditResult", "compare_pixels", "load_editor"]
 Prompt = str | Sequence[str]
 SAME = type("Same", (), {"__repr__": lambda self: "SAME"})()  # edit(): keep the inversion's negative prompt
 DIGITS = "digits"  # the model id of the embedded digits model
-FAMILY_NAMES = {"digits": "the embedded digits model", "sd": "a Stable Diffusion pipeline",  # Backend.family
+FAMILY_NAMES = {"digits": "the embedded digits model", "scenes": "the embedded scenes model", "sd": "a Stable Diffusion pipeline",  # Backend.family
                 "sd3": "a Stable Diffusion 3 pipeline", "flux": "a Flux pipeline"}
 
 
@@ -239,6 +239,13 @@ class Editor:
                 raise ValueError(f"{', '.join(sorted(kwargs))}: these apply to diffusers models; the digits model "
                                  "ships with bdia")
             backend: Backend = DigitsBackend.load(device=device, dtype=torch_dtype)
+        elif str(model) == "scenes":  # the embedded scenes model (bdia.scenes); moves to a backend registry
+            from ..scenes.backend import ScenesBackend
+
+            if kwargs:
+                raise ValueError(f"{', '.join(sorted(kwargs))}: these apply to diffusers models; the scenes model "
+                                 "ships with bdia")
+            backend = ScenesBackend.load(device=device, dtype=torch_dtype)
         else:
             backend = _backend_class(model, kwargs.get("revision")).from_pretrained(
                 model, torch_dtype=torch_dtype, device=device, progress=progress, **kwargs)
