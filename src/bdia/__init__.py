@@ -25,6 +25,7 @@ _LAZY = {
     "pipelines": ("bdia.pipelines", None),
     "analytic": ("bdia.analytic", None),
     "digits": ("bdia.digits", None),
+    "scenes": ("bdia.scenes", None),
     "nulltext": ("bdia.nulltext", None),
 }
 
