@@ -29,6 +29,7 @@ _LAZY = {
     "pipelines": ("bdia.pipelines", None),  # deprecated: the old home of editing, schedulers, io and datasets
     "analytic": ("bdia.analytic", None),
     "digits": ("bdia.digits", None),
+    "scenes": ("bdia.scenes", None),
     "nulltext": ("bdia.nulltext", None),
 }
 

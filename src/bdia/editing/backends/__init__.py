@@ -40,6 +40,7 @@ def register_backend(family: str, module: str, class_name: str, *, embedded_id: 
 
 
 register_backend("digits", "bdia.editing.backends.digits", "DigitsBackend", embedded_id="digits")
+register_backend("scenes", "bdia.editing.backends.scenes", "ScenesBackend", embedded_id="scenes")
 register_backend("sd", "bdia.editing.backends.stable_diffusion", "StableDiffusionBackend")
 register_backend("sd3", "bdia.editing.backends.flow", "SD3Backend")
 register_backend("flux", "bdia.editing.backends.flow", "FluxBackend")

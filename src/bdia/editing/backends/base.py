@@ -19,7 +19,7 @@ from ...schedule import Grid, Schedule
 __all__ = ["Backend", "FAMILY_NAMES"]
 
 # Backend.family -> how messages name it.
-FAMILY_NAMES = {"digits": "the embedded digits model", "sd": "a Stable Diffusion pipeline",
+FAMILY_NAMES = {"digits": "the embedded digits model", "scenes": "the embedded scenes model", "sd": "a Stable Diffusion pipeline",
                 "sd3": "a Stable Diffusion 3 pipeline", "flux": "a Flux pipeline"}
 
 
