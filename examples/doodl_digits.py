@@ -46,36 +46,50 @@ def main() -> None:
     objective = classifier_objective(classifier, targets, reference=x0, proximity=args.proximity)
 
     rows = []
-    for label, solver, backprop in [("BDIA gamma=1", bdia.BDIA(1.0), "reversible"),
-                                    ("EDICT p=0.93 (DOODL)", bdia.EDICT(0.93), "reversible"),
-                                    ("BDIA gamma=1, plain autograd", bdia.BDIA(1.0), "autograd")]:
+    for label, solver, backprop in [
+        ("BDIA gamma=1", bdia.BDIA(1.0), "reversible"),
+        ("EDICT p=0.93 (DOODL)", bdia.EDICT(0.93), "reversible"),
+        ("BDIA gamma=1, plain autograd", bdia.BDIA(1.0), "autograd"),
+    ]:
         inv = solver.invert(eps, x0, grid)
         # warm-up: the first backward pass through the network allocates kernels' workspaces once
-        optimize(solver, eps, solver.invert(eps, x0, model.schedule.grid(2)), model.schedule.grid(2), objective,
-                 iterations=1, backprop=backprop)
-        result, mb = peak_memory_mb(lambda: optimize(solver, eps, inv, grid, objective, iterations=iterations,
-                                                     backprop=backprop))
+        optimize(
+            solver,
+            eps,
+            solver.invert(eps, x0, model.schedule.grid(2)),
+            model.schedule.grid(2),
+            objective,
+            iterations=1,
+            backprop=backprop,
+        )
+        result, mb = peak_memory_mb(
+            lambda: optimize(solver, eps, inv, grid, objective, iterations=iterations, backprop=backprop)
+        )
         with torch.no_grad():
             prob = torch.softmax(classifier(result.x.float()), 1)
         hit = prob.argmax(1) == targets
         p_target = prob[torch.arange(len(targets)), targets]
         change = (result.x - x0).abs().flatten(1).mean(1)
         rows.append((label, backprop, result, mb, p_target, change))
-        print(f"{label:30} {backprop:10} {result.seconds:6.1f} s  peak {mb:6.1f} MiB  NFE fwd {result.nfe:5d}  "
-              f"hits {int(hit.sum())}/{len(targets)}  mean p(target) {p_target.mean():.2f}  "
-              f"mean |change| {change.mean():.3f}")
+        print(
+            f"{label:30} {backprop:10} {result.seconds:6.1f} s  peak {mb:6.1f} MiB  NFE fwd {result.nfe:5d}  "
+            f"hits {int(hit.sum())}/{len(targets)}  mean p(target) {p_target.mean():.2f}  "
+            f"mean |change| {change.mean():.3f}"
+        )
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     shown = [r for r in rows if r[1] == "reversible"]
-    fig, axes = plt.subplots(1 + len(shown), len(edits), figsize=(1.6 * len(edits), 1.9 * (1 + len(shown))),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1 + len(shown), len(edits), figsize=(1.6 * len(edits), 1.9 * (1 + len(shown))), squeeze=False
+    )
     for j, (src, dst) in enumerate(edits):
         axes[0, j].imshow(x0[j, 0], cmap="gray", vmin=-1, vmax=1)
         axes[0, j].set_title(f"real {src} -> {dst}", fontsize=8)
-        for i, (label, _, result, _, p_target, _) in enumerate(shown, start=1):
+        for i, (_, _, result, _, p_target, _) in enumerate(shown, start=1):
             axes[i, j].imshow(result.x[j, 0].clamp(-1, 1), cmap="gray", vmin=-1, vmax=1)
             axes[i, j].set_title(f"p({dst}) = {p_target[j]:.2f}", fontsize=8)
     for ax in axes.flat:
@@ -84,8 +98,11 @@ def main() -> None:
     for i, (label, _, result, mb, _, _) in enumerate(shown, start=1):
         axes[i, 0].set_ylabel(f"{label}\n{result.seconds:.0f} s, {mb:.0f} MiB", fontsize=7)
     auto = next(r for r in rows if r[1] == "autograd")
-    fig.suptitle(f"DOODL on digits: {steps} steps, {iterations} iterations; plain autograd: "
-                 f"{auto[2].seconds:.0f} s, {auto[3]:.0f} MiB", fontsize=9)
+    fig.suptitle(
+        f"DOODL on digits: {steps} steps, {iterations} iterations; plain autograd: "
+        f"{auto[2].seconds:.0f} s, {auto[3]:.0f} MiB",
+        fontsize=9,
+    )
     fig.tight_layout()
     with atomic_path(args.out, args.overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})

@@ -1,12 +1,20 @@
 """Invert samples of an analytic Gaussian mixture with each method and regenerate them."""
+
 import torch
 
 import bdia
 from bdia.analytic import GaussianMixture
 
 # Stable Diffusion's scheduler config; any diffusers scheduler config (dict or JSON path) works.
-schedule = bdia.Schedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                      "beta_end": 0.012, "steps_offset": 1, "set_alpha_to_one": False})
+schedule = bdia.Schedule.from_config(
+    {
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "steps_offset": 1,
+        "set_alpha_to_one": False,
+    }
+)
 grid = schedule.grid(50)
 
 # A model whose eps is known exactly: a mixture of 4 Gaussians in a 3x4x4 space.

@@ -21,8 +21,14 @@ from pathlib import Path
 
 import torch
 
-from bdia.digits.train import (CLASSIFIER_DEFAULTS, SCHEDULE_CONFIG, UNET_DEFAULTS, save_weights, train_classifier,
-                               train_unet)
+from bdia.digits.train import (
+    CLASSIFIER_DEFAULTS,
+    SCHEDULE_CONFIG,
+    UNET_DEFAULTS,
+    save_weights,
+    train_classifier,
+    train_unet,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "bdia" / "digits" / "weights"
 
@@ -40,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
 
     clf, clf_hist = train_classifier(seed=args.seed, steps=args.classifier_steps, log_every=args.log_every)
-    print(f"classifier: train accuracy {clf_hist['train_accuracy']:.4f}, "
-          f"held-out accuracy {clf_hist['test_accuracy']:.4f} ({clf_hist['wall_time_s']}s)")
+    print(
+        f"classifier: train accuracy {clf_hist['train_accuracy']:.4f}, "
+        f"held-out accuracy {clf_hist['test_accuracy']:.4f} ({clf_hist['wall_time_s']}s)"
+    )
     unet, unet_hist = train_unet(seed=args.seed, steps=args.unet_steps, log_every=args.log_every)
     print(f"unet: {unet_hist['num_parameters']} parameters ({unet_hist['wall_time_s']}s)")
 

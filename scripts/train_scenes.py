@@ -62,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         def checkpoint(ema: torch.nn.Module, step: int) -> None:
             save_weights(ema, args.out / f"checkpoint_{MODEL_FILE}", {"schedule": SCHEDULE_CONFIG, "step": step})
 
-        model, hist = train_model(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                  log_every=args.log_every, checkpoint=checkpoint)
+        model, hist = train_model(
+            seed=args.seed,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            log_every=args.log_every,
+            checkpoint=checkpoint,
+        )
         save_weights(model, args.out / MODEL_FILE, {"schedule": SCHEDULE_CONFIG})
         (args.out / f"checkpoint_{MODEL_FILE}").unlink(missing_ok=True)
         _merge(args.out, "model", hist, command)
@@ -91,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             r = evaluate_sampler(solver, 50, guidance=3.0, num_scenes=args.eval_scenes, model=model, classifier=clf)
             results[name] = r
             print(json.dumps({k: v for k, v in r.items() if k != "per_kind"}))
-        _merge(args.out, "quality", {"threads": args.threads, "wall_time_s": round(time.time() - t0, 1), **results},
-               command)
+        _merge(
+            args.out,
+            "quality",
+            {"threads": args.threads, "wall_time_s": round(time.time() - t0, 1), **results},
+            command,
+        )
     return 0
 
 

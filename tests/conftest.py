@@ -18,8 +18,11 @@ def bdia_cli(monkeypatch, capsys):
     """
     import bdia.cli
 
-    monkeypatch.setattr(bdia.cli, "COMMAND_MODULES", ["bdia.cli.invert", "bdia.cli.reconstruct", "bdia.cli.edit",
-                                                      "bdia.cli.generate", "bdia.cli.demo"])
+    monkeypatch.setattr(
+        bdia.cli,
+        "COMMAND_MODULES",
+        ["bdia.cli.invert", "bdia.cli.reconstruct", "bdia.cli.edit", "bdia.cli.generate", "bdia.cli.demo"],
+    )
 
     def run(*args):
         try:

@@ -13,8 +13,13 @@ from pathlib import Path
 import torch
 
 SD_SCHEDULER = dict(  # Stable Diffusion 1.x's scheduler config
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
 )
 
 
@@ -31,9 +36,17 @@ def tiny_text_encoder(vocab_size: int, seed: int, projection: bool = False, hidd
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-        hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=vocab_size, max_position_embeddings=77, projection_dim=32, hidden_act="gelu",
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act="gelu",
         layer_norm_eps=1e-05,
     )
     torch.manual_seed(seed)
@@ -45,9 +58,13 @@ def tiny_vae(seed: int = 1):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3,
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, sample_size=32,
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=32,
     ).eval()
 
 
@@ -58,14 +75,26 @@ def build_sd(path: Path, prediction_type: str = "epsilon") -> Path:
     tok = tiny_tokenizer()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
     ).eval()
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=tiny_vae(), text_encoder=tiny_text_encoder(len(tok), seed=2), tokenizer=tok,
+        unet=unet,
+        vae=tiny_vae(),
+        text_encoder=tiny_text_encoder(len(tok), seed=2),
+        tokenizer=tok,
         scheduler=DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction_type),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(path)
     return path
@@ -78,19 +107,36 @@ def build_sdxl(path: Path) -> Path:
     tok = tiny_tokenizer()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + pooled 32
-        cross_attention_dim=64, norm_num_groups=32,
+        cross_attention_dim=64,
+        norm_num_groups=32,
     ).eval()
     pipe = StableDiffusionXLPipeline(
-        unet=unet, vae=tiny_vae(), text_encoder=tiny_text_encoder(len(tok), seed=2), tokenizer=tok,
-        text_encoder_2=tiny_text_encoder(len(tok), seed=3, projection=True), tokenizer_2=tiny_tokenizer(),
+        unet=unet,
+        vae=tiny_vae(),
+        text_encoder=tiny_text_encoder(len(tok), seed=2),
+        tokenizer=tok,
+        text_encoder_2=tiny_text_encoder(len(tok), seed=3, projection=True),
+        tokenizer_2=tiny_tokenizer(),
         scheduler=EulerDiscreteScheduler(
-            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-            steps_offset=1, timestep_spacing="leading",
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
         ),
         force_zeros_for_empty_prompt=True,
     )

@@ -8,8 +8,9 @@ import torch
 import bdia
 from bdia.analytic import Gaussian, GaussianMixture, PointSet
 
-SCHED = bdia.Schedule.from_config(dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                       set_alpha_to_one=False))
+SCHED = bdia.Schedule.from_config(
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
+)
 
 
 def log_density(model, x, alpha, sigma):

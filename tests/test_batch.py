@@ -8,11 +8,21 @@ import os
 import pytest
 import torch
 
+from bdia.datasets.batch import (
+    edit_files,
+    file_sha256,
+    find_inputs,
+    invert_files,
+    iter_inversions,
+    plan_batches,
+    read_manifest,
+    reconstruct_files,
+    split_inversion,
+    stack_inversions,
+)
 from bdia.digits import load_digits
-from bdia.io.saved import load_inversion
-from bdia.datasets.batch import (Item, edit_files, file_sha256, find_inputs, invert_files, iter_inversions,
-                                  plan_batches, read_manifest, reconstruct_files, split_inversion, stack_inversions)
 from bdia.editing import load_editor
+from bdia.io.saved import load_inversion
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -57,8 +67,7 @@ def test_find_inputs_folders_and_lists(tmp_path, folder):
     (tmp_path / "l.csv").write_text("path,prompt\nin/d1.png,7\n")
     (tmp_path / "l.jsonl").write_text(json.dumps({"path": "in/d2.png", "prompt": "1"}) + "\n")
     got = find_inputs([tmp_path / "l.txt", tmp_path / "l.csv", tmp_path / "l.jsonl"])
-    assert [(it.name, it.prompt) for it in got] == [("in/d0", "3"), ("in/sub/d5", None), ("in/d1", "7"),
-                                                    ("in/d2", "1")]
+    assert [(it.name, it.prompt) for it in got] == [("in/d0", "3"), ("in/sub/d5", None), ("in/d1", "7"), ("in/d2", "1")]
     assert got[0].source == os.fspath(tmp_path / "in" / "d0.png")
     with pytest.raises(ValueError, match="would both be written as 'd0'"):
         find_inputs([folder / "d0.png", folder])
@@ -165,8 +174,9 @@ def test_resume_is_safe(tmp_path, editor, folder):
     summary = invert_files(editor, [folder], out, batch_size=4, num_steps=STEPS, overwrite=True, progress=False)
     assert (summary.done, summary.failed) == (6, 1)
     assert (out / "d2.safetensors").read_bytes() == b"garbage"
-    assert {p.name: p.read_bytes() for p in out.rglob("*.safetensors") if p.name != "d2.safetensors"} == \
-        {k: v for k, v in reference.items() if k != "d2.safetensors"}
+    assert {p.name: p.read_bytes() for p in out.rglob("*.safetensors") if p.name != "d2.safetensors"} == {
+        k: v for k, v in reference.items() if k != "d2.safetensors"
+    }
     assert [n for n, r in read_manifest(out).items() if r["status"] != "done"] == ["d2"]
 
 
@@ -180,8 +190,8 @@ def test_reconstruct_and_edit_files(tmp_path, editor, folder, digits):
     summary = reconstruct_files(editor, [inv_dir / "manifest.jsonl"], rec_dir, batch_size=3, progress=False)
     assert (summary.done, summary.failed) == (4, 0)
     records = read_manifest(rec_dir)
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     for k in range(4):
         r = records[f"in/d{k}"]
@@ -211,13 +221,21 @@ def test_cli_glue(tmp_path, folder, capsys):
     assert wants_many(args, "invert") and args.batch_size == 8
     one = parser.parse_args(["invert", str(folder / "d0.png"), "-o", str(tmp_path / "x.safetensors")])
     assert not wants_many(one, "invert")
-    assert bdia.cli.main(["invert", str(folder), "-o", str(tmp_path / "inv"), "--steps", str(STEPS), "-q",
-                           "--batch-size", "4"]) == 0
+    assert (
+        bdia.cli.main(
+            ["invert", str(folder), "-o", str(tmp_path / "inv"), "--steps", str(STEPS), "-q", "--batch-size", "4"]
+        )
+        == 0
+    )
     assert "7 written, 0 already done, 0 failed" in capsys.readouterr().out
     assert bdia.cli.main(["reconstruct", str(tmp_path / "inv"), "-o", str(tmp_path / "rec"), "-q"]) == 0
     assert len(list((tmp_path / "rec").rglob("*.png"))) == 7
-    assert bdia.cli.main(["edit", str(tmp_path / "inv" / "manifest.jsonl"), "--prompt", "1", "-o",
-                           str(tmp_path / "ed"), "-q"]) == 0
+    assert (
+        bdia.cli.main(
+            ["edit", str(tmp_path / "inv" / "manifest.jsonl"), "--prompt", "1", "-o", str(tmp_path / "ed"), "-q"]
+        )
+        == 0
+    )
     assert len(read_manifest(tmp_path / "ed")) == 7
     capsys.readouterr()
     assert bdia.cli.main(["invert", str(folder), "-o", str(tmp_path / "x.safetensors"), "-q"]) == 2

@@ -27,8 +27,12 @@ def test_throughput_runs_and_reports(tmp_path):
 
 def test_section_states_targets_either_way():
     row = lambda r: {"images_per_s": r, "max_latent_error": 1e-15, "seconds": 1.0}  # noqa: E731
-    results = {"description": "x", "cpu_count": 2, "by_batch_size": {"1": row(2.0), "64": row(8.0)},
-               "by_processes": {"1": row(5.0), "2": row(9.0)}}
+    results = {
+        "description": "x",
+        "cpu_count": 2,
+        "by_batch_size": {"1": row(2.0), "64": row(8.0)},
+        "by_processes": {"1": row(5.0), "2": row(9.0)},
+    }
     results["speedups"] = throughput._speedups(results["by_batch_size"], results["by_processes"])
     text = throughput.section(results)
     assert "2 processes against 1: 1.80x (target >= 1.6x: met)" in text

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bdia.digits import load_digits
 from bdia.datasets.batch import file_sha256, invert_files, read_manifest, reconstruct_files
+from bdia.digits import load_digits
 from bdia.editing import load_editor
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -26,8 +26,12 @@ from hypothesis import strategies as st  # noqa: E402
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 STEPS = 2
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +49,48 @@ def setup(tmp_path_factory):
 
 
 def _snapshot(top: Path, out: Path) -> dict[str, str]:
-    return {os.fspath(p.relative_to(top)): file_sha256(p) for p in top.rglob("*")
-            if p.is_file() and out not in p.parents}
+    return {
+        os.fspath(p.relative_to(top)): file_sha256(p) for p in top.rglob("*") if p.is_file() and out not in p.parents
+    }
 
 
 # Paths and names an attacker or a careless user could write into a list or a manifest.
-HOSTILE = st.sampled_from(["../../victim", "../victim.png", "/tmp/abs", "..", ".", "", ".hidden", "a/../../b",
-                           "a//b", "x\\..\\y", "d0\x00", "in/d0.png", "d0.png", "d1", "\u2028", "\ufeffd0.png",
-                           "C:/x", "in/../../../x", "sub/deep/name", "out/../../escape", "é"])
+HOSTILE = st.sampled_from(
+    [
+        "../../victim",
+        "../victim.png",
+        "/tmp/abs",
+        "..",
+        ".",
+        "",
+        ".hidden",
+        "a/../../b",
+        "a//b",
+        "x\\..\\y",
+        "d0\x00",
+        "in/d0.png",
+        "d0.png",
+        "d1",
+        "\u2028",
+        "\ufeffd0.png",
+        "C:/x",
+        "in/../../../x",
+        "sub/deep/name",
+        "out/../../escape",
+        "é",
+    ]
+)
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
 PATHS = st.one_of(HOSTILE, TEXT)
 PROMPTS = st.one_of(st.none(), st.sampled_from(["", "3", "7", "12"]), TEXT)
-JSONISH = st.one_of(st.none(), st.integers(-5, 5), st.booleans(), PATHS, st.lists(st.integers(), max_size=2),
-                    st.dictionaries(st.sampled_from(["a", "id"]), st.integers(), max_size=1))
+JSONISH = st.one_of(
+    st.none(),
+    st.integers(-5, 5),
+    st.booleans(),
+    PATHS,
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.sampled_from(["a", "id"]), st.integers(), max_size=1),
+)
 
 
 def _encode(text: str, bom: bool) -> bytes:
@@ -77,12 +110,13 @@ def lists(draw):
         w.writerows([[p, q or ""] for p, q in rows])
         text = buf.getvalue()
     else:
-        text = "".join(json.dumps({draw(st.sampled_from(["path", "file", "nope"])): p, "prompt": q}) + "\n"
-                       for p, q in rows)
+        text = "".join(
+            json.dumps({draw(st.sampled_from(["path", "file", "nope"])): p, "prompt": q}) + "\n" for p, q in rows
+        )
     data = _encode(text, draw(st.booleans()))
     if draw(st.booleans()):  # a mutation of the bytes: a cut, or a byte that is not UTF-8
         k = draw(st.integers(0, len(data)))
-        data = data[:k] + draw(st.sampled_from([b"", b"\xff", b"\r", b"\n\"", b"\x0b"])) + data[k:]
+        data = data[:k] + draw(st.sampled_from([b"", b"\xff", b"\r", b'\n"', b"\x0b"])) + data[k:]
     return kind, data
 
 
@@ -114,8 +148,9 @@ def test_random_lists(setup, case):
         (a / f"list.{kind}").write_bytes(data)
         (top / "victim.png").write_bytes(b"precious")
         out = a / "out"
-        _run_safely(lambda: invert_files(editor, [a / f"list.{kind}"], out, "", num_steps=STEPS, progress=False),
-                    top, out)
+        _run_safely(
+            lambda: invert_files(editor, [a / f"list.{kind}"], out, "", num_steps=STEPS, progress=False), top, out
+        )
 
 
 @st.composite
@@ -123,12 +158,14 @@ def manifests(draw, records):
     lines = []
     for r in records:
         r = dict(r)
-        for key in draw(st.lists(st.sampled_from(["name", "output", "status", "sha256", "time", "settings"]),
-                                 max_size=3)):
+        for key in draw(
+            st.lists(st.sampled_from(["name", "output", "status", "sha256", "time", "settings"]), max_size=3)
+        ):
             r[key] = draw(JSONISH if key not in ("name", "output") else st.one_of(PATHS, JSONISH))
         lines.append(json.dumps(r))
-    lines += draw(st.lists(st.sampled_from(['{"name": "d0", "status": "do', "[1, 2]", "null", '{"name": ["x"]}']),
-                           max_size=2))
+    lines += draw(
+        st.lists(st.sampled_from(['{"name": "d0", "status": "do', "[1, 2]", "null", '{"name": ["x"]}']), max_size=2)
+    )
     data = _encode("\n".join(lines) + "\n", draw(st.booleans()))
     return data
 

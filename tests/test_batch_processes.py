@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import bdia
-from bdia.digits import load_digits
-from bdia.io.saved import load_inversion
 from bdia.datasets.batch import file_sha256, invert_files, read_manifest
+from bdia.digits import load_digits
 from bdia.editing import load_editor
+from bdia.io.saved import load_inversion
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -76,13 +76,33 @@ def _check_complete(out: Path, reference: dict[str, bytes]) -> None:
 
 
 LAUNCHERS = {
-    "torchrun": lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                              "--master_port", str(port)],
+    "torchrun": lambda port: [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+    ],
     # --multi_gpu launches K processes through torch.distributed.run; on a machine without GPUs
     # they form a CPU (gloo) group because the run asks PartialState for cpu=True.
-    "accelerate": lambda port: [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                                "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                                "--main_process_port", str(port)],
+    "accelerate": lambda port: [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ],
 }
 
 
@@ -92,8 +112,18 @@ def test_two_processes_write_the_files_of_one(data, launcher, tmp_path):
     if launcher == "accelerate":
         pytest.importorskip("accelerate")
     out = tmp_path / "out"
-    cmd = LAUNCHERS[launcher](_free_port()) + ["-m", "bdia.cli", "invert", str(root / "in"),  # as the README
-                                               "-o", str(out)] + ARGS
+    cmd = (
+        LAUNCHERS[launcher](_free_port())
+        + [
+            "-m",
+            "bdia.cli",
+            "invert",
+            str(root / "in"),  # as the README
+            "-o",
+            str(out),
+        ]
+        + ARGS
+    )
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "(process 1 of 2)" in proc.stdout and "(process 2 of 2)" in proc.stdout

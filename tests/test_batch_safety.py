@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import bdia
-from bdia.digits import load_digits
 from bdia.datasets.batch import file_sha256, find_inputs, read_manifest
+from bdia.digits import load_digits
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -53,8 +53,9 @@ def test_item1_manifest_names_and_outputs_cannot_leave_their_folders(data, bdia_
         f.write(json.dumps({"name": "x", "status": "done", "output": "../in/d2.png", "time": 1}) + "\n")
     before = _tree(data)
     for extra in ([], ["--overwrite"]):
-        code, out, err = bdia_cli("edit", data / "inv" / "manifest.jsonl", "--prompt", "8", "-o", data / "ed", "-q",
-                                  *extra)
+        code, out, err = bdia_cli(
+            "edit", data / "inv" / "manifest.jsonl", "--prompt", "8", "-o", data / "ed", "-q", *extra
+        )
         assert code == 1 and "1 written" in out and "3 failed" in out, (out, err)
         after = _tree(data)
         assert {k: v for k, v in after.items() if not k.startswith("ed/")} == before  # nothing else touched
@@ -80,9 +81,13 @@ def test_item3_inputs_and_outputs_in_one_folder_are_refused_up_front(data, bdia_
 
 def test_item7_folders_that_feed_each_other_are_refused(data, bdia_cli):
     before = _tree(data)
-    cases = [("reconstruct", data / "inv", data / "inv"), ("reconstruct", data / "inv" / "manifest.jsonl", data / "inv"),
-             ("reconstruct", data / "inv", data / "inv" / "rec"), ("invert", data / "in", data / "in" / "out"),
-             ("invert", data / "in", data)]
+    cases = [
+        ("reconstruct", data / "inv", data / "inv"),
+        ("reconstruct", data / "inv" / "manifest.jsonl", data / "inv"),
+        ("reconstruct", data / "inv", data / "inv" / "rec"),
+        ("invert", data / "in", data / "in" / "out"),
+        ("invert", data / "in", data),
+    ]
     for command, source, out in cases:
         extra = ["--prompt", "3", "--steps", STEPS] if command == "invert" else []
         code, _, err = bdia_cli(command, source, "-o", out, "-q", *extra)
@@ -119,8 +124,9 @@ def test_item4_a_change_of_settings_or_source_is_never_taken_as_done(data, bdia_
     inv = data / "inv"
     code, out, err = bdia_cli("invert", data / "in", "-o", inv, "--prompt", "3", "--steps", "5", "-q")
     assert code == 1 and "3 failed" in out and "num_steps 4 then, 5 now" in err, (out, err)
-    code, out, err = bdia_cli("invert", data / "in", "-o", inv, "--prompt", "3", "--steps", STEPS, "--method", "edict",
-                              "-q")
+    code, out, err = bdia_cli(
+        "invert", data / "in", "-o", inv, "--prompt", "3", "--steps", STEPS, "--method", "edict", "-q"
+    )
     assert code == 1 and "method" in err, (out, err)
     from PIL import Image
 
@@ -201,14 +207,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-HOLD = ("import sys; from pathlib import Path; from bdia.datasets.safety import OutputLock; "
-        "lock = OutputLock(Path(sys.argv[1])); lock.acquire(); print('locked', flush=True); sys.stdin.read()")
+HOLD = (
+    "import sys; from pathlib import Path; from bdia.datasets.safety import OutputLock; "
+    "lock = OutputLock(Path(sys.argv[1])); lock.acquire(); print('locked', flush=True); sys.stdin.read()"
+)
 
 
 def test_item5_one_run_per_output_folder_and_a_killed_runs_lock_is_taken_over(data, bdia_cli):
     out = data / "inv"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, os.fspath(out)], env=_env(), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, os.fspath(out)],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"  # a state, not a time
         before = _tree(out)

@@ -10,26 +10,60 @@ from dataclasses import replace
 
 import pytest
 
-from bdia.bench import BenchConfig, run_bench
-from bdia.bench import runner
+from bdia.bench import BenchConfig, run_bench, runner
 from bdia.cli import main
 
 TINY = dict(
-    analytic_shape=(2, 4, 4), analytic_components=3, analytic_batch=2, analytic_steps=(5, 10), analytic_check_dim=4,
-    digits_batch=2, digits_steps=(5, 10), digits_ref_stride=50,
-    unet_width=0.05, unet_latent=8, unet_steps=2, unet_repeats=1, solver_steps=4, solver_repeats=1,
-    nulltext_width=0.05, nulltext_steps=2, nulltext_inner=1, sd15_forward_repeats=0, headline_steps=10,
-    edm_samples=4, edm_budgets=(4, 8, 11), edm_round_trip_steps=4, edm_round_trip_samples=2,
-    edm_digits_per_class=1, edm_digits_budgets=(4,),
-    editing_images=2, editing_targets=1, editing_steps=4, editing_strengths=(1.0,), editing_guidances=(2.0,),
+    analytic_shape=(2, 4, 4),
+    analytic_components=3,
+    analytic_batch=2,
+    analytic_steps=(5, 10),
+    analytic_check_dim=4,
+    digits_batch=2,
+    digits_steps=(5, 10),
+    digits_ref_stride=50,
+    unet_width=0.05,
+    unet_latent=8,
+    unet_steps=2,
+    unet_repeats=1,
+    solver_steps=4,
+    solver_repeats=1,
+    nulltext_width=0.05,
+    nulltext_steps=2,
+    nulltext_inner=1,
+    sd15_forward_repeats=0,
+    headline_steps=10,
+    edm_samples=4,
+    edm_budgets=(4, 8, 11),
+    edm_round_trip_steps=4,
+    edm_round_trip_samples=2,
+    edm_digits_per_class=1,
+    edm_digits_budgets=(4,),
+    editing_images=2,
+    editing_targets=1,
+    editing_steps=4,
+    editing_strengths=(1.0,),
+    editing_guidances=(2.0,),
     editing_methods=("ddim", "bdia-1"),
-    extra={"rex_budgets": (10,), "rex_grids": ("karras",), "rex_methods": ("ddim", "bdia-1", "rex"),
-           "rex_digits": False,
-           "reversible": {"batch": 1, "grad_steps": (3, 5), "drift_steps": 4, "drift_gammas": (0.5,),
-                          "exact_steps": (3,), "exact_gammas": (0.1,), "exact_batch": 1, "arith_steps": 2,
-                          "arith_shapes": ((1, 1, 4, 4),)},
-           "flow": {"shape": (2,), "components": 2, "batch": 1, "budgets": (10, 20)},
-           "throughput": {"images": 2, "steps": 2, "batch_sizes": (1, 2), "processes": (), "process_batch": 2}},
+    extra={
+        "rex_budgets": (10,),
+        "rex_grids": ("karras",),
+        "rex_methods": ("ddim", "bdia-1", "rex"),
+        "rex_digits": False,
+        "reversible": {
+            "batch": 1,
+            "grad_steps": (3, 5),
+            "drift_steps": 4,
+            "drift_gammas": (0.5,),
+            "exact_steps": (3,),
+            "exact_gammas": (0.1,),
+            "exact_batch": 1,
+            "arith_steps": 2,
+            "arith_shapes": ((1, 1, 4, 4),),
+        },
+        "flow": {"shape": (2,), "components": 2, "batch": 1, "budgets": (10, 20)},
+        "throughput": {"images": 2, "steps": 2, "batch_sizes": (1, 2), "processes": (), "process_batch": 2},
+    },
 )
 
 
@@ -105,8 +139,15 @@ def test_bench_runs_every_workload_quietly_and_writes_its_files(bench_run):
     for name in ("report.md", "results.json", "analytic_error_vs_nfe.png", "digits_error_vs_nfe.png", "unet_time.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     report = (out / "report.md").read_text()
-    for heading in ("## Headline", "## Targets", "## Workload 1", "## Workload 2", "## Workload 3", "## Workload 4",
-                    "## Settings and environment"):
+    for heading in (
+        "## Headline",
+        "## Targets",
+        "## Workload 1",
+        "## Workload 2",
+        "## Workload 3",
+        "## Workload 4",
+        "## Settings and environment",
+    ):
         assert heading in report, heading
     assert res["config"]["seed"] == 0 and res["config"]["mode"] == "quick"
     assert all(math.isfinite(v) for v in _numbers(res["workloads"]["unet"]))
@@ -222,8 +263,14 @@ def test_update_replaces_one_workload_and_keeps_the_others(tmp_path, monkeypatch
     out = tmp_path / "report"
     first = run_bench(tiny(BenchConfig, workloads=("analytic", "editing")), out, log=lambda *a: None)
     kept = json.loads((out / "results.json").read_text())["workloads"]["analytic"]
-    monkeypatch.setattr(runner, "run_workloads", lambda cfg, log: {
-        "workloads": {"editing": {**first["workloads"]["editing"], "seconds": -1.0}}, "seconds": {"editing": 0.5}})
+    monkeypatch.setattr(
+        runner,
+        "run_workloads",
+        lambda cfg, log: {
+            "workloads": {"editing": {**first["workloads"]["editing"], "seconds": -1.0}},
+            "seconds": {"editing": 0.5},
+        },
+    )
     run_bench(tiny(BenchConfig, workloads=("editing",)), out, overwrite=True, update=True, log=lambda *a: None)
     again = json.loads((out / "results.json").read_text())
     assert list(again["workloads"]) == ["analytic", "editing"] and again["workloads"]["analytic"] == kept

@@ -9,8 +9,14 @@ from bdia.bench.config import BenchConfig
 
 
 def test_editing_workload_tiny(tmp_path):
-    cfg = BenchConfig.quick(editing_images=3, editing_targets=1, editing_steps=6, editing_strengths=(0.5, 1.0),
-                            editing_guidances=(2.0,), editing_methods=("ddim", "bdia-1"))
+    cfg = BenchConfig.quick(
+        editing_images=3,
+        editing_targets=1,
+        editing_steps=6,
+        editing_strengths=(0.5, 1.0),
+        editing_guidances=(2.0,),
+        editing_methods=("ddim", "bdia-1"),
+    )
     res = editing.run(cfg, log=lambda *a: None)
     rows = res["methods"]["bdia-1"]["rows"]
     assert len(rows) == 2 and {r["strength"] for r in rows} == {0.5, 1.0}

@@ -29,7 +29,7 @@ def _data(dtype, seed=1):
 def test_reversible_scale_is_a_bijection_close_to_the_product():
     rng = random.Random(0)
     for n, d in [(24, 25), (1, 10), (1, 2), (93, 100), (25, 24), (4788099541, 2925635533)]:
-        q = np.array([rng.randrange(-2**90, 2**90) for _ in range(200)] + [0, 1, -1], dtype=object)
+        q = np.array([rng.randrange(-(2**90), 2**90) for _ in range(200)] + [0, 1, -1], dtype=object)
         buf = np.array([rng.randrange(0, 2**40) for _ in range(q.size)], dtype=object)
         q2, buf2 = reversible_scale(q, buf, n, d)
         back, buf_back = reversible_scale(q2, buf2, d, n)
@@ -59,10 +59,17 @@ def test_bdia_round_trip_is_bit_identical(gamma, num_steps, dtype):
     assert torch.equal(rec, x0)
 
 
-@pytest.mark.parametrize("solver", [bdia.EDICT(0.93, bit_exact=True), bdia.EDICT(0.5, alternate=False, bit_exact=True),
-                                    bdia.BDIA("belm", bit_exact=True), bdia.BDIA(0.8, forward="heun", bit_exact=True),
-                                    bdia.BDIA([0.9, 0.3, 0.7, 0.2, 1.0], bit_exact=True)],
-                         ids=["edict", "edict-0.5-noalt", "obelm", "bdia-heun", "gamma-sequence"])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        bdia.EDICT(0.93, bit_exact=True),
+        bdia.EDICT(0.5, alternate=False, bit_exact=True),
+        bdia.BDIA("belm", bit_exact=True),
+        bdia.BDIA(0.8, forward="heun", bit_exact=True),
+        bdia.BDIA([0.9, 0.3, 0.7, 0.2, 1.0], bit_exact=True),
+    ],
+    ids=["edict", "edict-0.5-noalt", "obelm", "bdia-heun", "gamma-sequence"],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_other_exact_configurations_round_trip_bit_identically(solver, dtype):
     model, grid, x0 = _mixture(), LINEAR.grid(6), _data(dtype, seed=2)
@@ -89,32 +96,38 @@ def test_round_trip_on_the_digits_model(gamma, single_thread):
     assert torch.equal(solver.sample(eps, solver.invert(eps, x0, grid), grid), x0)
 
 
-@pytest.mark.parametrize("exact, reference", [(bdia.BDIA(0.7, bit_exact=True), bdia.BDIA(0.7)),
-                                              (bdia.EDICT(0.93, bit_exact=True), bdia.EDICT(0.93))],
-                         ids=["bdia", "edict"])
+@pytest.mark.parametrize(
+    "exact, reference",
+    [(bdia.BDIA(0.7, bit_exact=True), bdia.BDIA(0.7)), (bdia.EDICT(0.93, bit_exact=True), bdia.EDICT(0.93))],
+    ids=["bdia", "edict"],
+)
 def test_generation_matches_the_float_solver(exact, reference):
     model, grid = _mixture(), LINEAR.grid(20)
     noise = _data(torch.float64, seed=3)
     assert (exact.sample(model, noise, grid) - reference.sample(model, noise, grid)).abs().max() <= 1e-10
 
 
-@pytest.mark.parametrize("solver", [bdia.BDIA(0.3, bit_exact=True), bdia.EDICT(0.93, bit_exact=True)],
-                         ids=["bdia", "edict"])
+@pytest.mark.parametrize(
+    "solver", [bdia.BDIA(0.3, bit_exact=True), bdia.EDICT(0.93, bit_exact=True)], ids=["bdia", "edict"]
+)
 def test_unstep_inverts_step_exactly_at_every_position(solver):
     model, grid = _mixture(), LINEAR.grid(8)
     ev = solver.evaluator(model, grid, torch.float64, "test")
     rng = random.Random(0)
     for i in range(solver.warmup, grid.num_steps):
-        ints = [np.array([rng.randrange(-2**81, 2**81) for _ in range(16)], dtype=object).reshape(2, 2, 4)
-                for _ in range(2)]
+        ints = [
+            np.array([rng.randrange(-(2**81), 2**81) for _ in range(16)], dtype=object).reshape(2, 2, 4)
+            for _ in range(2)
+        ]
         buf = np.array([rng.randrange(0, 2**20) for _ in range(16)], dtype=object).reshape(2, 2, 4)
         s = solver.State(*ints, buf, torch.zeros(2, 2, 4, dtype=torch.float64))
         back = solver.unstep(ev, solver.step(ev, s, grid, i), grid, i)
         assert all((a == b).all() for a, b in zip(back[:3], s[:3]))
 
 
-@pytest.mark.parametrize("gamma, bits_per_step", [(0.1, math.log2(10)), (0.3, math.log2(10 / 3)), (1.0, 0.0),
-                                                  (0.5, 0.0)])
+@pytest.mark.parametrize(
+    "gamma, bits_per_step", [(0.1, math.log2(10)), (0.3, math.log2(10 / 3)), (1.0, 0.0), (0.5, 0.0)]
+)
 def test_buffer_grows_by_log2_one_over_gamma_per_step_when_generating(gamma, bits_per_step):
     """40 BDIA steps push about log2(d/n) bits each; halving drops only the zero bits below a float's ulp."""
     model, noise = _mixture(), _data(torch.float64)
@@ -167,7 +180,9 @@ def test_refusals():
         bdia.BDIA(0.5, bit_exact=True).sample(model, inv, grid)
 
 
-@pytest.mark.parametrize("solver", [bdia.BDIA(0.2, bit_exact=True), bdia.EDICT(0.7, bit_exact=True)], ids=["bdia", "edict"])
+@pytest.mark.parametrize(
+    "solver", [bdia.BDIA(0.2, bit_exact=True), bdia.EDICT(0.7, bit_exact=True)], ids=["bdia", "edict"]
+)
 def test_reversible_gradient_through_bit_exact_sampling_is_autograds_at_any_gamma(solver):
     """The exact trajectory is recovered by the integer inverse: no amplified rounding, where float reversal fails."""
     g = torch.Generator().manual_seed(0)
@@ -203,8 +218,10 @@ def test_edited_latents_are_sampled_not_the_stored_exact_state():
     x = solver.sample(model, dataclasses.replace(inv, latents=start), grid, backprop="reversible")
     assert torch.equal(x.detach(), x0)  # unchanged latents still regenerate x0 bit for bit
     noise = _data(torch.float64, seed=6)
-    assert torch.equal(solver.sample(model, noise.requires_grad_(), grid, backprop="reversible").detach(),
-                       solver.sample(model, noise.detach(), grid))
+    assert torch.equal(
+        solver.sample(model, noise.requires_grad_(), grid, backprop="reversible").detach(),
+        solver.sample(model, noise.detach(), grid),
+    )
     assert all(g.abs().sum() > 0 for g in torch.autograd.grad(x.sum(), start))
 
 

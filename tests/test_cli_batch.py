@@ -53,7 +53,7 @@ def test_invert_a_folder_writes_one_inversion_each_and_a_rerun_does_no_work(bdia
         record = next(r for r in records if r["source"].endswith(f"d{k}.png"))
         one = load_inversion(out / record["output"])
         assert one.batch_size == 1
-        assert all(torch.equal(a[k:k + 1], b) for a, b in zip(batch.latents, one.latents))
+        assert all(torch.equal(a[k : k + 1], b) for a, b in zip(batch.latents, one.latents))
 
     code, stdout, err = bdia_cli("invert", folder, "-o", out, "--steps", STEPS, "-q")
     assert code == 0, err

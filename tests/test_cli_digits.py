@@ -16,9 +16,7 @@ import bdia.cli
 from bdia.digits import load_classifier, load_digits, to_model
 from bdia.io.saved import load_inversion, save_inversion
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +94,9 @@ def test_edit_straight_from_an_image_and_resizing_is_announced(bdia_cli, tmp_pat
     big = tmp_path / "big.png"
     Image.fromarray(held_out).convert("RGB").resize((48, 48), Image.Resampling.NEAREST).save(big)
     out_png = tmp_path / "eight.png"
-    code, out, err = bdia_cli("edit", big, "--source-prompt", "3", "--prompt", "8", "--steps", 10,
-                              "--strength", 0.8, "-o", out_png, "-q")
+    code, out, err = bdia_cli(
+        "edit", big, "--source-prompt", "3", "--prompt", "8", "--steps", 10, "--strength", 0.8, "-o", out_png, "-q"
+    )
     assert code == 0, err
     assert "resized from 48x48 to 16x16" in err and "converted" not in err  # gray stored as RGB is silent
     assert "strength 0.8" in out and "NFE 8" in out and _read(out_png)[2] == (16, 16)
@@ -105,9 +104,11 @@ def test_edit_straight_from_an_image_and_resizing_is_announced(bdia_cli, tmp_pat
 
 @pytest.mark.parametrize("label", ["12", "cat"])
 def test_wrong_class_labels_are_one_line_errors(bdia_cli, tmp_path, digit_png, label):
-    for args in (("invert", digit_png, "--prompt", label, "-o", tmp_path / "x.safetensors"),
-                 ("generate", "--prompt", label, "-o", tmp_path / "x.png"),
-                 ("edit", digit_png, "--prompt", label, "-o", tmp_path / "x.png")):
+    for args in (
+        ("invert", digit_png, "--prompt", label, "-o", tmp_path / "x.safetensors"),
+        ("generate", "--prompt", label, "-o", tmp_path / "x.png"),
+        ("edit", digit_png, "--prompt", label, "-o", tmp_path / "x.png"),
+    ):
         code, out, err = bdia_cli(*args)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1, err
@@ -124,8 +125,13 @@ def test_an_sd_inversion_is_refused_by_digits(bdia_cli, tmp_path, digit_png):
     inv = tmp_path / "inv.safetensors"
     assert bdia_cli("invert", digit_png, "--prompt", "3", "--steps", 5, "-o", inv, "-q")[0] == 0
     sd = load_inversion(inv)
-    sd.model = {"id": "org/sd-model", "revision": None, "class": "StableDiffusionPipeline", "dtype": "float32",
-                "fingerprint": {"unet_config": {"in_channels": 4}, "vae_config": {}, "unet_probe": {}}}
+    sd.model = {
+        "id": "org/sd-model",
+        "revision": None,
+        "class": "StableDiffusionPipeline",
+        "dtype": "float32",
+        "fingerprint": {"unet_config": {"in_channels": 4}, "vae_config": {}, "unet_probe": {}},
+    }
     sd_file = save_inversion(sd, tmp_path / "sd.safetensors")
     code, out, err = bdia_cli("reconstruct", sd_file, "--model", "digits", "-o", tmp_path / "x.png", "-q")
     last = err.strip().splitlines()[-1]
@@ -154,8 +160,9 @@ def test_digits_is_the_default_and_needs_no_diffusers(tmp_path):
         "rc = bdia.cli.main(['generate', '--prompt', '4', '--steps', '5', '-q', '-o', sys.argv[1]])\n"
         "print(json.dumps([rc, 'diffusers' in sys.modules, 'transformers' in sys.modules]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "four.png")], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "four.png")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, False, False]
     assert (tmp_path / "four.png").is_file()

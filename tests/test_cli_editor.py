@@ -164,6 +164,7 @@ def test_analytic_is_reachable_after_import_bdia():
 
 # ----- outputs ----------------------------------------------------------------------------------------------
 
+
 def test_reconstruct_measures_the_file_on_disk(bdia_cli, tmp_path, digit_png):
     inv = tmp_path / "inv.safetensors"
     assert bdia_cli("invert", digit_png, "--prompt", "3", "--steps", 6, "-o", inv, "-q")[0] == 0
@@ -185,8 +186,9 @@ def test_generate_writes_in_chunks_and_says_how_many(bdia_cli, tmp_path, monkeyp
     from bdia.cli import generate
 
     monkeypatch.setattr(generate, "CHUNK", 3)
-    code, out, err = bdia_cli("generate", "--prompt", "7", "--steps", 4, "--num-images", 7, "-o", tmp_path / "g.png",
-                              "-q")
+    code, out, err = bdia_cli(
+        "generate", "--prompt", "7", "--steps", 4, "--num-images", 7, "-o", tmp_path / "g.png", "-q"
+    )
     assert code == 0 and "generated 7 image(s)" in out and "wrote 7 image(s)" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"g_{k}.png" for k in range(7))
     from PIL import Image
@@ -204,8 +206,9 @@ def test_generate_writes_in_chunks_and_says_how_many(bdia_cli, tmp_path, monkeyp
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Editor, "generate", fail_second)
-    code, out, err = bdia_cli("generate", "--prompt", "7", "--steps", 4, "--num-images", 7, "-o", tmp_path / "h.png",
-                              "-q")
+    code, out, err = bdia_cli(
+        "generate", "--prompt", "7", "--steps", 4, "--num-images", 7, "-o", tmp_path / "h.png", "-q"
+    )
     assert code == 2 and "wrote 3 of 7 image(s)" in err and "disk full" in err
     assert sorted(p.name for p in tmp_path.glob("h_*")) == ["h_0.png", "h_1.png", "h_2.png"]
 

@@ -12,11 +12,9 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from flow_fixtures import flow_model_dir  # noqa: E402
-
 from bdia.editing import Editor  # noqa: E402
-
 from bdia.io.saved import load_inversion  # noqa: E402
+from flow_fixtures import flow_model_dir  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -54,8 +52,21 @@ def test_reconstruction_is_the_vaes_own_round_trip(bdia_cli, tmp_path, image_fil
 
     model = flow_model_dir(kind)
     inv_path, rec_path = tmp_path / "inv.safetensors", tmp_path / "rec.png"
-    code, _, err = bdia_cli("invert", image_file, "--model", model, "--prompt", "a cat", "--guidance", 2.0,
-                            "--steps", STEPS, "-o", inv_path, *COMMON)
+    code, _, err = bdia_cli(
+        "invert",
+        image_file,
+        "--model",
+        model,
+        "--prompt",
+        "a cat",
+        "--guidance",
+        2.0,
+        "--steps",
+        STEPS,
+        "-o",
+        inv_path,
+        *COMMON,
+    )
     assert code == 0, err
     code, out, err = bdia_cli("reconstruct", inv_path, "-o", rec_path, *COMMON)
     assert code == 0, err
@@ -78,16 +89,48 @@ def test_reconstruction_is_the_vaes_own_round_trip(bdia_cli, tmp_path, image_fil
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_round_trip_with_a_bfloat16_transformer(bdia_cli, tmp_path, image_file, kind):
     inv_path = tmp_path / "inv.safetensors"
-    code, out, err = bdia_cli("invert", image_file, "--model", flow_model_dir(kind), "--prompt", "a cat",
-                              "--guidance", 2.0, "--steps", STEPS, "--dtype", "bfloat16", "-o", inv_path, *COMMON)
+    code, out, err = bdia_cli(
+        "invert",
+        image_file,
+        "--model",
+        flow_model_dir(kind),
+        "--prompt",
+        "a cat",
+        "--guidance",
+        2.0,
+        "--steps",
+        STEPS,
+        "--dtype",
+        "bfloat16",
+        "-o",
+        inv_path,
+        *COMMON,
+    )
     assert code == 0, err
     assert load_inversion(inv_path).model["dtype"] == "bfloat16"
     code, out, err = bdia_cli("reconstruct", inv_path, "-o", tmp_path / "rec.png", *COMMON)  # its own dtype
     assert code == 0, err
     assert _latent_error(out) <= 1e-10
-    code, out, err = bdia_cli("invert", image_file, "--model", flow_model_dir(kind), "--prompt", "a cat",
-                              "--guidance", 2.0, "--steps", STEPS, "--dtype", "bfloat16", "--method", "ddim",
-                              "--check", "-o", tmp_path / "ddim.safetensors", *COMMON)
+    code, out, err = bdia_cli(
+        "invert",
+        image_file,
+        "--model",
+        flow_model_dir(kind),
+        "--prompt",
+        "a cat",
+        "--guidance",
+        2.0,
+        "--steps",
+        STEPS,
+        "--dtype",
+        "bfloat16",
+        "--method",
+        "ddim",
+        "--check",
+        "-o",
+        tmp_path / "ddim.safetensors",
+        *COMMON,
+    )
     assert code == 0, err
     assert _latent_error(out) > 1e-4  # plain Euler inversion, for contrast
 
@@ -99,18 +142,39 @@ def test_edit_and_generate(bdia_cli, tmp_path, image_file, kind):
 
     model = flow_model_dir(kind)
     inv_path = tmp_path / "inv.safetensors"
-    assert bdia_cli("invert", image_file, "--model", model, "--prompt", "a cat", "--steps", STEPS, "-o", inv_path,
-                    *COMMON)[0] == 0
-    code, out, err = bdia_cli("edit", inv_path, "--prompt", "a dog", "--guidance", 4.0, "-o", tmp_path / "dog.png",
-                              *COMMON)
+    assert (
+        bdia_cli(
+            "invert", image_file, "--model", model, "--prompt", "a cat", "--steps", STEPS, "-o", inv_path, *COMMON
+        )[0]
+        == 0
+    )
+    code, out, err = bdia_cli(
+        "edit", inv_path, "--prompt", "a dog", "--guidance", 4.0, "-o", tmp_path / "dog.png", *COMMON
+    )
     assert code == 0, err
     editor = _editor(kind)
     expected = editor.edit(load_inversion(inv_path), "a dog", guidance_scale=4.0, progress=False).images[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "dog.png")), np.asarray(expected))
     assert not np.array_equal(np.asarray(expected), np.asarray(Image.open(image_file)))
 
-    code, out, err = bdia_cli("generate", "--model", model, "--prompt", "a cat", "--height", H, "--width", W,
-                              "--steps", 4, "--seed", 3, "-o", tmp_path / "gen.png", *COMMON)
+    code, out, err = bdia_cli(
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a cat",
+        "--height",
+        H,
+        "--width",
+        W,
+        "--steps",
+        4,
+        "--seed",
+        3,
+        "-o",
+        tmp_path / "gen.png",
+        *COMMON,
+    )
     assert code == 0, err
     made = np.asarray(Image.open(tmp_path / "gen.png"))
     assert made.shape == (H, W, 3) and made.std() > 0
@@ -120,10 +184,12 @@ def test_edit_and_generate(bdia_cli, tmp_path, image_file, kind):
 
 def test_an_inversion_is_refused_by_another_family(bdia_cli, tmp_path, image_file):
     inv_path = tmp_path / "inv.safetensors"
-    assert bdia_cli("invert", image_file, "--model", flow_model_dir("sd3"), "--steps", 3, "-o", inv_path,
-                    *COMMON)[0] == 0
-    code, _, err = bdia_cli("reconstruct", inv_path, "--model", flow_model_dir("flux"), "-o", tmp_path / "r.png",
-                            *COMMON)
+    assert (
+        bdia_cli("invert", image_file, "--model", flow_model_dir("sd3"), "--steps", 3, "-o", inv_path, *COMMON)[0] == 0
+    )
+    code, _, err = bdia_cli(
+        "reconstruct", inv_path, "--model", flow_model_dir("flux"), "-o", tmp_path / "r.png", *COMMON
+    )
     assert code == 2 and "'sd3' model, not a Flux pipeline" in err, err
     code, _, err = bdia_cli("reconstruct", inv_path, "--model", "digits", "-o", tmp_path / "r.png", *COMMON)
     assert code == 2 and "'sd3' model, not the embedded digits model" in err, err
@@ -156,8 +222,9 @@ def test_a_folder_of_two_sizes_inverts_and_reconstructs_exactly(bdia_cli, tmp_pa
     for name, (w, h) in {"a": (W, H), "b": (W, H), "wide": (24, H)}.items():
         Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy()).save(tmp_path / "in" / f"{name}.png")
     model = flow_model_dir("flux")
-    code, out, err = bdia_cli("invert", tmp_path / "in", "--model", model, "--prompt", "a cat", "--steps", 4,
-                              "-o", tmp_path / "inv", *COMMON)
+    code, out, err = bdia_cli(
+        "invert", tmp_path / "in", "--model", model, "--prompt", "a cat", "--steps", 4, "-o", tmp_path / "inv", *COMMON
+    )
     assert code == 0 and "3 written" in out, err
     wide = load_inversion(tmp_path / "inv" / "wide.safetensors")
     editor = _editor("flux")
@@ -174,9 +241,25 @@ def test_a_folder_of_two_sizes_inverts_and_reconstructs_exactly(bdia_cli, tmp_pa
 def test_rex_round_trip_on_flow_pipelines(bdia_cli, tmp_path, image_file, kind, dtype):
     """Rex runs on the velocity grid from t = 1 (alpha = 0), also with a half-precision transformer."""
     inv_path = tmp_path / "inv.safetensors"
-    code, _, err = bdia_cli("invert", image_file, "--model", flow_model_dir(kind), "--prompt", "a cat",
-                            "--guidance", 2.0, "--steps", 4, "--method", "rex", "--dtype", dtype,
-                            "-o", inv_path, *COMMON)
+    code, _, err = bdia_cli(
+        "invert",
+        image_file,
+        "--model",
+        flow_model_dir(kind),
+        "--prompt",
+        "a cat",
+        "--guidance",
+        2.0,
+        "--steps",
+        4,
+        "--method",
+        "rex",
+        "--dtype",
+        dtype,
+        "-o",
+        inv_path,
+        *COMMON,
+    )
     assert code == 0, err
     code, out, err = bdia_cli("reconstruct", inv_path, "-o", tmp_path / "rec.png", *COMMON)
     assert code == 0, err

@@ -8,13 +8,11 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from pipelines_fixtures import make_image, model_dir  # noqa: E402
-
 import bdia.cli  # noqa: E402
 from bdia.io.saved import load_inversion  # noqa: E402
+from pipelines_fixtures import make_image, model_dir  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 
 @pytest.fixture
@@ -34,8 +32,24 @@ def _number(pattern: str, text: str) -> float:
 def test_invert_reconstruct_edit(bdia_cli, tmp_path, image_file, method):
     sd = model_dir("sd")
     inv = tmp_path / "cat.safetensors"
-    code, out, err = bdia_cli("invert", image_file, "--model", sd, "--prompt", "a cat", "--steps", 5, "--guidance", 2,
-                              "--method", method, "-o", inv, "--check", "-q")
+    code, out, err = bdia_cli(
+        "invert",
+        image_file,
+        "--model",
+        sd,
+        "--prompt",
+        "a cat",
+        "--steps",
+        5,
+        "--guidance",
+        2,
+        "--method",
+        method,
+        "-o",
+        inv,
+        "--check",
+        "-q",
+    )
     assert code == 0, err
     assert _number(r"max latent error ([0-9.e+-]+)", out) < 1e-9
     assert "pixel MAE" in out and "VAE's own round trip" in out and "NFE" in out
@@ -54,8 +68,24 @@ def test_invert_reconstruct_edit(bdia_cli, tmp_path, image_file, method):
 
 
 def test_ddim_round_trip_is_reported_inexact(bdia_cli, tmp_path, image_file):
-    code, out, err = bdia_cli("invert", image_file, "--model", model_dir("sd"), "--prompt", "a cat", "--steps", 5,
-                              "--guidance", 3, "--method", "ddim", "-o", tmp_path / "inv.safetensors", "--check", "-q")
+    code, out, err = bdia_cli(
+        "invert",
+        image_file,
+        "--model",
+        model_dir("sd"),
+        "--prompt",
+        "a cat",
+        "--steps",
+        5,
+        "--guidance",
+        3,
+        "--method",
+        "ddim",
+        "-o",
+        tmp_path / "inv.safetensors",
+        "--check",
+        "-q",
+    )
     assert code == 0, err
     assert _number(r"max latent error ([0-9.e+-]+)", out) > 1e-3
 
@@ -88,27 +118,63 @@ def test_mismatched_model_is_refused(bdia_cli, tmp_path, image_file):
 
 def test_edit_straight_from_an_image_with_strength(bdia_cli, tmp_path, image_file):
     out_png = tmp_path / "dog.png"
-    code, out, err = bdia_cli("edit", image_file, "--model", model_dir("sdxl"), "--source-prompt", "a cat",
-                              "--prompt", "a dog", "--steps", 5, "--strength", 0.8, "--gamma", 0.96, "-o", out_png, "-q")
+    code, out, err = bdia_cli(
+        "edit",
+        image_file,
+        "--model",
+        model_dir("sdxl"),
+        "--source-prompt",
+        "a cat",
+        "--prompt",
+        "a dog",
+        "--steps",
+        5,
+        "--strength",
+        0.8,
+        "--gamma",
+        0.96,
+        "-o",
+        out_png,
+        "-q",
+    )
     assert code == 0, err
     assert "strength 0.8" in out and "NFE 4" in out and out_png.is_file()
 
 
 def test_generate_writes_numbered_images(bdia_cli, tmp_path):
-    code, out, err = bdia_cli("generate", "--model", model_dir("sd-v"), "--prompt", "a dog", "--steps", 4,
-                              "--height", 32, "--width", 32, "--num-images", 2, "--seed", 3,
-                              "-o", tmp_path / "gen.png", "-q")
+    code, out, err = bdia_cli(
+        "generate",
+        "--model",
+        model_dir("sd-v"),
+        "--prompt",
+        "a dog",
+        "--steps",
+        4,
+        "--height",
+        32,
+        "--width",
+        32,
+        "--num-images",
+        2,
+        "--seed",
+        3,
+        "-o",
+        tmp_path / "gen.png",
+        "-q",
+    )
     assert code == 0, err
     assert "generated 2 image(s) 32x32 with bdia(gamma=0.5)" in out and "NFE 4" in out
     assert (tmp_path / "gen_0.png").is_file() and (tmp_path / "gen_1.png").is_file()
 
 
 def test_user_errors_are_one_line(bdia_cli, tmp_path, image_file):
-    code, out, err = bdia_cli("invert", image_file, "--model", tmp_path / "no-such-model", "-o",
-                              tmp_path / "inv.safetensors")
+    code, out, err = bdia_cli(
+        "invert", image_file, "--model", tmp_path / "no-such-model", "-o", tmp_path / "inv.safetensors"
+    )
     assert code == 2 and "no model folder" in err
-    code, out, err = bdia_cli("invert", tmp_path / "missing.png", "--model", model_dir("sd"), "-o",
-                              tmp_path / "inv.safetensors")
+    code, out, err = bdia_cli(
+        "invert", tmp_path / "missing.png", "--model", model_dir("sd"), "-o", tmp_path / "inv.safetensors"
+    )
     assert code == 2 and "no image file" in err
     code, out, err = bdia_cli("invert", image_file, "--model", model_dir("sd"), "-o", tmp_path / "inv.pt")
     assert code == 2 and ".safetensors" in err
@@ -125,11 +191,14 @@ def test_help_lists_the_commands(bdia_cli):
         assert name in text
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (("generate", "--prompt", "a dog", "--width", "35"), "multiples of the VAE factor"),
-    (("generate", "--prompt", "a dog", "--method", "edict", "--gamma", "0.5"), "--gamma applies"),
-    (("invert", "{bad}", "--prompt", "a cat"), "not an image file"),  # a PNG signature and nothing else
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (("generate", "--prompt", "a dog", "--width", "35"), "multiples of the VAE factor"),
+        (("generate", "--prompt", "a dog", "--method", "edict", "--gamma", "0.5"), "--gamma applies"),
+        (("invert", "{bad}", "--prompt", "a cat"), "not an image file"),  # a PNG signature and nothing else
+    ],
+)
 def test_bad_inputs_on_stable_diffusion_are_one_line(bdia_cli, tmp_path, extra, needle, monkeypatch, capsys):
     from bdia.solvers import Solver
 

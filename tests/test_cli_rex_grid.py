@@ -8,8 +8,15 @@ pytest.importorskip("safetensors")
 from bdia.io.saved import load_inversion  # noqa: E402
 
 
-@pytest.mark.parametrize("extra", [("--method", "rex", "--base", "midpoint"), ("--method", "rex", "--zeta", "0.95"),
-                                   ("--grid", "karras"), ("--method", "rex", "--grid", "karras")])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--method", "rex", "--base", "midpoint"),
+        ("--method", "rex", "--zeta", "0.95"),
+        ("--grid", "karras"),
+        ("--method", "rex", "--grid", "karras"),
+    ],
+)
 def test_round_trip_is_exact_and_the_inversion_remembers_method_and_grid(bdia_cli, tmp_path, digit_png, extra):
     inv = tmp_path / "inv.safetensors"
     code, out, err = bdia_cli("invert", digit_png, "--prompt", "3", "--steps", 6, *extra, "-o", inv, "-q")
@@ -26,12 +33,15 @@ def test_round_trip_is_exact_and_the_inversion_remembers_method_and_grid(bdia_cl
     assert code == 0, err and (tmp_path / "eight.png").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--method", "edict", "--zeta", "0.5"), "--zeta applies to --method rex"),
-    (("--base", "rk4"), "--base applies to --method rex"),
-    (("--method", "rex", "--zeta", "0"), "zeta"),
-    (("--grid", "banana"), "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--method", "edict", "--zeta", "0.5"), "--zeta applies to --method rex"),
+        (("--base", "rk4"), "--base applies to --method rex"),
+        (("--method", "rex", "--zeta", "0"), "zeta"),
+        (("--grid", "banana"), "invalid choice"),
+    ],
+)
 def test_rex_and_grid_options_are_checked_before_any_work(bdia_cli, tmp_path, digit_png, args, message):
     code, out, err = bdia_cli("invert", digit_png, "--prompt", "3", *args, "-o", tmp_path / "x.safetensors")
     assert code == 2 and message in err and "Traceback" not in err

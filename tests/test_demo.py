@@ -14,7 +14,6 @@ pytest.importorskip("tqdm")
 
 from bdia.cli import build_parser, main  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 

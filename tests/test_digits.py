@@ -38,6 +38,7 @@ def classifier():
 
 # ----- data ------------------------------------------------------------------------------------------
 
+
 def test_split_is_fixed_disjoint_and_stratified():
     from sklearn.datasets import load_digits as sklearn_digits
 
@@ -65,6 +66,7 @@ def test_images_are_16x16_uint8_and_round_trip_through_model_space():
 
 # ----- UNet and training ----------------------------------------------------------------------------
 
+
 def test_unet_shapes_and_null_label():
     net = digits.DigitsUNet(channels=(8, 16, 16), emb_dim=32)
     x = torch.randn(3, 1, 16, 16)
@@ -73,8 +75,9 @@ def test_unet_shapes_and_null_label():
 
 
 def test_train_unet_few_steps_loss_finite_and_decreasing():
-    net, hist = train_unet(seed=1, steps=40, batch_size=16, warmup=5, channels=[8, 16, 16], emb_dim=32, lr=3e-3,
-                           log=None, log_every=10)
+    net, hist = train_unet(
+        seed=1, steps=40, batch_size=16, warmup=5, channels=[8, 16, 16], emb_dim=32, lr=3e-3, log=None, log_every=10
+    )
     losses = [loss for _, loss in hist["loss_curve"]]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
@@ -119,8 +122,20 @@ def test_training_script_runs_a_few_steps(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts" / "train_digits.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    rc = script.main(["--out", str(tmp_path), "--unet-steps", "4", "--classifier-steps", "4", "--log-every", "2",
-                      "--threads", str(torch.get_num_threads())])
+    rc = script.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--unet-steps",
+            "4",
+            "--classifier-steps",
+            "4",
+            "--log-every",
+            "2",
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+    )
     assert rc == 0
     assert "unet step" in capsys.readouterr().out
     rec = json.loads((tmp_path / "training.json").read_text())
@@ -130,6 +145,7 @@ def test_training_script_runs_a_few_steps(tmp_path, capsys):
 
 
 # ----- shipped weights ------------------------------------------------------------------------------
+
 
 def test_shipped_weights_are_small_and_documented():
     for name in ("digits_unet.safetensors", "digits_classifier.safetensors"):
@@ -177,6 +193,7 @@ def test_eps_model_labels():
 
 
 # ----- quality measures -----------------------------------------------------------------------------
+
 
 def test_frechet_distance_against_closed_form():
     rng = np.random.default_rng(0)

@@ -9,12 +9,16 @@ import pytest
 import torch
 
 import bdia
-from bdia.edm import (from_denoiser, karras_grid, karras_grid_for, karras_sigmas, sigma_to_t, t_to_sigma,
-                      to_denoiser)
+from bdia.edm import from_denoiser, karras_grid, karras_grid_for, karras_sigmas, sigma_to_t, t_to_sigma, to_denoiser
 from bdia.solvers import SOLVERS, Heun
 
-SD_CONFIG = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-             "set_alpha_to_one": False, "steps_offset": 1}
+SD_CONFIG = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
 
 # Data N(MU, S^2) per coordinate, in EDM variables: x = x0 + sigma n.
 MU = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
@@ -100,14 +104,17 @@ def test_karras_sigmas_match_formula_and_end_clean():
     assert torch.equal(g.timesteps, s[:-1]) and torch.equal(g.lambdas, s)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(sigma_min=1.0, sigma_max=0.5), "smaller than sigma_max"),
-    (dict(sigma_min=1.0, sigma_max=1.0), "smaller than sigma_max"),
-    (dict(rho=0.0), "rho"),
-    (dict(rho=-7.0), "rho"),
-    (dict(sigma_min=0.0), "sigma_min"),
-    (dict(sigma_max=float("inf")), "sigma_max"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sigma_min=1.0, sigma_max=0.5), "smaller than sigma_max"),
+        (dict(sigma_min=1.0, sigma_max=1.0), "smaller than sigma_max"),
+        (dict(rho=0.0), "rho"),
+        (dict(rho=-7.0), "rho"),
+        (dict(sigma_min=0.0), "sigma_min"),
+        (dict(sigma_max=float("inf")), "sigma_max"),
+    ],
+)
 def test_karras_grid_bad_inputs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         karras_grid(10, **kwargs)
@@ -263,8 +270,12 @@ def test_nfe_counts(noise):
         return from_denoiser(gaussian_denoiser)(x, t)
 
     n = 9
-    for solver, expected in ((Heun(), 2 * n - 1), (bdia.BDIA(1.0, forward="heun"), 2 * n - 1),
-                             (bdia.DDIM(), n), (bdia.BDIA(1.0), n)):
+    for solver, expected in (
+        (Heun(), 2 * n - 1),
+        (bdia.BDIA(1.0, forward="heun"), 2 * n - 1),
+        (bdia.DDIM(), n),
+        (bdia.BDIA(1.0), n),
+    ):
         counter["n"] = 0
         solver.sample(counted, noise * 80.0, karras_grid(n))
         assert counter["n"] == expected, solver
@@ -329,8 +340,10 @@ def test_vp_model_on_karras_grid_equals_its_denoiser_on_ve_grid(name):
     vp_solver, ve_solver = {
         "heun": (Heun(), Heun()),
         "ddim": (bdia.DDIM(), bdia.DDIM()),
-        "bdia-heun": (bdia.BDIA(0.96, forward="heun"),
-                      bdia.BDIA([0.96 * float(al[i - 1] / al[i + 1]) for i in range(1, 15)], forward="heun")),
+        "bdia-heun": (
+            bdia.BDIA(0.96, forward="heun"),
+            bdia.BDIA([0.96 * float(al[i - 1] / al[i + 1]) for i in range(1, 15)], forward="heun"),
+        ),
     }[name]
     eps = vp_gaussian_eps(sched)
     z0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)

@@ -66,7 +66,10 @@ def test_ddim_on_a_flow_grid_is_flow_match_euler_step_bit_for_bit():
 
 
 def test_heun_on_a_flow_grid_is_flow_match_heun():
-    """Heun averages the velocity (the trapezoid rule in (x, t)), Euler into t = 0, as FlowMatchHeunDiscreteScheduler."""
+    """Heun averages the velocity (the trapezoid rule in (x, t)), Euler into t = 0.
+
+    As FlowMatchHeunDiscreteScheduler does.
+    """
     diffusers = pytest.importorskip("diffusers")
     model = _mixture()
     noise = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
@@ -187,11 +190,18 @@ def test_flow_velocity_is_exact():
 
 def test_grid_and_schedule_errors_say_what_to_change():
     with pytest.raises(ValueError, match="prediction='velocity'"):
-        bdia.Grid(torch.tensor([1000.0, 500.0]), torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64),
-                  torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
+        bdia.Grid(
+            torch.tensor([1000.0, 500.0]),
+            torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64),
+            torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64),
+        )
     with pytest.raises(ValueError, match="alpha \\+ sigma = 1"):
-        bdia.Grid(torch.tensor([1000.0, 500.0]), torch.tensor([0.1, 0.6, 1.0], dtype=torch.float64),
-                  torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64), prediction="velocity")
+        bdia.Grid(
+            torch.tensor([1000.0, 500.0]),
+            torch.tensor([0.1, 0.6, 1.0], dtype=torch.float64),
+            torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64),
+            prediction="velocity",
+        )
     with pytest.raises(ValueError, match="pass mu"):
         FLUX.grid(10)
     with pytest.raises(ValueError, match="use_karras_sigmas=True is not supported"):

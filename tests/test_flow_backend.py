@@ -7,22 +7,25 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from flow_fixtures import flow_model_dir  # noqa: E402
-
 import bdia  # noqa: E402
 from bdia.editing import Editor  # noqa: E402
 from bdia.io.loading import model_family  # noqa: E402
+from flow_fixtures import flow_model_dir  # noqa: E402
 
 H = W = 16
-KINDS = {"sd3": {"guidance_scale": 4.0}, "sd3-no-t5": {"guidance_scale": 4.0},
-         "flux": {"guidance_scale": 3.5, "max_sequence_length": 16}}
+KINDS = {
+    "sd3": {"guidance_scale": 4.0},
+    "sd3-no-t5": {"guidance_scale": 4.0},
+    "flux": {"guidance_scale": 3.5, "max_sequence_length": 16},
+}
 _BACKENDS: dict = {}
 
 
 def _backend(kind):
     if kind not in _BACKENDS:
-        _BACKENDS[kind] = Editor.from_pretrained(flow_model_dir(kind), device="cpu", progress=False,
-                                                 **_prompt_kw(kind)).backend
+        _BACKENDS[kind] = Editor.from_pretrained(
+            flow_model_dir(kind), device="cpu", progress=False, **_prompt_kw(kind)
+        ).backend
     return _BACKENDS[kind]
 
 
@@ -39,8 +42,16 @@ def test_backend_sampling_is_the_pipelines_own(kind, single_thread):
     cond, uncond = be.conditions(["a cat"], None, H, W)
     noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(0))
     ours = bdia.DDIM(state_dtype=torch.float32).sample(be.guided(cond, uncond, gs), noise, be.grid(6, 1.0, (W, H)))
-    ref = be.pipe("a cat", num_inference_steps=6, height=H, width=W, output_type="latent", latents=noise.clone(),
-                  guidance_scale=gs, **_prompt_kw(kind)).images
+    ref = be.pipe(
+        "a cat",
+        num_inference_steps=6,
+        height=H,
+        width=W,
+        output_type="latent",
+        latents=noise.clone(),
+        guidance_scale=gs,
+        **_prompt_kw(kind),
+    ).images
     assert torch.equal(ours, ref)
 
 
@@ -49,7 +60,7 @@ def test_backend_sampling_is_the_pipelines_own(kind, single_thread):
 def test_latent_round_trip_is_exact_with_half_precision_transformers(kind, dtype, single_thread):
     be = _backend(kind)
     g = torch.Generator().manual_seed(1)
-    images = (torch.rand(1, 3, H, W, generator=g) * 2 - 1)
+    images = torch.rand(1, 3, H, W, generator=g) * 2 - 1
     x = be.encode(images)
     assert x.shape == be.latent_shape(1, H, W)
     cond, uncond = be.conditions(["a cat"], None, H, W)
@@ -111,8 +122,18 @@ def test_flux_true_cfg_is_the_pipelines_and_inverts_exactly(single_thread):
     grid = be.grid(5, 1.0, (W, H))
     noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(3))
     ours = bdia.DDIM(state_dtype=torch.float32).sample(model, noise, grid)
-    ref = be.pipe("a cat", negative_prompt="blur", true_cfg_scale=2.0, num_inference_steps=5, height=H, width=W,
-                  output_type="latent", latents=noise.clone(), guidance_scale=3.5, max_sequence_length=16).images
+    ref = be.pipe(
+        "a cat",
+        negative_prompt="blur",
+        true_cfg_scale=2.0,
+        num_inference_steps=5,
+        height=H,
+        width=W,
+        output_type="latent",
+        latents=noise.clone(),
+        guidance_scale=3.5,
+        max_sequence_length=16,
+    ).images
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
     solver = bdia.BDIA(1.0)
     rec = solver.sample(model, solver.invert(model, ours.double(), grid), grid)
@@ -140,15 +161,23 @@ def test_sd3_with_dynamic_shifting_uses_the_pipelines_mu(single_thread):
 
     pipe = _backend("sd3").pipe
     original = pipe.scheduler
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=16,
-                                                     max_image_seq_len=256)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256
+    )
     try:
         be = SD3Backend(pipe)
         cond, uncond = be.conditions(["a cat"], None, H, W)
         noise = torch.randn(be.latent_shape(1, H, W), generator=torch.Generator().manual_seed(5))
         ours = bdia.DDIM(state_dtype=torch.float32).sample(be.guided(cond, uncond, 4.0), noise, be.grid(5, 1.0, (W, H)))
-        ref = pipe("a cat", num_inference_steps=5, height=H, width=W, output_type="latent", latents=noise.clone(),
-                   guidance_scale=4.0).images
+        ref = pipe(
+            "a cat",
+            num_inference_steps=5,
+            height=H,
+            width=W,
+            output_type="latent",
+            latents=noise.clone(),
+            guidance_scale=4.0,
+        ).images
         assert torch.equal(ours, ref)
     finally:
         pipe.scheduler = original
@@ -167,8 +196,9 @@ def test_an_editor_over_a_loaded_pipeline_picks_its_flow_backend():
 
 def test_flux_true_cfg_with_a_negative_prompt_through_the_editor(single_thread):
     """true_cfg_scale from from_pretrained: the negative prompt's branch is used, recorded and exact to invert."""
-    editor = Editor.from_pretrained(flow_model_dir("flux"), device="cpu", progress=False, max_sequence_length=16,
-                                    true_cfg_scale=2.0)
+    editor = Editor.from_pretrained(
+        flow_model_dir("flux"), device="cpu", progress=False, max_sequence_length=16, true_cfg_scale=2.0
+    )
     images = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(6))
     inv = editor.invert(images, "a cat", negative_prompt="blur", guidance_scale=3.5, num_steps=5)
     assert inv.model["true_cfg_scale"] == 2.0

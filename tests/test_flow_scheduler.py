@@ -6,9 +6,8 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from flow_fixtures import flow_model_dir  # noqa: E402
-
 from bdia.schedulers import BDIAFlowScheduler  # noqa: E402
+from flow_fixtures import flow_model_dir  # noqa: E402
 
 RUNS = {"sd3": {}, "flux": {"max_sequence_length": 16}}
 
@@ -22,8 +21,15 @@ def _pipe(kind):
 
 
 def _latents(pipe, steps=6):
-    return pipe("a cat", num_inference_steps=steps, height=32, width=32, output_type="latent",
-                generator=torch.Generator().manual_seed(0), **RUNS[pipe._bdia_kind]).images
+    return pipe(
+        "a cat",
+        num_inference_steps=steps,
+        height=32,
+        width=32,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        **RUNS[pipe._bdia_kind],
+    ).images
 
 
 @pytest.mark.parametrize("kind", list(RUNS))
@@ -73,14 +79,21 @@ def test_gamma_zero_with_a_bfloat16_model_differs_only_by_rounding(single_thread
 def test_img2img_strength_with_gamma_zero_is_flow_match_euler(single_thread):
     """StableDiffusion3Img2ImgPipeline: scale_noise at the start timestep, then steps from the middle of the grid."""
     from diffusers import StableDiffusion3Img2ImgPipeline
+
     from pipelines_fixtures import make_image
 
     pipe = StableDiffusion3Img2ImgPipeline(**_pipe("sd3").components)
     pipe.set_progress_bar_config(disable=True)
 
     def run():
-        return pipe("a cat", image=make_image((32, 32)), strength=0.6, num_inference_steps=6, output_type="latent",
-                    generator=torch.Generator().manual_seed(0)).images
+        return pipe(
+            "a cat",
+            image=make_image((32, 32)),
+            strength=0.6,
+            num_inference_steps=6,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        ).images
 
     reference = run()
     pipe.scheduler = BDIAFlowScheduler.from_config(pipe.scheduler.config, gamma=0.0)

@@ -9,8 +9,15 @@ import bdia
 from bdia.nulltext import NullTextInversion, null_text_invert
 
 D, C = 16, 32
-SCHEDULE = bdia.Schedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-                                      "steps_offset": 1, "set_alpha_to_one": False})
+SCHEDULE = bdia.Schedule.from_config(
+    {
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "steps_offset": 1,
+        "set_alpha_to_one": False,
+    }
+)
 
 
 class TextModel:

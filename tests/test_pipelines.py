@@ -16,13 +16,11 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from pipelines_fixtures import editor, make_image, model_dir  # noqa: E402
-
 from bdia.editing import Editor  # noqa: E402
-
-from bdia.io.saved import ImageInversion, load_inversion, save_inversion  # noqa: E402
 from bdia.io.images import ImageSizeWarning  # noqa: E402
+from bdia.io.saved import ImageInversion, load_inversion, save_inversion  # noqa: E402
 from bdia.solvers import NonFiniteError  # noqa: E402
+from pipelines_fixtures import editor, make_image, model_dir  # noqa: E402
 
 STEPS = 5
 EXACT = 1e-9  # float64 state: the round trip loses a few digits of 1e-16 (core tolerance)
@@ -150,8 +148,16 @@ def test_image_inputs_sizes_and_messages(tmp_path):
 
 def test_saved_inversion_round_trip(tmp_path, image):
     ed = editor("sd")
-    inv = ed.invert(image, "a cat", negative_prompt="ugly", guidance_scale=2.5, num_steps=STEPS, strength=0.8,
-                    method="bdia", gamma=0.97)
+    inv = ed.invert(
+        image,
+        "a cat",
+        negative_prompt="ugly",
+        guidance_scale=2.5,
+        num_steps=STEPS,
+        strength=0.8,
+        method="bdia",
+        gamma=0.97,
+    )
     path = save_inversion(inv, tmp_path / "inv.safetensors")
     loaded = load_inversion(path)
     assert isinstance(loaded, ImageInversion)

@@ -50,9 +50,12 @@ def schedules(draw) -> bdia.Schedule:
     beta_start = draw(st.floats(1e-4, 2e-3))
     config = dict(
         num_train_timesteps=draw(st.sampled_from([100, 1000])),
-        beta_schedule=beta_schedule, beta_start=beta_start, beta_end=draw(st.floats(5e-3, 3e-2)),
+        beta_schedule=beta_schedule,
+        beta_start=beta_start,
+        beta_end=draw(st.floats(5e-3, 3e-2)),
         timestep_spacing=draw(st.sampled_from(["leading", "trailing", "linspace"])),
-        steps_offset=draw(st.integers(0, 1)), set_alpha_to_one=draw(st.booleans()),
+        steps_offset=draw(st.integers(0, 1)),
+        set_alpha_to_one=draw(st.booleans()),
     )
     return bdia.Schedule.from_config(config)
 
@@ -83,8 +86,9 @@ def bdia_scalar(grid, state_dtype):
 
 def bdia_per_step(grid, state_dtype):
     n = grid.num_steps - 1
-    return st.builds(lambda gs: bdia.BDIA(gs, state_dtype=state_dtype), st.lists(st.floats(0.05, 1.0), min_size=n,
-                                                                                   max_size=n))
+    return st.builds(
+        lambda gs: bdia.BDIA(gs, state_dtype=state_dtype), st.lists(st.floats(0.05, 1.0), min_size=n, max_size=n)
+    )
 
 
 def bdia_belm(grid, state_dtype):
@@ -96,13 +100,14 @@ def bdia_heun(grid, state_dtype):
 
 
 def edict(grid, state_dtype):
-    return st.builds(lambda p, alt: bdia.EDICT(p, alternate=alt, state_dtype=state_dtype), st.floats(0.5, 1.0),
-                     st.booleans())
+    return st.builds(
+        lambda p, alt: bdia.EDICT(p, alternate=alt, state_dtype=state_dtype), st.floats(0.5, 1.0), st.booleans()
+    )
 
 
 def documented_amplification(solver, grid) -> float:
     """log of the rounding amplification the docs state: prod 1/gamma_i (section 4), up to (1/p^2)^N (section 5)."""
-    factors = [solver.p ** 2] * grid.num_steps if isinstance(solver, bdia.EDICT) else solver.gammas(grid)
+    factors = [solver.p**2] * grid.num_steps if isinstance(solver, bdia.EDICT) else solver.gammas(grid)
     # A factor above 1 (O-BELM's gamma can exceed 1) does not shrink the rounding of the steps after it.
     return log_amplification([min(f, 1.0) for f in factors])
 
@@ -126,8 +131,9 @@ def check_round_trip(solver, model, grid, x0) -> None:
     assert rec is not None, f"NonFiniteError without an InversionPrecisionWarning ({solver}, {grid})"
     n = grid.num_steps
     alpha_growth = float(grid.alphas[-2] / grid.alphas[0])
-    log_bound = (math.log(BOUND_FACTOR[solver.name] * n * torch.finfo(solver.state_dtype).eps * alpha_growth)
-                 + documented_amplification(solver, grid))
+    log_bound = math.log(
+        BOUND_FACTOR[solver.name] * n * torch.finfo(solver.state_dtype).eps * alpha_growth
+    ) + documented_amplification(solver, grid)
     scale = float(x0.abs().max())
     error = float((rec.double() - x0).abs().max()) / scale
     assert error <= math.exp(min(log_bound, 700.0)), (
@@ -136,8 +142,11 @@ def check_round_trip(solver, model, grid, x0) -> None:
     )
 
 
-@pytest.mark.parametrize("solvers", [bdia_scalar, bdia_per_step, bdia_belm, bdia_heun, edict],
-                         ids=["bdia", "bdia-per-step", "belm", "bdia-heun", "edict"])
+@pytest.mark.parametrize(
+    "solvers",
+    [bdia_scalar, bdia_per_step, bdia_belm, bdia_heun, edict],
+    ids=["bdia", "bdia-per-step", "belm", "bdia-heun", "edict"],
+)
 def test_round_trip_is_within_the_documented_bound_or_warned(solvers):
     @PROPERTY
     @given(problem=problems(solvers))

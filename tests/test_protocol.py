@@ -9,8 +9,16 @@ from bdia.analytic import Gaussian, GaussianMixture
 from bdia.solvers import Evaluator
 
 LINEAR = bdia.Schedule.from_config(dict(beta_schedule="linear", timestep_spacing="linspace"))
-SD = bdia.Schedule.from_config(dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                    steps_offset=1, set_alpha_to_one=False, timestep_spacing="leading"))
+SD = bdia.Schedule.from_config(
+    dict(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        set_alpha_to_one=False,
+        timestep_spacing="leading",
+    )
+)
 
 EXACT = {
     "bdia-1": lambda: bdia.BDIA(1.0),
@@ -39,8 +47,9 @@ def _random_state(solver, seed=0):
 
 
 @pytest.mark.parametrize("name", list(EXACT))
-@pytest.mark.parametrize("grid", [SD.grid(12), bdia.karras_grid(12, sigma_min=0.02, sigma_max=20.0)],
-                         ids=["sd-leading", "ve-karras"])
+@pytest.mark.parametrize(
+    "grid", [SD.grid(12), bdia.karras_grid(12, sigma_min=0.02, sigma_max=20.0)], ids=["sd-leading", "ve-karras"]
+)
 def test_unstep_inverts_step_at_every_grid_position(name, grid):
     solver = EXACT[name]()
     model = _mixture(SD if grid.alphas[0] < 1 else None)
@@ -148,8 +157,11 @@ def test_declared_order_is_the_measured_order(name, family):
     solver = make()
     schedule, grid_of = GRID_FAMILIES[family]
     g = torch.Generator().manual_seed(0)
-    model = Gaussian(0.5 * torch.randn(8, generator=g, dtype=torch.float64),
-                     0.5 + 0.5 * torch.rand(8, generator=g, dtype=torch.float64), schedule=schedule)
+    model = Gaussian(
+        0.5 * torch.randn(8, generator=g, dtype=torch.float64),
+        0.5 + 0.5 * torch.rand(8, generator=g, dtype=torch.float64),
+        schedule=schedule,
+    )
     start = torch.randn(16, 8, generator=g, dtype=torch.float64)
     grids = [grid_of(n) for n in steps]
     order, errs = measured_order(solver, model, grids, start)

@@ -22,8 +22,14 @@ import bdia
 from bdia.analytic import Gaussian
 from bdia.io import atomic_path, check_writable, write_text
 
-SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, set_alpha_to_one=False,
-          clip_sample=False)
+SD = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    clip_sample=False,
+)
 SCHEDULE = bdia.Schedule.from_config(SD)
 IO_PY = Path(bdia.__file__).parent / "io" / "files.py"
 
@@ -116,7 +122,7 @@ def test_tiny_gamma_warns_without_overflowing(gamma, steps):
     with pytest.warns(bdia.InversionPrecisionWarning, match="amplifies rounding error") as record:
         bdia.BDIA(gamma).check_grid(grid, inverting=True)
     log10_amp = -math.log10(gamma) * (steps - 1)  # one factor 1/gamma per BDIA step i = 1..N-1
-    expected = f"10^{log10_amp:.1f}" if log10_amp > 304 else f"{10 ** log10_amp:.3g}"
+    expected = f"10^{log10_amp:.1f}" if log10_amp > 304 else f"{10**log10_amp:.3g}"
     assert f"by at least {expected}x" in str(record[0].message)
 
 
@@ -143,7 +149,6 @@ def test_edict_warns_where_its_round_trip_loses_digits():
     assert errors[100] < 1e-8 and errors[500] > 1e-4
 
 
-
 def test_edict_warns_at_small_p_where_the_round_trip_is_lost():
     model = Gaussian(torch.zeros(8, dtype=torch.float64), 0.5, schedule=SCHEDULE)
     x0 = model.sample_data(2, torch.Generator().manual_seed(0))
@@ -155,6 +160,7 @@ def test_edict_warns_at_small_p_where_the_round_trip_is_lost():
     assert error > 1e-2  # measured 8.8e-2: the round trip has lost its digits
     assert any(issubclass(w.category, bdia.InversionPrecisionWarning) for w in caught)
 
+
 # ----- images (items 2, 3) ---------------------------------------------------------------------------
 def png_bytes(width, height, bit_depth, colour_type, rows=b""):
     """A PNG written out by hand (Pillow cannot write 16-bit colour, nor an image it would refuse)."""
@@ -165,8 +171,7 @@ def png_bytes(width, height, bit_depth, colour_type, rows=b""):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def to_pixels(path):
@@ -178,8 +183,12 @@ def to_pixels(path):
 def bad_image_files(tmp_path):
     from PIL import Image
 
-    files = {"empty": tmp_path / "empty.png", "text": tmp_path / "notes.png", "truncated": tmp_path / "cut.png",
-             "bomb": tmp_path / "bomb.png"}
+    files = {
+        "empty": tmp_path / "empty.png",
+        "text": tmp_path / "notes.png",
+        "truncated": tmp_path / "cut.png",
+        "bomb": tmp_path / "bomb.png",
+    }
     files["empty"].write_bytes(b"")
     files["text"].write_text("not an image\n")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(files["truncated"])
@@ -189,8 +198,15 @@ def bad_image_files(tmp_path):
     return files
 
 
-@pytest.mark.parametrize("kind, message", [("empty", "is empty"), ("text", "not an image file"),
-                                           ("truncated", "truncated"), ("bomb", "too large to open safely")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty", "is empty"),
+        ("text", "not an image file"),
+        ("truncated", "truncated"),
+        ("bomb", "too large to open safely"),
+    ],
+)
 def test_unreadable_images_are_a_clear_error_naming_the_file(tmp_path, kind, message):
     from bdia.io.images import ImageReadError, read_image
 
@@ -274,8 +290,9 @@ def test_reduction_to_8_bits_warns_only_when_it_loses_depth():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.array_equal(np.asarray(to_8bit(Image.fromarray(exact))), np.arange(256).reshape(16, 16))
-        assert np.array_equal(np.asarray(to_8bit(Image.fromarray((exact / 65535).astype(np.float32)))),
-                              np.arange(256).reshape(16, 16))
+        assert np.array_equal(
+            np.asarray(to_8bit(Image.fromarray((exact / 65535).astype(np.float32)))), np.arange(256).reshape(16, 16)
+        )
     with pytest.warns(ImageConversionWarning, match="more than 8 bits"):
         to_8bit(Image.fromarray(exact + 1))
     with pytest.warns(ImageConversionWarning, match="taken as 0..255"):
@@ -292,6 +309,7 @@ def pickled_model(tmp_path_factory):
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
     from diffusers import DiffusionPipeline
+
     from pipelines_fixtures import model_dir
 
     folder = tmp_path_factory.mktemp("pickled") / "sd"
@@ -317,10 +335,9 @@ def test_pickled_model_weights_are_refused_unless_allowed(pickled_model, monkeyp
 
 def test_an_inversion_pointing_at_pickled_weights_does_not_get_them_loaded(pickled_model, tmp_path, monkeypatch):
     """A hostile inversion file records a model folder of pickles: reconstructing must not unpickle them."""
-    from test_saved_fuzz import valid_inversion
-
-    from bdia.io.saved import load_inversion, save_inversion
     from bdia.io.loading import UnsafeWeightsError, load_pipeline
+    from bdia.io.saved import load_inversion, save_inversion
+    from test_saved_fuzz import valid_inversion
 
     inv = valid_inversion()
     inv.model["id"] = os.fspath(pickled_model)
@@ -333,9 +350,8 @@ def test_an_inversion_pointing_at_pickled_weights_does_not_get_them_loaded(pickl
 def test_safetensors_models_load_without_unpickling_anything(monkeypatch):
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
-    from pipelines_fixtures import model_dir
-
     from bdia.io.loading import load_pipeline
+    from pipelines_fixtures import model_dir
 
     monkeypatch.setattr(torch, "load", _no_torch_load)
     pipe = load_pipeline(model_dir("sd"), dtype=torch.float32, progress=False)

@@ -152,8 +152,11 @@ def test_float32_state_gradient_drift_is_small_at_moderate_gamma(unet64, single_
     noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     grid = unet.schedule.grid(10)
     grads = {}
-    for key, mode, dtype in [("ref", "autograd", torch.float64), ("f32", "reversible", torch.float32),
-                             ("f32-autograd", "autograd", torch.float32)]:
+    for key, mode, dtype in [
+        ("ref", "autograd", torch.float64),
+        ("f32", "reversible", torch.float32),
+        ("f32-autograd", "autograd", torch.float32),
+    ]:
         start = noise.clone().requires_grad_()
         x = bdia.BDIA(0.9, state_dtype=dtype).sample(model, start, grid, backprop=mode)
         grads[key] = torch.autograd.grad((x.double() ** 2).sum(), start)[0]
@@ -180,8 +183,9 @@ def test_reversible_without_gradients_is_plain_sampling():
     model = _mixture(torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grid = LINEAR.grid(8)
-    assert torch.equal(bdia.BDIA(0.5).sample(model, noise, grid, backprop="reversible"),
-                       bdia.BDIA(0.5).sample(model, noise, grid))
+    assert torch.equal(
+        bdia.BDIA(0.5).sample(model, noise, grid, backprop="reversible"), bdia.BDIA(0.5).sample(model, noise, grid)
+    )
 
 
 def test_optimize_moves_a_digit_toward_the_target_class(single_thread):
@@ -197,8 +201,7 @@ def test_optimize_moves_a_digit_toward_the_target_class(single_thread):
     inv = solver.invert(eps, x0, grid)
     objective = classifier_objective(classifier, [target], reference=x0, proximity=1.0)
     seen = []
-    rev = optimize(solver, eps, inv, grid, objective, iterations=3, lr=0.1,
-                   callback=lambda it, loss, x: seen.append(x))
+    rev = optimize(solver, eps, inv, grid, objective, iterations=3, lr=0.1, callback=lambda it, loss, x: seen.append(x))
     assert (seen[0] - x0).abs().max() <= 1e-12
     assert rev.losses[-1] < 0.5 * rev.losses[0]
     assert min(rev.losses) == pytest.approx(objective(rev.x).sum().item(), rel=1e-12)
@@ -232,8 +235,17 @@ def test_bench_workload_quick_path(tmp_path, single_thread):
     from bdia.bench import reversible
     from bdia.bench.config import BenchConfig
 
-    tiny = {"batch": 1, "grad_steps": (3, 5), "drift_steps": 4, "drift_gammas": (0.5,), "exact_steps": (3,),
-            "exact_gammas": (0.1,), "exact_batch": 1, "arith_steps": 2, "arith_shapes": ((1, 1, 4, 4),)}
+    tiny = {
+        "batch": 1,
+        "grad_steps": (3, 5),
+        "drift_steps": 4,
+        "drift_gammas": (0.5,),
+        "exact_steps": (3,),
+        "exact_gammas": (0.1,),
+        "exact_batch": 1,
+        "arith_steps": 2,
+        "arith_shapes": ((1, 1, 4, 4),),
+    }
     results = reversible.run(BenchConfig.quick(extra={"reversible": tiny}), log=lambda line: None)
     json.dumps(results)
     assert results["bit_exact"]["3/0.1"]["bit_exact"]["differing_bits"] == 0
@@ -249,8 +261,9 @@ def test_rex_gradient_by_reversal_equals_autograd(base):
     """Rex is another protocol solver with an exact inverse: reversal needs nothing of its own."""
     from bdia.analytic import GaussianMixture
 
-    schedule = bdia.Schedule.from_config(dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                              timestep_spacing="trailing"))
+    schedule = bdia.Schedule.from_config(
+        dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing")
+    )
     g = torch.Generator().manual_seed(0)
     model = GaussianMixture(torch.randn(3, 6, generator=g, dtype=torch.float64), 0.4, schedule=schedule)
     grid = schedule.grid(8)

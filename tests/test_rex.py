@@ -12,8 +12,16 @@ from bdia.solvers import Evaluator
 from bdia.solvers.rex import TABLEAUX
 from bdia.solvers.start import clean_end_move, parse_start
 
-SD = bdia.Schedule.from_config(dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                    steps_offset=1, set_alpha_to_one=False, timestep_spacing="leading"))
+SD = bdia.Schedule.from_config(
+    dict(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        set_alpha_to_one=False,
+        timestep_spacing="leading",
+    )
+)
 SD_TRAILING = bdia.Schedule.from_config({**SD.config, "timestep_spacing": "trailing"})
 GRIDS = {
     "sd-leading": (SD, lambda n: SD.grid(n)),
@@ -41,8 +49,9 @@ def test_round_trip_is_exact_on_every_grid(base, variables, grid_name):
     x0 = clean(model)
     for n in (16,):  # the benchmark (bdia.bench.rex) checks 2-100 steps
         grid = grid_of(n)
-        solver = bdia.Rex(base, 0.99, variables=variables.split("-")[0],
-                          coupling="state" if variables.endswith("state") else "lawson")
+        solver = bdia.Rex(
+            base, 0.99, variables=variables.split("-")[0], coupling="state" if variables.endswith("state") else "lawson"
+        )
         inv = solver.invert(model, x0, grid)
         out = solver.solve(model, inv, grid)
         assert (out.x - x0).abs().max() <= 1e-10, (base, variables, grid_name, n)
@@ -56,7 +65,11 @@ def test_round_trip_on_the_digits_model():
     eps = digits.eps_model(model, [3, 7], guidance=2.0)
     x0 = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
     leading, karras = model.schedule.grid(8), bdia.karras_grid_for(model.schedule, 8)
-    cases = [(leading, bdia.Rex("midpoint")), (leading, bdia.Rex("heun", 0.9, variables="data")), (karras, bdia.Rex("ralston"))]
+    cases = [
+        (leading, bdia.Rex("midpoint")),
+        (leading, bdia.Rex("heun", 0.9, variables="data")),
+        (karras, bdia.Rex("ralston")),
+    ]
     for grid, solver in cases:
         inv = solver.invert(eps, x0, grid)
         assert (solver.sample(eps, inv, grid) - x0).abs().max() <= 1e-10
@@ -138,8 +151,10 @@ def test_inversion_in_noise_variables_is_closer_to_the_ode_than_in_data_variable
     model, grid = mixture(SD), SD.grid(20)
     x0 = clean(model, 4)
     ref = model.reference_invert(x0, grid)
-    err = {v: float((bdia.Rex("midpoint", variables=v).invert(model, x0, grid).noise - ref).abs().max())
-           for v in ("noise", "data")}
+    err = {
+        v: float((bdia.Rex("midpoint", variables=v).invert(model, x0, grid).noise - ref).abs().max())
+        for v in ("noise", "data")
+    }
     assert err["noise"] < 0.01 < 0.3 < err["data"], err
 
 
@@ -183,7 +198,9 @@ def test_substeps_start_approaches_the_exact_flow(grid_name):
     model, grid = mixture(schedule), grid_of(10)
     x0 = clean(model, 4)
     n = grid.num_steps
-    exact = model.flow(x0 / float(grid.alphas[n]), float(grid.lambdas[n]), float(grid.lambdas[n - 1])) * float(grid.alphas[n - 1])
+    exact = model.flow(x0 / float(grid.alphas[n]), float(grid.lambdas[n]), float(grid.lambdas[n - 1])) * float(
+        grid.alphas[n - 1]
+    )
     errs, nfes = [], []
     for k in (1, 4, 16):
         ev = Evaluator(model, grid, torch.float64, torch.float64, True, "test")
@@ -234,10 +251,19 @@ def test_bench_workload_runs_quickly_and_reports_every_number(tmp_path):
     from bdia.bench import rex as workload
     from bdia.bench.config import BenchConfig
 
-    cfg = BenchConfig.quick(analytic_shape=(6,), analytic_batch=2, analytic_components=3, digits_batch=1,
-                            digits_ref_stride=100, extra={"rex_budgets": (10, 20), "rex_grids": ("karras",),
-                                                          "rex_methods": ("ddim", "bdia-1", "rex"),
-                                                          "rex_digits": True})
+    cfg = BenchConfig.quick(
+        analytic_shape=(6,),
+        analytic_batch=2,
+        analytic_components=3,
+        digits_batch=1,
+        digits_ref_stride=100,
+        extra={
+            "rex_budgets": (10, 20),
+            "rex_grids": ("karras",),
+            "rex_methods": ("ddim", "bdia-1", "rex"),
+            "rex_digits": True,
+        },
+    )
     res = workload.run(cfg, log=lambda s: None)
     if res["digits"] is not None:  # the embedded model is installed
         dig = res["digits"]["results"]
@@ -299,6 +325,9 @@ def test_extrapolated_and_auto_starts():
 def test_float32_state_round_trip_stays_near_rounding():
     model, grid = mixture(SD), bdia.karras_grid_for(SD, 50)
     x0 = clean(model, 4)
-    for solver, bound in ((bdia.Rex(state_dtype=torch.float32), 1e-4), (bdia.Rex("rk4", state_dtype=torch.float32), 1e-4)):
+    for solver, bound in (
+        (bdia.Rex(state_dtype=torch.float32), 1e-4),
+        (bdia.Rex("rk4", state_dtype=torch.float32), 1e-4),
+    ):
         err = float((solver.sample(model, solver.invert(model, x0.float(), grid), grid) - x0).abs().max())
         assert err < bound, (solver, err)

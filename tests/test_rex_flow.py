@@ -32,8 +32,12 @@ def test_rex_keeps_its_base_order_on_a_flow_grid(base, order):
     model = _model()
     noise = torch.randn(4, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     steps = [10, 20, 40]
-    errs = [float((bdia.Rex(base).sample(model, noise, SD3.grid(n)) - model.reference_sample(noise, SD3.grid(n)))
-                  .abs().max()) for n in steps]
+    errs = [
+        float(
+            (bdia.Rex(base).sample(model, noise, SD3.grid(n)) - model.reference_sample(noise, SD3.grid(n))).abs().max()
+        )
+        for n in steps
+    ]
     measured = -np.polyfit(np.log(steps[-2:]), np.log(errs[-2:]), 1)[0]
     assert measured > order - 0.5, (measured, errs)
 

@@ -24,11 +24,17 @@ from hypothesis import strategies as st  # noqa: E402
 
 import bdia  # noqa: E402
 from bdia.analytic import GaussianMixture  # noqa: E402
-from bdia.io.saved import (FORMAT, VERSION, ImageInversion, _checksum, load_inversion,  # noqa: E402
-                                  save_inversion)
+from bdia.io.saved import FORMAT, VERSION, ImageInversion, _checksum, load_inversion, save_inversion  # noqa: E402
 
-SD = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-          steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+SD = dict(
+    num_train_timesteps=1000,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    clip_sample=False,
+)
 STEPS = 4
 
 
@@ -41,10 +47,17 @@ def valid_inversion(solver=None) -> ImageInversion:
     x0 = model.sample_data(2, gen)
     core = (solver or bdia.BDIA(0.5)).invert(model, x0, grid)
     return ImageInversion(
-        inversion=core, prompt=["a", "b"], negative_prompt=None, guidance_scale=1.0, num_steps=STEPS, strength=1.0,
-        image_size=(16, 16), schedule=dict(SD), model={"id": None, "revision": None, "class": "Test",
-                                                      "dtype": "float64", "fingerprint": {}},
-        clean=x0, info={"seconds": 0.1},
+        inversion=core,
+        prompt=["a", "b"],
+        negative_prompt=None,
+        guidance_scale=1.0,
+        num_steps=STEPS,
+        strength=1.0,
+        image_size=(16, 16),
+        schedule=dict(SD),
+        model={"id": None, "revision": None, "class": "Test", "dtype": "float64", "fingerprint": {}},
+        clean=x0,
+        info={"seconds": 0.1},
     )
 
 
@@ -60,8 +73,12 @@ def write(path: Path, tensors: dict, header) -> Path:
     from safetensors.torch import save_file
 
     description = header if isinstance(header, str) else json.dumps(header)
-    metadata = {"format": FORMAT, "version": str(VERSION), "bdia": description,
-                "sha256": _checksum(tensors, description)}
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "bdia": description,
+        "sha256": _checksum(tensors, description),
+    }
     save_file(tensors, os.fspath(path), metadata=metadata)
     return path
 
@@ -76,8 +93,9 @@ def load_cleanly(path: Path):
         return message
     solver = inv.make_solver()
     assert solver.config() == inv.solver
-    grid = bdia.Grid(*(torch.tensor(inv.inversion.grid[k], dtype=torch.float64)
-                       for k in ("timesteps", "alphas", "sigmas")))
+    grid = bdia.Grid(
+        *(torch.tensor(inv.inversion.grid[k], dtype=torch.float64) for k in ("timesteps", "alphas", "sigmas"))
+    )
     solver._check_inversion(inv.inversion, grid)
     json.dumps(inv.describe())
     return inv
@@ -102,21 +120,29 @@ REPORTED = {  # (edit of tensors and header, what the error says); the reported 
     "no tensors": (lambda t, h: ({}, h), "holds tensors"),
     "metadata a list": (lambda t, h: (t, [h]), "JSON list, expected an object"),
     "int64 latents": (lambda t, h: ({k: (v * 1000).long() for k, v in t.items()}, h), "int64, expected a floating"),
-    "duplicate state_dtype": (lambda t, h: (t, {**h, "solver": {**h["solver"], "state_dtype": "float32"}}),
-                              r"no parameter\(s\) \['state_dtype'\]"),
+    "duplicate state_dtype": (
+        lambda t, h: (t, {**h, "solver": {**h["solver"], "state_dtype": "float32"}}),
+        r"no parameter\(s\) \['state_dtype'\]",
+    ),
     "nfe a string": (lambda t, h: (t, {**h, "nfe": "10"}), "nfe must be"),
     "prompt a string": (lambda t, h: (t, {**h, "prompt": "a"}), "prompt must be a list of 2 strings"),
     "image_size wrong": (lambda t, h: (t, {**h, "image_size": [16]}), "image_size"),
     "unknown solver": (lambda t, h: (t, {**h, "solver": {"name": "pickle"}}), "unknown solver"),
     "gamma above 1": (lambda t, h: (t, {**h, "solver": {**h["solver"], "gamma": 5.0}}), "gamma"),
-    "gamma sequence too long": (lambda t, h: (t, {**h, "solver": {**h["solver"], "gamma": [0.5] * 9}}),
-                                "gamma has 9 values"),
-    "grid not decreasing": (lambda t, h: (t, {**h, "grid": {**h["grid"], "sigmas": h["grid"]["sigmas"][::-1]}}),
-                            "grid"),
+    "gamma sequence too long": (
+        lambda t, h: (t, {**h, "solver": {**h["solver"], "gamma": [0.5] * 9}}),
+        "gamma has 9 values",
+    ),
+    "grid not decreasing": (
+        lambda t, h: (t, {**h, "grid": {**h["grid"], "sigmas": h["grid"]["sigmas"][::-1]}}),
+        "grid",
+    ),
     "grid of another length": (lambda t, h: (t, {**h, "num_steps": 7}), "grid has 4 steps"),
     "schedule nonsense": (lambda t, h: (t, {**h, "schedule": {"beta_schedule": 3}}), "schedule"),
-    "schedule too large": (lambda t, h: (t, {**h, "schedule": {**h["schedule"], "num_train_timesteps": 10**9}}),
-                           "num_train_timesteps"),
+    "schedule too large": (
+        lambda t, h: (t, {**h, "schedule": {**h["schedule"], "num_train_timesteps": 10**9}}),
+        "num_train_timesteps",
+    ),
     "latent shape differs": (lambda t, h: (t, {**h, "latent_shape": [2, 4, 2, 3]}), "has shape"),
     "extra tensor": (lambda t, h: ({**t, "latent.2": t["latent.0"].clone()}, h), "holds tensors"),
     "nan latents": (lambda t, h: ({**t, "latent.0": t["latent.0"] * float("nan")}, h), "NaN"),
@@ -124,8 +150,10 @@ REPORTED = {  # (edit of tensors and header, what the error says); the reported 
     "huge int": (lambda t, h: (t, {**h, "guidance_scale": 10**400}), "guidance_scale"),
     "unknown family": (lambda t, h: (t, {**h, "family": "pickle"}), "family must be one of"),
     "flow family on an eps grid": (lambda t, h: (t, {**h, "family": "flux"}), "grid.prediction must be 'velocity'"),
-    "eps family on a velocity grid": (lambda t, h: (t, {**h, "grid": {**h["grid"], "prediction": "velocity"}}),
-                                      "grid.prediction must be 'epsilon'"),
+    "eps family on a velocity grid": (
+        lambda t, h: (t, {**h, "grid": {**h["grid"], "prediction": "velocity"}}),
+        "grid.prediction must be 'epsilon'",
+    ),
 }
 
 
@@ -140,7 +168,10 @@ def test_malformed_headers_are_a_clean_error(tmp_path, case):
 
 # ----- fuzzing -------------------------------------------------------------------------------------------
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
@@ -158,8 +189,9 @@ def edict_parts():
 
 
 # Derandomized so that the suite never flakes (1500 random cases each were run while writing this).
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @FUZZ
@@ -204,8 +236,9 @@ def mutations(draw, base):
         if kind == "tensor":
             name = draw(st.sampled_from(sorted(tensors) + ["latent.9"]))
             shape = draw(st.sampled_from([(2, 4, 2, 2), (1, 4, 2, 2), (2, 4, 2), (0,), (2, 4, 2, 2, 1)]))
-            dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.float16, torch.int64, torch.uint8,
-                                          torch.bool]))
+            dtype = draw(
+                st.sampled_from([torch.float64, torch.float32, torch.float16, torch.int64, torch.uint8, torch.bool])
+            )
             if draw(st.booleans()):
                 tensors.pop(name, None)
             else:
@@ -257,8 +290,10 @@ def test_unreadable_or_newer_versions_are_refused(tmp_path, valid_parts, version
 
     tensors, header = valid_parts
     description = json.dumps(header)
-    save_file(tensors, os.fspath(tmp_path / "v.safetensors"),
-              metadata={"format": FORMAT, "version": version, "bdia": description,
-                        "sha256": _checksum(tensors, description)})
+    save_file(
+        tensors,
+        os.fspath(tmp_path / "v.safetensors"),
+        metadata={"format": FORMAT, "version": version, "bdia": description, "sha256": _checksum(tensors, description)},
+    )
     message = load_cleanly(tmp_path / "v.safetensors")
     assert isinstance(message, str) and ("newer bdia" in message if version == "99" else "version" in message)

@@ -19,13 +19,20 @@ from bdia.scenes.text import SceneTokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 R = importlib.import_module("bdia.scenes.render")  # the module; bdia.scenes.render is the function
-TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "attention_head_dim": 2, "text_width": 16,
-        "text_layers": 1, "text_heads": 2}
+TINY = {
+    "block_out_channels": [8, 16],
+    "norm_num_groups": 4,
+    "attention_head_dim": 2,
+    "text_width": 16,
+    "text_layers": 1,
+    "text_heads": 2,
+}
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----- renderer, captions, split ---------------------------------------------------------------------
+
 
 def test_render_is_deterministic_and_caption_follows_the_scene():
     a, b = R.scene_from_seed(7), R.scene_from_seed(7)
@@ -33,13 +40,17 @@ def test_render_is_deterministic_and_caption_follows_the_scene():
     img = R.render(a)
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8
     assert tuple(img[0, 0]) == R.BACKGROUNDS[a.background] or any(o.box()[0] < 1 for o in a.objects)
-    s = R.Scene("gray", (R.SceneObject("square", "blue", "small", 22.0, 10.0),
-                         R.SceneObject("circle", "red", "large", 9.0, 20.0)))
+    s = R.Scene(
+        "gray",
+        (R.SceneObject("square", "blue", "small", 22.0, 10.0), R.SceneObject("circle", "red", "large", 9.0, 20.0)),
+    )
     assert R.caption(s) == "a large red circle and a small blue square on a gray background"  # left to right
     assert tuple(R.render(s)[20, 9]) == R.COLOURS["red"] and tuple(R.render(s)[10, 22]) == R.COLOURS["blue"]
     with pytest.raises(ValueError, match="closer"):
-        R.Scene("gray", (R.SceneObject("circle", "red", "large", 10.0, 10.0),
-                         R.SceneObject("circle", "blue", "large", 14.0, 12.0)))
+        R.Scene(
+            "gray",
+            (R.SceneObject("circle", "red", "large", 10.0, 10.0), R.SceneObject("circle", "blue", "large", 14.0, 12.0)),
+        )
     with pytest.raises(ValueError, match="colour must be one of"):
         R.SceneObject("circle", "pink", "large", 10.0, 10.0)
 
@@ -75,13 +86,17 @@ def test_edit_pairs(kind):
             assert diff == [(old[0], new[0])]
     if kind == "remove":
         with pytest.raises(ValueError, match="only object"):
-            R.make_edit(R.Scene("gray", (R.SceneObject("circle", "red", "large", 10.0, 10.0),)), "remove",
-                        np.random.default_rng(0))
+            R.make_edit(
+                R.Scene("gray", (R.SceneObject("circle", "red", "large", 10.0, 10.0),)),
+                "remove",
+                np.random.default_rng(0),
+            )
     with pytest.raises(ValueError, match="edit kind"):
         R.make_edit(pairs[0].source, "rotate", np.random.default_rng(0))
 
 
 # ----- tokenizer --------------------------------------------------------------------------------------
+
 
 def test_tokenizer_round_trip_padding_and_errors():
     tok = SceneTokenizer()
@@ -101,6 +116,7 @@ def test_tokenizer_round_trip_padding_and_errors():
 
 # ----- tiny model --------------------------------------------------------------------------------------
 
+
 def test_tiny_model_attention_and_exact_round_trip():
     from bdia.scenes.model import SCHEDULE_CONFIG, ScenesModel
 
@@ -110,8 +126,9 @@ def test_tiny_model_attention_and_exact_round_trip():
     procs = model.unet.attn_processors
     assert any(k.endswith("attn1.processor") for k in procs) and any(k.endswith("attn2.processor") for k in procs)
     model.unet.set_attn_processor(dict(procs))  # controls install this way
-    eps = scenes.eps_model(model, ["a small red circle on a gray background", "a large blue square on a navy background"],
-                           guidance=3.0)
+    eps = scenes.eps_model(
+        model, ["a small red circle on a gray background", "a large blue square on a navy background"], guidance=3.0
+    )
     x0 = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     grid = model.schedule.grid(10)
     solver = bdia.BDIA()
@@ -138,6 +155,7 @@ def test_training_is_reproducible_from_a_seed(tmp_path):
 
 
 # ----- classifier and shipped weights ----------------------------------------------------------------
+
 
 def test_shipped_classifier_is_accurate_on_held_out_renders():
     from bdia.scenes.classifier import _object_accuracy

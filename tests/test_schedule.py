@@ -40,7 +40,9 @@ def test_timesteps_and_abar_match_diffusers(cfg, spacing):
         grid = ours.grid(n)
         assert torch.equal(grid.timesteps, ref.timesteps), n
         # each point is paired with the next element of the list; the terminal point is the clean one
-        np.testing.assert_allclose(grid.alphas_cumprod[:-1].numpy(), ours.alphas_cumprod[grid.timesteps].numpy(), rtol=1e-14)
+        np.testing.assert_allclose(
+            grid.alphas_cumprod[:-1].numpy(), ours.alphas_cumprod[grid.timesteps].numpy(), rtol=1e-14
+        )
         assert float(grid.alphas_cumprod[-1]) == pytest.approx(float(ref.final_alpha_cumprod), abs=0, rel=1e-15)
 
 

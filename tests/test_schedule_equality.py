@@ -16,9 +16,14 @@ def test_equal_when_config_derived_values_are():
 
 def test_differs_when_any_derived_value_does():
     a = Schedule.from_config(SD)
-    for change in (dict(beta_end=0.0121), dict(set_alpha_to_one=True), dict(steps_offset=0),
-                   dict(timestep_spacing="trailing"), dict(prediction_type="v_prediction"),
-                   dict(rescale_betas_zero_snr=True)):
+    for change in (
+        dict(beta_end=0.0121),
+        dict(set_alpha_to_one=True),
+        dict(steps_offset=0),
+        dict(timestep_spacing="trailing"),
+        dict(prediction_type="v_prediction"),
+        dict(rescale_betas_zero_snr=True),
+    ):
         b = Schedule.from_config({**SD, **change})
         assert a != b and not a == b, change
     assert a != "not a schedule" and a != SD

@@ -11,9 +11,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from pipelines_fixtures import SD_SCHEDULER, make_image, model_dir  # noqa: E402
-
 from bdia.schedulers import BDIAScheduler  # noqa: E402
+from pipelines_fixtures import SD_SCHEDULER, make_image, model_dir  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -129,17 +128,20 @@ def test_defaults_and_from_config_round_trip():
     assert DDIMInverseScheduler.from_config(ours_inv.config).config.steps_offset == 1
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(step_pairing="stride", gamma=0.5), "step_pairing='stride' reproduces DDIMScheduler"),
-    (dict(step_pairing="previous"), "step_pairing must be one of"),
-    (dict(timestep_spacing="karras"), "timestep_spacing 'karras' is not supported"),
-    (dict(beta_schedule="sigmoid"), "beta_schedule 'sigmoid' is not supported"),
-    (dict(prediction_type="flow"), "prediction_type 'flow' is not supported"),
-    (dict(thresholding=True, dynamic_thresholding_ratio=1.5), "dynamic_thresholding_ratio must be in"),
-    (dict(thresholding=True, sample_max_value=0.5), "sample_max_value must be at least 1"),
-    (dict(clip_sample=True, clip_sample_range=0.0), "clip_sample_range must be positive"),
-    (dict(gamma=-0.1), "gamma must be in"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(step_pairing="stride", gamma=0.5), "step_pairing='stride' reproduces DDIMScheduler"),
+        (dict(step_pairing="previous"), "step_pairing must be one of"),
+        (dict(timestep_spacing="karras"), "timestep_spacing 'karras' is not supported"),
+        (dict(beta_schedule="sigmoid"), "beta_schedule 'sigmoid' is not supported"),
+        (dict(prediction_type="flow"), "prediction_type 'flow' is not supported"),
+        (dict(thresholding=True, dynamic_thresholding_ratio=1.5), "dynamic_thresholding_ratio must be in"),
+        (dict(thresholding=True, sample_max_value=0.5), "sample_max_value must be at least 1"),
+        (dict(clip_sample=True, clip_sample_range=0.0), "clip_sample_range must be positive"),
+        (dict(gamma=-0.1), "gamma must be in"),
+    ],
+)
 def test_unsupported_values_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         BDIAScheduler.from_config(SD_SCHEDULER, **bad)
@@ -169,8 +171,9 @@ def _pipe(kind: str):
 
 def _generate(pipe, scheduler, steps: int = 6, **kwargs) -> torch.Tensor:
     pipe.scheduler = scheduler
-    args = dict(num_inference_steps=steps, guidance_scale=3.0, output_type="latent",
-                generator=torch.Generator().manual_seed(0))
+    args = dict(
+        num_inference_steps=steps, guidance_scale=3.0, output_type="latent", generator=torch.Generator().manual_seed(0)
+    )
     if "Img2Img" in type(pipe).__name__:
         args.update(image=make_image(), strength=0.7)
     else:
@@ -179,8 +182,9 @@ def _generate(pipe, scheduler, steps: int = 6, **kwargs) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["txt2img", "img2img"])
-@pytest.mark.parametrize("spacing, clip", [("leading", False), ("trailing", True), ("linspace", False),
-                                           ("linspace", True)])
+@pytest.mark.parametrize(
+    "spacing, clip", [("leading", False), ("trailing", True), ("linspace", False), ("linspace", True)]
+)
 def test_pipeline_images_equal_ddim_schedulers(kind, spacing, clip):
     from diffusers import DDIMScheduler
 
@@ -199,8 +203,9 @@ def test_pipeline_decoded_images_equal_ddim_schedulers_with_zero_terminal_snr():
     pipe = _pipe("txt2img-v")
     config = {**_CONFIGS["txt2img-v"], "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
     ddim = _generate(pipe, DDIMScheduler.from_config(config), steps=7, output_type="np")
-    ours = _generate(pipe, BDIAScheduler.from_config(config, gamma=0.0, step_pairing="stride"), steps=7,
-                     output_type="np")
+    ours = _generate(
+        pipe, BDIAScheduler.from_config(config, gamma=0.0, step_pairing="stride"), steps=7, output_type="np"
+    )
     assert pipe.scheduler.alphas_cumprod[-1] == 0  # the exact zero, as DDIMScheduler
     torch.testing.assert_close(torch.as_tensor(ours), torch.as_tensor(ddim), rtol=1e-5, atol=1e-5)
     bdia = _generate(pipe, BDIAScheduler.from_config(config, gamma=0.5), steps=7)

@@ -99,6 +99,7 @@ def _check(make, tmp_path, time_step=0, config=None, steps=STEPS, eta=0.0):
 
 # ----- test_scheduler_ddim's checks -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("num_train_timesteps", [100, 500, 1000])
 def test_num_train_timesteps(make, tmp_path, num_train_timesteps):
     _check(make, tmp_path, config=dict(num_train_timesteps=num_train_timesteps))
@@ -117,10 +118,13 @@ def test_betas(make, tmp_path, beta_start, beta_end):
     _check(make, tmp_path, config=dict(beta_start=beta_start, beta_end=beta_end))
 
 
-@pytest.mark.parametrize("beta_start, beta_end, error", [
-    (0.01, 0.2, "grid alphas must be positive"),  # abar underflows to 0 in float32 long before t = 999
-    (0.1, 2, "betas must be finite and in"),  # betas above 1 make abar negative
-])
+@pytest.mark.parametrize(
+    "beta_start, beta_end, error",
+    [
+        (0.01, 0.2, "grid alphas must be positive"),  # abar underflows to 0 in float32 long before t = 999
+        (0.1, 2, "betas must be finite and in"),  # betas above 1 make abar negative
+    ],
+)
 def test_degenerate_betas(make, beta_start, beta_end, error):
     """diffusers' DDIM suite also steps these from t = 0. Their grids reach abar <= 0, where the VP
     model has no x0 (DDIMScheduler divides by sqrt(abar) there); BDIAScheduler refuses them when the
@@ -164,10 +168,12 @@ def test_rescale_betas_zero_snr(make, tmp_path, rescale):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_thresholding(make, tmp_path, threshold, prediction_type):
     _check(make, tmp_path, config=dict(thresholding=False))
-    out = _check(make, tmp_path, config=dict(thresholding=True, prediction_type=prediction_type,
-                                             sample_max_value=threshold))
-    unthresholded = _one_step(make(**_config(prediction_type=prediction_type, clip_sample=False)), 0,
-                              _sample(), 0.1 * _sample())
+    out = _check(
+        make, tmp_path, config=dict(thresholding=True, prediction_type=prediction_type, sample_max_value=threshold)
+    )
+    unthresholded = _one_step(
+        make(**_config(prediction_type=prediction_type, clip_sample=False)), 0, _sample(), 0.1 * _sample()
+    )
     if threshold < 1.0:  # s = min(max(1, quantile), sample_max_value) = 0.5: x0 is clipped to 0.5 and doubled
         assert (out - unthresholded).abs().max() > 1e-3
 
@@ -228,6 +234,7 @@ def test_num_inference_steps_zero_raises(make):
 
 # ----- full loops, BDIAScheduler(gamma=0) against DDIMScheduler side by side --------------------------
 
+
 def _full_loop(sched, sample, timesteps=None):
     sched.set_timesteps(10)
     for t in sched.timesteps if timesteps is None else timesteps(sched):
@@ -260,9 +267,9 @@ def test_full_loop_with_noise():
     results = []
     for sched in (DDIMScheduler(**_config()), BDIAScheduler(**_config(), gamma=0.0)):
         sched.set_timesteps(10)
-        timesteps = sched.timesteps[t_start * sched.order:]
+        timesteps = sched.timesteps[t_start * sched.order :]
         sample = sched.add_noise(_sample_deter(), _noise_deter(), timesteps[:1])
-        results.append(_full_loop(sched, sample, lambda s: s.timesteps[t_start * s.order:]))
+        results.append(_full_loop(sched, sample, lambda s: s.timesteps[t_start * s.order :]))
     ddim, ours = results
     assert abs(ours.abs().sum().item() - ddim.abs().sum().item()) < 1e-2
     assert abs(ours.abs().mean().item() - ddim.abs().mean().item()) < 1e-3
@@ -270,6 +277,7 @@ def test_full_loop_with_noise():
 
 
 # ----- the common scheduler checks the DDIM suite inherits --------------------------------------------
+
 
 def test_from_save_pretrained(make, tmp_path):
     _check(make, tmp_path, time_step=1)
@@ -320,8 +328,9 @@ def test_outputs_equivalence(make):
     as_tuple = sched.step(0.1 * sample, 0, sample, eta=0.0, return_dict=False)
     assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.values())
     for got, expected in zip(as_tuple, as_dict.values()):
-        torch.testing.assert_close(torch.nan_to_num(got, nan=0.0), torch.nan_to_num(expected, nan=0.0),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            torch.nan_to_num(got, nan=0.0), torch.nan_to_num(expected, nan=0.0), rtol=0, atol=1e-5
+        )
 
 
 def test_public_api(make):
@@ -382,6 +391,7 @@ def test_getattr(make):
 
 # ----- what only gamma = 0 may do ---------------------------------------------------------------------
 
+
 def test_gamma_positive_keeps_the_grid():
     sched = BDIAScheduler(**_config(), gamma=0.5)
     sched.set_timesteps(STEPS)
@@ -414,6 +424,7 @@ def test_off_grid_step_starts_a_new_pair():
         s.set_timesteps(10)
     x = _sample()
     for t, index in ((900, 1), (850, None), (800, 2)):  # 850 is off the 10-step grid [900, 800, ...]
-        torch.testing.assert_close(ours.step(_model(x, t), t, x).prev_sample,
-                                   ddim.step(_model(x, t), t, x).prev_sample, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            ours.step(_model(x, t), t, x).prev_sample, ddim.step(_model(x, t), t, x).prev_sample, rtol=1e-5, atol=1e-6
+        )
         assert ours.step_index == index  # None: no pair is remembered across the off-grid step

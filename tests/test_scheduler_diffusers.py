@@ -7,10 +7,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from pipelines_fixtures import SD_SCHEDULER, editor, model_dir  # noqa: E402
-
 from bdia import BDIA, Schedule  # noqa: E402
 from bdia.schedulers import BDIAScheduler  # noqa: E402
+from pipelines_fixtures import SD_SCHEDULER, editor, model_dir  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -24,8 +23,15 @@ def _pipe(kind: str):
 
 
 def _latents(pipe, steps: int = 5, seed: int = 0) -> torch.Tensor:
-    return pipe("a cat", num_inference_steps=steps, height=32, width=32, guidance_scale=3.0, output_type="latent",
-                generator=torch.Generator().manual_seed(seed)).images
+    return pipe(
+        "a cat",
+        num_inference_steps=steps,
+        height=32,
+        width=32,
+        guidance_scale=3.0,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(seed),
+    ).images
 
 
 @pytest.mark.parametrize("kind", ["sd", "sd-v", "sdxl"])

@@ -8,11 +8,10 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from pipelines_fixtures import SD_SCHEDULER, make_image, model_dir  # noqa: E402
-
 from bdia import BDIA, Schedule, ddim_transition  # noqa: E402
 from bdia.schedulers import BDIAInverseScheduler, BDIAScheduler  # noqa: E402
 from bdia.solvers.bdia import bdia_step  # noqa: E402
+from pipelines_fixtures import SD_SCHEDULER, make_image, model_dir  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,8 +35,9 @@ def _noise(batch: int = 1, seed: int = 0) -> torch.Tensor:
 def _run(pipe, scheduler=None, steps: int = 6, **kwargs) -> torch.Tensor:
     if scheduler is not None:
         pipe.scheduler = scheduler
-    args = dict(num_inference_steps=steps, guidance_scale=3.0, output_type="latent", height=32, width=32,
-                latents=_noise())
+    args = dict(
+        num_inference_steps=steps, guidance_scale=3.0, output_type="latent", height=32, width=32, latents=_noise()
+    )
     return pipe("a cat", **{**args, **kwargs}).images
 
 
@@ -74,8 +74,15 @@ def test_img2img_pair_state_matches_the_core_solver(strength):
     sched = BDIAScheduler.from_config(SD_SCHEDULER, gamma=0.7)
     calls = _recording(sched)
     pipe.scheduler = sched
-    out = pipe("a cat", image=make_image(), strength=strength, num_inference_steps=8, guidance_scale=3.0,
-               output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    out = pipe(
+        "a cat",
+        image=make_image(),
+        strength=strength,
+        num_inference_steps=8,
+        guidance_scale=3.0,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     grid = Schedule.from_config(SD_SCHEDULER).grid(8).truncated(strength)
     assert [t for t, _, _ in calls] == grid.timesteps.tolist()
     expected = BDIA(0.7).sample(_Replay(calls), calls[0][1].double(), grid)
@@ -131,7 +138,7 @@ def test_edited_latents_are_paired_with_the_previous_sample():
     grid = Schedule.from_config(SD_SCHEDULER).grid(6)
     # The core recurrence over the recorded calls: each output from the pair of samples given.
     z_prev = None
-    for k, (t, z, eps) in enumerate(calls):
+    for k, (_t, z, eps) in enumerate(calls):
         z64, e64 = z.double(), eps.double()
         fwd = ddim_transition(z64, e64, grid, k, k + 1)
         nxt = fwd if z_prev is None else bdia_step(z_prev, fwd, ddim_transition(z64, e64, grid, k, k - 1), 0.5)
@@ -147,8 +154,9 @@ def _toy(x: torch.Tensor, t) -> torch.Tensor:
     return torch.tanh(x) * (0.3 + t / 1000.0) + 0.1 * x
 
 
-@pytest.mark.parametrize("spacing, gamma",
-                         [("leading", 1.0), ("trailing", 1.0), ("linspace", 0.8), ("leading", "belm")])
+@pytest.mark.parametrize(
+    "spacing, gamma", [("leading", 1.0), ("trailing", 1.0), ("linspace", 0.8), ("leading", "belm")]
+)
 def test_inverse_scheduler_equals_the_core_solver_and_round_trips(spacing, gamma):
     config = {**SD_SCHEDULER, "timestep_spacing": spacing}
     x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -211,11 +219,14 @@ def test_inverse_scheduler_round_trip_through_a_pipeline():
         BDIAScheduler.from_config({**SD_SCHEDULER, "clip_sample": True}).set_inverted_start(pair)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(clip_sample=True), "cannot be inverted exactly"),
-    (dict(thresholding=True), "cannot be inverted exactly"),
-    (dict(step_pairing="stride", gamma=0.0), "step_pairing='stride' reproduces DDIMScheduler"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(clip_sample=True), "cannot be inverted exactly"),
+        (dict(thresholding=True), "cannot be inverted exactly"),
+        (dict(step_pairing="stride", gamma=0.0), "step_pairing='stride' reproduces DDIMScheduler"),
+    ],
+)
 def test_inverse_scheduler_refuses_what_cannot_be_undone(bad, match):
     with pytest.raises(ValueError, match=match):
         BDIAInverseScheduler.from_config(SD_SCHEDULER, **bad)

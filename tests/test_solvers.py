@@ -10,8 +10,14 @@ import torch
 import bdia
 from bdia.analytic import Gaussian, GaussianMixture
 
-SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, set_alpha_to_one=False,
-          clip_sample=False)
+SD = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    clip_sample=False,
+)
 SPACINGS = ["leading", "trailing", "linspace"]
 EVENT = (3, 4, 4)
 
@@ -77,7 +83,9 @@ def test_exact_round_trip(method, spacing, prediction, batch, state_dtype):
     schedule = sd_schedule(spacing)
     grid = schedule.grid(50)
     gm = mixture(schedule)
-    model = bdia.to_eps(as_prediction(gm, schedule, prediction), schedule, prediction) if prediction != "epsilon" else gm
+    model = (
+        bdia.to_eps(as_prediction(gm, schedule, prediction), schedule, prediction) if prediction != "epsilon" else gm
+    )
     solver = EXACT[method](state_dtype=state_dtype)
     x0 = data(gm, batch)
     if method == "obelm" and spacing == "linspace":
@@ -195,13 +203,13 @@ def naive_bdia(eps, z_pair, abar, ts, gamma, invert=False):
     if not invert:
         z_prev, z = z_pair
         for i in range(1, n):
-            e = eps(z, ts[i:i + 1].expand(z.shape[0]))
+            e = eps(z, ts[i : i + 1].expand(z.shape[0]))
             z_prev, z = z, gamma * (z_prev - D(z, e, i, i - 1)) + D(z, e, i, i + 1)
         return z
     z_next = z_pair  # clean sample
-    z = D(z_next, eps(z_next, ts[n - 1:n].expand(z_next.shape[0])), n, n - 1)
+    z = D(z_next, eps(z_next, ts[n - 1 : n].expand(z_next.shape[0])), n, n - 1)
     for i in range(n - 1, 0, -1):
-        e = eps(z, ts[i:i + 1].expand(z.shape[0]))
+        e = eps(z, ts[i : i + 1].expand(z.shape[0]))
         z_next, z = z, (z_next - D(z, e, i, i + 1)) / gamma + D(z, e, i, i - 1)
     return z, z_next
 
@@ -237,7 +245,7 @@ def test_obelm_matches_belm_paper_update():
     z1 = bdia.ddim_transition(noise, gm(noise, grid.timesteps[:1].expand(2)), grid, 0, 1)
     xb = z1 / al[1]
     for i in range(1, grid.num_steps):
-        e = gm(xb * al[i], grid.timesteps[i:i + 1].expand(2))
+        e = gm(xb * al[i], grid.timesteps[i : i + 1].expand(2))
         h_old, h_new = lam[i - 1] - lam[i], lam[i] - lam[i + 1]
         r2 = (h_new / h_old) ** 2
         xb_prev, xb = xb, r2 * xb_prev + (1 - r2) * xb - h_new * (h_old + h_new) / h_old * e
@@ -255,7 +263,7 @@ def test_edict_matches_paper_transcription():
     noise = torch.randn((2,) + EVENT, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     x, y = noise.clone(), noise.clone()
     for i in range(grid.num_steps):
-        t = grid.timesteps[i:i + 1].expand(2)
+        t = grid.timesteps[i : i + 1].expand(2)
         a = math.sqrt(abar[i + 1] / abar[i])
         b = math.sqrt(1 - abar[i + 1]) - a * math.sqrt(1 - abar[i])
         x_inter = a * x + b * gm(y, t)
@@ -286,8 +294,11 @@ def test_convergence_order_on_analytic_gaussian():
     # linspace spacing with a clean terminal point: the same interval [999, clean] for every N
     schedule = bdia.Schedule.from_config(dict(beta_schedule="linear", timestep_spacing="linspace"))
     g = torch.Generator().manual_seed(0)
-    model = Gaussian(0.5 * torch.randn(8, generator=g, dtype=torch.float64),
-                     0.5 + 0.5 * torch.rand(8, generator=g, dtype=torch.float64), schedule=schedule)
+    model = Gaussian(
+        0.5 * torch.randn(8, generator=g, dtype=torch.float64),
+        0.5 + 0.5 * torch.rand(8, generator=g, dtype=torch.float64),
+        schedule=schedule,
+    )
     noise = torch.randn(16, 8, generator=g, dtype=torch.float64)
     ddim_order, ddim_errs = measured_order(bdia.DDIM(), schedule, model, noise)
     belm_order, belm_errs = measured_order(bdia.BDIA("belm"), schedule, model, noise)
@@ -358,10 +369,15 @@ def test_gradients_flow_through_sampling():
     assert x0.grad is not None and torch.isfinite(x0.grad).all() and x0.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("solver, invert_nfe, sample_nfe", [
-    (bdia.DDIM(), 10, 10), (bdia.BDIA(1.0), 10, 10), (bdia.EDICT(), 20, 20),
-    (bdia.BDIA(1.0, forward="heun"), 18, 19),
-])
+@pytest.mark.parametrize(
+    "solver, invert_nfe, sample_nfe",
+    [
+        (bdia.DDIM(), 10, 10),
+        (bdia.BDIA(1.0), 10, 10),
+        (bdia.EDICT(), 20, 20),
+        (bdia.BDIA(1.0, forward="heun"), 18, 19),
+    ],
+)
 def test_nfe_counts(solver, invert_nfe, sample_nfe):
     schedule = sd_schedule()
     grid = schedule.grid(10)
@@ -461,10 +477,19 @@ def test_to_eps_recovers_eps():
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("gamma, match", [
-    (-0.1, r"\[0, 1\]"), (float("nan"), r"\[0, 1\]"), (1.5, r"\[0, 1\]"), (float("inf"), r"\[0, 1\]"),
-    ("fast", "belm"), ([0.9, -1.0], r"gamma\[1\]"), ([0.9, float("nan")], r"gamma\[1\]"), ([], "empty"),
-])
+@pytest.mark.parametrize(
+    "gamma, match",
+    [
+        (-0.1, r"\[0, 1\]"),
+        (float("nan"), r"\[0, 1\]"),
+        (1.5, r"\[0, 1\]"),
+        (float("inf"), r"\[0, 1\]"),
+        ("fast", "belm"),
+        ([0.9, -1.0], r"gamma\[1\]"),
+        ([0.9, float("nan")], r"gamma\[1\]"),
+        ([], "empty"),
+    ],
+)
 def test_bad_gamma(gamma, match):
     with pytest.raises(ValueError, match=match):
         bdia.BDIA(gamma)

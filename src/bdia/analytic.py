@@ -17,7 +17,7 @@ variance-exploding grid where ``t`` is EDM's sigma and alpha = 1.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -80,8 +80,9 @@ class _AnalyticModel:
         if lam_from < _LAMBDA_FLOOR:
             out = euler(out, lam_from, _LAMBDA_FLOOR)
         if lo != hi:
-            sol = solve_ivp(rhs, (math.log(lo), math.log(hi)), out.reshape(-1).numpy(),
-                            method="DOP853", rtol=1e-11, atol=1e-12)
+            sol = solve_ivp(
+                rhs, (math.log(lo), math.log(hi)), out.reshape(-1).numpy(), method="DOP853", rtol=1e-11, atol=1e-12
+            )
             if not sol.success:
                 raise RuntimeError(f"reference ODE solver failed: {sol.message}")
             out = torch.from_numpy(sol.y[:, -1].copy()).reshape(shape)
@@ -113,8 +114,13 @@ class GaussianMixture(_AnalyticModel):
             VE grid (t = EDM sigma).
     """
 
-    def __init__(self, means: torch.Tensor, stds: float | Sequence[float] | torch.Tensor = 0.1,
-                 weights: Sequence[float] | torch.Tensor | None = None, schedule: Schedule | None = None):
+    def __init__(
+        self,
+        means: torch.Tensor,
+        stds: float | Sequence[float] | torch.Tensor = 0.1,
+        weights: Sequence[float] | torch.Tensor | None = None,
+        schedule: Schedule | None = None,
+    ):
         super().__init__(schedule)
         self.means = torch.as_tensor(means, dtype=torch.float64)
         k = self.means.shape[0]
@@ -152,8 +158,12 @@ class GaussianMixture(_AnalyticModel):
 class PointSet(GaussianMixture):
     """A finite set of points with weights: the empirical distribution (a zero-width mixture)."""
 
-    def __init__(self, points: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None,
-                 schedule: Schedule | None = None):
+    def __init__(
+        self,
+        points: torch.Tensor,
+        weights: Sequence[float] | torch.Tensor | None = None,
+        schedule: Schedule | None = None,
+    ):
         super().__init__(points, 0.0, weights, schedule)
 
 
@@ -197,8 +207,13 @@ class FlowGaussianMixture(GaussianMixture):
     ``reference_sample`` / ``reference_invert`` integrate dx/dt = v with DOP853 (rtol 1e-11).
     """
 
-    def __init__(self, means: torch.Tensor, stds: float | Sequence[float] | torch.Tensor = 0.1,
-                 weights: Sequence[float] | torch.Tensor | None = None, num_train_timesteps: int = 1000):
+    def __init__(
+        self,
+        means: torch.Tensor,
+        stds: float | Sequence[float] | torch.Tensor = 0.1,
+        weights: Sequence[float] | torch.Tensor | None = None,
+        num_train_timesteps: int = 1000,
+    ):
         super().__init__(means, stds, weights, schedule=None)
         if (self.stds <= 0).any():
             raise ValueError("a flow mixture needs stds > 0: the velocity of a point mass is singular at t = 0")

@@ -72,11 +72,14 @@ def _figure(path: Path, originals, source, target, rows: list[dict[str, Any]], o
                 ax.set_ylabel(row["label"], fontsize=9)
         axes[r][0].set_title("original  " + " ".join(map(str, source.tolist())), fontsize=8)
         ident = row["pixel_identical_fraction"]
-        axes[r][1].set_title(f"reconstruction  max err {row['round_trip_max_error']:.1e}, "
-                             f"{100 * ident:.0f}% pixels identical", fontsize=8)
+        axes[r][1].set_title(
+            f"reconstruction  max err {row['round_trip_max_error']:.1e}, {100 * ident:.0f}% pixels identical",
+            fontsize=8,
+        )
         axes[r][2].set_title("edit to  " + " ".join(map(str, target.tolist())), fontsize=8)
-    fig.suptitle("held-out digits: inverted, reconstructed with the same class, regenerated with another class",
-                 fontsize=9)
+    fig.suptitle(
+        "held-out digits: inverted, reconstructed with the same class, regenerated with another class", fontsize=9
+    )
     fig.tight_layout()
     with atomic_path(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
@@ -85,8 +88,7 @@ def _figure(path: Path, originals, source, target, rows: list[dict[str, Any]], o
 
 def run(args: argparse.Namespace) -> int:
     from .io.files import check_output_dir
-    from .runtime import require
-    from .runtime import torch_threads
+    from .runtime import require, torch_threads
 
     # Everything that can be refused is refused here, before any model call.
     require("demo", "matplotlib", "PIL", "safetensors", "tqdm", "sklearn")
@@ -114,8 +116,8 @@ def _run(args: argparse.Namespace, solvers: dict[str, Any]) -> int:
     from tqdm import tqdm
 
     from .digits import load_classifier, to_model, to_uint8
-    from .io.files import atomic_path
     from .editing import Editor
+    from .io.files import atomic_path
 
     out = Path(args.out)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -124,16 +126,30 @@ def _run(args: argparse.Namespace, solvers: dict[str, Any]) -> int:
     editor, judge = Editor.from_pretrained("digits", device="cpu", progress=False), load_classifier()
     originals, source, target, idx = _pick(args.seed, args.num_images)
     source_prompts, target_prompts = [str(c) for c in source.tolist()], [str(c) for c in target.tolist()]
-    log(f"bdia demo: {args.num_images} held-out digits {source.tolist()} -> {target.tolist()}, "
-        f"{args.steps} steps, guidance {args.guidance} (edits {args.edit_guidance})")
+    log(
+        f"bdia demo: {args.num_images} held-out digits {source.tolist()} -> {target.tolist()}, "
+        f"{args.steps} steps, guidance {args.guidance} (edits {args.edit_guidance})"
+    )
 
     rows: list[dict[str, Any]] = []
     for name, solver in solvers.items():
-        bar = tqdm(total=3, desc=f"{LABELS[name]:<15}", unit="phase", disable=args.quiet, file=sys.stderr,
-                   bar_format="{desc} {bar:20} {n}/{total}{postfix}")
+        bar = tqdm(
+            total=3,
+            desc=f"{LABELS[name]:<15}",
+            unit="phase",
+            disable=args.quiet,
+            file=sys.stderr,
+            bar_format="{desc} {bar:20} {n}/{total}{postfix}",
+        )
         bar.set_postfix_str("inverting")
-        inv = editor.invert(originals, source_prompts, guidance_scale=args.guidance, num_steps=args.steps,
-                            strength=args.strength, method=solver)
+        inv = editor.invert(
+            originals,
+            source_prompts,
+            guidance_scale=args.guidance,
+            num_steps=args.steps,
+            strength=args.strength,
+            method=solver,
+        )
         bar.update()
         bar.set_postfix_str("reconstructing")
         rec = editor.reconstruct(inv)
@@ -148,31 +164,35 @@ def _run(args: argparse.Namespace, solvers: dict[str, Any]) -> int:
         rec8, edit8 = to_uint8(rec.latents), to_uint8(edit.latents)
         identical = rec8 == originals
         edit_pred = judge.predict(to_model(edit8))
-        rows.append({
-            "method": name,
-            "label": LABELS[name],
-            "solver": solver.config(),
-            "exact_inversion": solver.exact_inversion,
-            "nfe_invert": inv.inversion.nfe,
-            "nfe_round_trip": inv.inversion.nfe + rec.nfe,
-            "nfe_edit": edit.nfe,
-            "round_trip_max_error": rec.latent_error,
-            "pixel_identical_fraction": float(identical.float().mean()),
-            "images_pixel_identical": int(identical.flatten(1).all(1).sum()),
-            "edit_accuracy": float((edit_pred == target).float().mean()),
-            "edit_predicted": edit_pred.tolist(),
-            "seconds_invert": round(t_invert, 3),
-            "seconds_round_trip": round(t_round_trip, 3),
-            "seconds_total": round(t_total, 3),
-            "reconstructions": rec8,
-            "edits": edit8,
-        })
+        rows.append(
+            {
+                "method": name,
+                "label": LABELS[name],
+                "solver": solver.config(),
+                "exact_inversion": solver.exact_inversion,
+                "nfe_invert": inv.inversion.nfe,
+                "nfe_round_trip": inv.inversion.nfe + rec.nfe,
+                "nfe_edit": edit.nfe,
+                "round_trip_max_error": rec.latent_error,
+                "pixel_identical_fraction": float(identical.float().mean()),
+                "images_pixel_identical": int(identical.flatten(1).all(1).sum()),
+                "edit_accuracy": float((edit_pred == target).float().mean()),
+                "edit_predicted": edit_pred.tolist(),
+                "seconds_invert": round(t_invert, 3),
+                "seconds_round_trip": round(t_round_trip, 3),
+                "seconds_total": round(t_total, 3),
+                "reconstructions": rec8,
+                "edits": edit8,
+            }
+        )
     header = f"{'method':<15} {'NFE':>5} {'max error':>10} {'identical px':>13} {'edit acc':>9} {'time s':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['label']:<15} {r['nfe_round_trip']:>5} {r['round_trip_max_error']:>10.2e} "
-                     f"{100 * r['pixel_identical_fraction']:>12.2f}% {100 * r['edit_accuracy']:>8.0f}% "
-                     f"{r['seconds_round_trip']:>7.2f}")
+        lines.append(
+            f"{r['label']:<15} {r['nfe_round_trip']:>5} {r['round_trip_max_error']:>10.2e} "
+            f"{100 * r['pixel_identical_fraction']:>12.2f}% {100 * r['edit_accuracy']:>8.0f}% "
+            f"{r['seconds_round_trip']:>7.2f}"
+        )
     table = "\n".join(lines)
     print(table)
 
@@ -189,7 +209,7 @@ def _run(args: argparse.Namespace, solvers: dict[str, Any]) -> int:
         "source_classes": source.tolist(),
         "target_classes": target.tolist(),
         "round_trip_error": "max |reconstruction - original| in model space [-1, 1]; NFE and time cover "
-                            "inversion plus reconstruction",
+        "inversion plus reconstruction",
         "methods": [{k: v for k, v in r.items() if k not in ("reconstructions", "edits")} for r in rows],
     }
     with atomic_path(out / "results.json", overwrite=args.overwrite) as tmp:

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +40,17 @@ import torch
 from .models import _Adapter
 from .schedule import Grid, Schedule, schedule_sigmas, sigma_to_t, t_to_sigma  # re-exported
 
-__all__ = ["karras_sigmas", "karras_grid", "karras_grid_for", "vp_grid_from_sigmas", "schedule_sigmas", "sigma_to_t", "t_to_sigma",
-           "from_denoiser", "to_denoiser"]
+__all__ = [
+    "karras_sigmas",
+    "karras_grid",
+    "karras_grid_for",
+    "vp_grid_from_sigmas",
+    "schedule_sigmas",
+    "sigma_to_t",
+    "t_to_sigma",
+    "from_denoiser",
+    "to_denoiser",
+]
 
 # EDM's defaults for its pixel-space models (Karras et al. 2022, Table 1).
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
@@ -60,16 +70,20 @@ def _check_positive(value: Any, name: str) -> float:
     return float(value)
 
 
-def karras_sigmas(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-                  rho: float = RHO) -> torch.Tensor:
+def karras_sigmas(
+    num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO
+) -> torch.Tensor:
     """Karras et al. 2022, eq. 5: N sigmas from sigma_max down to sigma_min, then 0 (float64, (N+1,)).
 
     ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``;
     k-diffusion's ``get_sigmas_karras``, computed in float64.
     """
     n = _check_steps(num_steps)
-    lo, hi, rho = (_check_positive(sigma_min, "sigma_min"), _check_positive(sigma_max, "sigma_max"),
-                   _check_positive(rho, "rho"))
+    lo, hi, rho = (
+        _check_positive(sigma_min, "sigma_min"),
+        _check_positive(sigma_max, "sigma_max"),
+        _check_positive(rho, "rho"),
+    )
     if lo >= hi:
         raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max})")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
@@ -78,8 +92,7 @@ def karras_sigmas(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def karras_grid(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-                rho: float = RHO) -> Grid:
+def karras_grid(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> Grid:
     """EDM's time steps as a variance-exploding :class:`~bdia.Grid`: alpha = 1, sigma = EDM sigma.
 
     The model time at grid point i is sigma_i itself, what :func:`from_denoiser` passes to the
@@ -95,8 +108,15 @@ def _model_time_is_sigma(sigma: torch.Tensor) -> torch.Tensor:
     return sigma
 
 
-def karras_grid_for(schedule: Schedule, num_steps: int, rho: float = RHO, *, sigma_min: float | None = None,
-                    sigma_max: float | None = None, quantize: bool = False) -> Grid:
+def karras_grid_for(
+    schedule: Schedule,
+    num_steps: int,
+    rho: float = RHO,
+    *,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    quantize: bool = False,
+) -> Grid:
     """A Karras-spaced grid on which a discrete VP eps model (Stable Diffusion, the digits model) is called.
 
     The EDM sigmas run from the schedule's largest to its smallest noise level (``sqrt((1-abar)/abar)``
@@ -140,8 +160,9 @@ def vp_grid_from_sigmas(schedule: Schedule, sigmas: torch.Tensor, *, quantize: b
     alphas = 1.0 / torch.sqrt(1.0 + s**2)
     if quantize:  # the model takes integer times only: nothing between the grid points
         return Grid(timesteps=ts, alphas=alphas, sigmas=s * alphas)
-    return Grid(timesteps=ts, alphas=alphas, sigmas=s * alphas, time_of=schedule.time_of,
-                lambda_range=schedule.lambda_range)
+    return Grid(
+        timesteps=ts, alphas=alphas, sigmas=s * alphas, time_of=schedule.time_of, lambda_range=schedule.lambda_range
+    )
 
 
 class _DenoiserToEps(_Adapter):
@@ -153,8 +174,10 @@ class _DenoiserToEps(_Adapter):
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         sigma = torch.as_tensor(t, device=x.device)
         if (sigma <= 0).any():
-            raise ValueError("from_denoiser's model time is EDM's sigma and must be positive; use a VE grid "
-                             "such as bdia.edm.karras_grid (the clean terminal point is never evaluated)")
+            raise ValueError(
+                "from_denoiser's model time is EDM's sigma and must be positive; use a VE grid "
+                "such as bdia.edm.karras_grid (the clean terminal point is never evaluated)"
+            )
         denoised = self.model(x, sigma, *args, **kwargs)
         sig = sigma.reshape((-1,) + (1,) * (x.dim() - 1))
         return ((x - denoised) / sig).to(x.dtype)

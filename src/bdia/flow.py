@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,12 +52,22 @@ _FLOW_DEFAULTS: dict[str, Any] = {
     "time_shift_type": "exponential",
     "stochastic_sampling": False,
 }
-_UNSUPPORTED = ("invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-                "stochastic_sampling")
+_UNSUPPORTED = (
+    "invert_sigmas",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "stochastic_sampling",
+)
 
 
-def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
-                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+def calculate_shift(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
     """Flux's mu: linear in the image's transformer sequence length L (docs/math.md section 9)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return image_seq_len * m + (base_shift - m * base_seq_len)
@@ -83,8 +94,14 @@ def flow_grid(sigmas: Sequence[float] | np.ndarray | torch.Tensor, num_train_tim
     if not (sig[1:] < sig[:-1]).all():
         raise ValueError("flow sigmas must decrease strictly from the noise end (t = 1) to the clean end")
     # between the points the model is called at t = lambda / (1 + lambda), model time T t (multi-stage solvers)
-    return Grid(timesteps, 1.0 - sig, sig, prediction="velocity",
-                time_of=lambda lam: num_train_timesteps * lam / (1.0 + lam), lambda_range=(0.0, math.inf))
+    return Grid(
+        timesteps,
+        1.0 - sig,
+        sig,
+        prediction="velocity",
+        time_of=lambda lam: num_train_timesteps * lam / (1.0 + lam),
+        lambda_range=(0.0, math.inf),
+    )
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,7 @@ class FlowSchedule:
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> "FlowSchedule":
+    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> FlowSchedule:
         cfg = {**_FLOW_DEFAULTS, **_load_config(config), **overrides}
         for key in _UNSUPPORTED:
             if cfg.get(key):
@@ -120,14 +137,24 @@ class FlowSchedule:
             raise ValueError(f"num_train_timesteps must be at least 2, got {T}")
         if not float(cfg["shift"]) > 0:
             raise ValueError(f"shift must be positive, got {cfg['shift']}")
-        return cls(T, float(cfg["shift"]), bool(cfg["use_dynamic_shifting"]), float(cfg["base_shift"]),
-                   float(cfg["max_shift"]), int(cfg["base_image_seq_len"]), int(cfg["max_image_seq_len"]),
-                   cfg["shift_terminal"], cfg["time_shift_type"], cfg)
+        return cls(
+            T,
+            float(cfg["shift"]),
+            bool(cfg["use_dynamic_shifting"]),
+            float(cfg["base_shift"]),
+            float(cfg["max_shift"]),
+            int(cfg["base_image_seq_len"]),
+            int(cfg["max_image_seq_len"]),
+            cfg["shift_terminal"],
+            cfg["time_shift_type"],
+            cfg,
+        )
 
     def mu(self, image_seq_len: int) -> float:
         """Flux's dynamic-shift mu for an image of ``image_seq_len`` transformer tokens."""
-        return calculate_shift(image_seq_len, self.base_image_seq_len, self.max_image_seq_len,
-                               self.base_shift, self.max_shift)
+        return calculate_shift(
+            image_seq_len, self.base_image_seq_len, self.max_image_seq_len, self.base_shift, self.max_shift
+        )
 
     def _train_sigma_range(self) -> tuple[float, float]:
         """(sigma_max, sigma_min) of the training list, in diffusers' float32 arithmetic."""
@@ -137,12 +164,19 @@ class FlowSchedule:
             ends = self.shift * ends / (1 + (self.shift - 1) * ends)
         return float(ends[0]), float(ends[1])
 
-    def sigmas(self, num_steps: int | None = None, *, sigmas: Sequence[float] | np.ndarray | None = None,
-               mu: float | None = None) -> np.ndarray:
+    def sigmas(
+        self,
+        num_steps: int | None = None,
+        *,
+        sigmas: Sequence[float] | np.ndarray | None = None,
+        mu: float | None = None,
+    ) -> np.ndarray:
         """The N shifted t values (float32) ``set_timesteps(num_steps, sigmas=, mu=)`` produces."""
         if self.use_dynamic_shifting and mu is None:
-            raise ValueError("this schedule uses dynamic shifting: pass mu (FlowSchedule.mu(image_seq_len), "
-                             "image_seq_len = the image's transformer token count)")
+            raise ValueError(
+                "this schedule uses dynamic shifting: pass mu (FlowSchedule.mu(image_seq_len), "
+                "image_seq_len = the image's transformer token count)"
+            )
         if sigmas is None:
             if num_steps is None or isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 2:
                 raise ValueError(f"num_steps must be an int >= 2 (BDIA needs two states), got {num_steps!r}")
@@ -166,8 +200,13 @@ class FlowSchedule:
             s = 1 - one_minus / (one_minus[-1] / (1 - self.shift_terminal))
         return np.asarray(s).astype(np.float32)
 
-    def grid(self, num_steps: int | None = None, *, sigmas: Sequence[float] | np.ndarray | None = None,
-             mu: float | None = None) -> Grid:
+    def grid(
+        self,
+        num_steps: int | None = None,
+        *,
+        sigmas: Sequence[float] | np.ndarray | None = None,
+        mu: float | None = None,
+    ) -> Grid:
         """The velocity grid the pipeline runs: ``set_timesteps``' sigmas and timesteps, then t = 0."""
         s = torch.from_numpy(self.sigmas(num_steps, sigmas=sigmas, mu=mu))
         return flow_grid(s, self.num_train_timesteps)
@@ -205,8 +244,9 @@ FLOW_METHODS: dict[str, tuple[Callable, int]] = {  # name -> (step, NFE per step
 }
 
 
-def integrate_flow(model: VelocityModel, x: torch.Tensor, ts: Sequence[float], method: str = "euler",
-                   num_train_timesteps: int = 1000) -> tuple[torch.Tensor, int]:
+def integrate_flow(
+    model: VelocityModel, x: torch.Tensor, ts: Sequence[float], method: str = "euler", num_train_timesteps: int = 1000
+) -> tuple[torch.Tensor, int]:
     """Integrate dx/dt = v from ``ts[0]`` through ``ts[-1]`` with one of :data:`FLOW_METHODS`; (x, NFE).
 
     Sampling runs ts downwards (1 -> 0), inversion upwards (0 -> 1); the model is evaluated wherever

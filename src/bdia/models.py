@@ -12,7 +12,8 @@ is asked for its parameters' dtype); adapters forward that declaration.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import torch
 
@@ -150,9 +151,11 @@ class ClassifierFreeGuidance(_Adapter):
             e_u, e_c = self.model(x, t, uncond), self.model(x, t, cond)
         return e_u + self.scale * (e_c - e_u)
 
-    def with_cond(self, cond: Any, scale: float | None = None) -> "ClassifierFreeGuidance":
+    def with_cond(self, cond: Any, scale: float | None = None) -> ClassifierFreeGuidance:
         """The same guided model under another condition (and optionally scale): an edit."""
-        return ClassifierFreeGuidance(self.model, cond, self.uncond, self.scale if scale is None else scale, self.batched)
+        return ClassifierFreeGuidance(
+            self.model, cond, self.uncond, self.scale if scale is None else scale, self.batched
+        )
 
     def __repr__(self) -> str:
         return f"ClassifierFreeGuidance({self.model!r}, scale={self.scale})"

@@ -19,8 +19,8 @@ model ``model(x, t, cond)`` is differentiable in ``cond``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -80,8 +80,16 @@ class _PerStepUncond:
         return ClassifierFreeGuidance(g.model, g.cond, self.unconds[i], g.scale, g.batched)(x, t)
 
 
-def null_text_invert(guided: ClassifierFreeGuidance, x0: torch.Tensor, grid: Grid, *, inner_steps: int = 10,
-                     lr: float = 1e-2, tol: float = 1e-5, state_dtype: torch.dtype = torch.float64) -> NullTextInversion:
+def null_text_invert(
+    guided: ClassifierFreeGuidance,
+    x0: torch.Tensor,
+    grid: Grid,
+    *,
+    inner_steps: int = 10,
+    lr: float = 1e-2,
+    tol: float = 1e-5,
+    state_dtype: torch.dtype = torch.float64,
+) -> NullTextInversion:
     """Null-text inversion of ``x0`` under ``guided`` (Mokady et al. 2023, Algorithm 1).
 
     Args:
@@ -96,8 +104,10 @@ def null_text_invert(guided: ClassifierFreeGuidance, x0: torch.Tensor, grid: Gri
     if not isinstance(guided, ClassifierFreeGuidance):
         raise TypeError(f"null-text inversion needs a bdia.ClassifierFreeGuidance, got {type(guided).__name__}")
     if not isinstance(guided.uncond, torch.Tensor) or not guided.uncond.is_floating_point():
-        raise TypeError("null-text inversion optimises the unconditional condition, so guided.uncond must be a "
-                        "float tensor (a text embedding); a class label cannot be optimised")
+        raise TypeError(
+            "null-text inversion optimises the unconditional condition, so guided.uncond must be a "
+            "float tensor (a text embedding); a class label cannot be optimised"
+        )
     if not isinstance(inner_steps, int) or inner_steps < 0:
         raise ValueError(f"inner_steps must be a non-negative int, got {inner_steps!r}")
     n = grid.num_steps

@@ -19,8 +19,8 @@ apart makes its mixing diverge.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
 import torch
 
@@ -43,8 +43,12 @@ class OptimizeResult:
     seconds: float
 
 
-def classifier_objective(classifier: torch.nn.Module, target: int | Sequence[int] | torch.Tensor,
-                         reference: torch.Tensor | None = None, proximity: float = 0.0) -> Objective:
+def classifier_objective(
+    classifier: torch.nn.Module,
+    target: int | Sequence[int] | torch.Tensor,
+    reference: torch.Tensor | None = None,
+    proximity: float = 0.0,
+) -> Objective:
     """Per-sample loss ``-log p(target | x) + proximity * mean((x - reference)^2)``.
 
     ``classifier(x)`` returns logits; x is passed in the classifier's parameter dtype. The proximity
@@ -67,9 +71,18 @@ def classifier_objective(classifier: torch.nn.Module, target: int | Sequence[int
     return objective
 
 
-def optimize(solver: Solver, model: Callable, start: Inversion, grid: Grid, objective: Objective, *,
-             iterations: int = 20, lr: float = 0.05, backprop: str = "reversible",
-             callback: Callable[[int, float, torch.Tensor], None] | None = None) -> OptimizeResult:
+def optimize(
+    solver: Solver,
+    model: Callable,
+    start: Inversion,
+    grid: Grid,
+    objective: Objective,
+    *,
+    iterations: int = 20,
+    lr: float = 0.05,
+    backprop: str = "reversible",
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+) -> OptimizeResult:
     """Minimise ``objective(solver.sample(model, latents + delta, grid)).sum()`` over one offset ``delta`` with Adam.
 
     ``backprop="autograd"`` gives the same gradients while storing every step (for comparison).

@@ -10,19 +10,36 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["DTYPE_NAMES", "as_size", "choose_device", "image_items", "prompt_list", "require", "resolve_dtype",
-           "state_dtype_for", "torch_threads"]
+__all__ = [
+    "DTYPE_NAMES",
+    "as_size",
+    "choose_device",
+    "image_items",
+    "prompt_list",
+    "require",
+    "resolve_dtype",
+    "state_dtype_for",
+    "torch_threads",
+]
 
 # Accepted spellings -> torch dtype names.
 DTYPE_NAMES = {
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "float64": "float64", "fp64": "float64", "double": "float64",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float64": "float64",
+    "fp64": "float64",
+    "double": "float64",
 }
 
 
@@ -59,15 +76,19 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
         raise ValueError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N, mps or auto") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} asked for, but this torch sees no CUDA GPU; use --device cpu "
-                             "(or auto)")
+            raise ValueError(
+                f"device {str(device)!r} asked for, but this torch sees no CUDA GPU; use --device cpu (or auto)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} CUDA "
-                             "GPU(s); use cuda:0 .. cuda:N-1")
+            raise ValueError(
+                f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} CUDA "
+                "GPU(s); use cuda:0 .. cuda:N-1"
+            )
     elif dev.type == "mps":
         if not _mps_available():
-            raise ValueError(f"device {str(device)!r} asked for, but Apple's MPS is not available here; use "
-                             "--device cpu (or auto)")
+            raise ValueError(
+                f"device {str(device)!r} asked for, but Apple's MPS is not available here; use --device cpu (or auto)"
+            )
     elif dev.type != "cpu":
         raise ValueError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
     return dev
@@ -78,8 +99,9 @@ def state_dtype_for(device: torch.device, state_dtype: torch.dtype) -> torch.dty
     if state_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
     if state_dtype == torch.float64 and torch.device(device).type == "mps":
-        warnings.warn("MPS has no float64: the solver state is kept in float32 (the round trip loses digits)",
-                      stacklevel=3)
+        warnings.warn(
+            "MPS has no float64: the solver state is kept in float32 (the round trip loses digits)", stacklevel=3
+        )
         return torch.float32
     return state_dtype
 
@@ -125,8 +147,10 @@ def require(extra: str, *modules: str) -> None:
 
     missing = [_PACKAGES.get(m, m) for m in modules if find_spec(m) is None]
     if missing:
-        raise ValueError(f"this needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-                         f"installed: pip install \"bdia[{extra}]\"")
+        raise ValueError(
+            f"this needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            f'installed: pip install "bdia[{extra}]"'
+        )
 
 
 @contextlib.contextmanager

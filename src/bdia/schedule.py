@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ ZERO_SNR_ABAR = 2.0**-24
 
 
 MAX_TRAIN_TIMESTEPS = 100_000  # far above any trained model's (1000)
+
 
 def _cosine_betas(num_train_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
     """GLIDE's squared-cosine schedule (Nichol & Dhariwal 2021), as diffusers discretises it."""
@@ -106,7 +108,7 @@ class Schedule:
     betas: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> "Schedule":
+    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> Schedule:
         """Build from a diffusers scheduler config; ``overrides`` replace single keys."""
         cfg = {**_DDIM_DEFAULTS, **_load_config(config), **overrides}
         T = int(cfg["num_train_timesteps"])
@@ -159,9 +161,11 @@ class Schedule:
         """Equal when every value derived from the config is: the abar table (exactly) and the grid settings."""
         if not isinstance(other, Schedule):
             return NotImplemented
-        return (self._key() == other._key()
-                and self.alphas_cumprod.dtype == other.alphas_cumprod.dtype
-                and torch.equal(self.alphas_cumprod, other.alphas_cumprod))
+        return (
+            self._key() == other._key()
+            and self.alphas_cumprod.dtype == other.alphas_cumprod.dtype
+            and torch.equal(self.alphas_cumprod, other.alphas_cumprod)
+        )
 
     def __hash__(self) -> int:
         return hash((self._key(), self.alphas_cumprod.numpy().tobytes()))
@@ -199,7 +203,7 @@ class Schedule:
             )
         return torch.from_numpy(ts.copy())
 
-    def grid(self, num_steps: int, num_train_timesteps: int | None = None) -> "Grid":
+    def grid(self, num_steps: int, num_train_timesteps: int | None = None) -> Grid:
         """The sampling grid for ``num_steps`` model evaluations (docs/math.md section 2);
         ``num_train_timesteps`` as in :meth:`timesteps`."""
         ts = self.timesteps(num_steps, num_train_timesteps)
@@ -271,8 +275,10 @@ class Grid:
         elif self.prediction != "epsilon":
             raise ValueError(f"grid prediction must be 'epsilon' or 'velocity', got {self.prediction!r}")
         elif (self.alphas <= 0).any():
-            raise ValueError("grid alphas must be positive (abar = 0 has no eps parametrisation); "
-                             "a flow model's grid starting at t = 1 needs prediction='velocity'")
+            raise ValueError(
+                "grid alphas must be positive (abar = 0 has no eps parametrisation); "
+                "a flow model's grid starting at t = 1 needs prediction='velocity'"
+            )
         lam = self.lambdas
         # Equal neighbours are allowed: diffusers' linspace spacing ends on timestep 0 followed by a
         # terminal point with the same abar when set_alpha_to_one is false (a zero-length last step).
@@ -280,8 +286,12 @@ class Grid:
             raise ValueError("grid must run from noisy to clean: sigma/alpha must decrease along it")
 
     @classmethod
-    def from_alphas_cumprod(cls, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                            time_of: "Callable[[torch.Tensor], torch.Tensor] | Schedule | None" = None) -> "Grid":
+    def from_alphas_cumprod(
+        cls,
+        timesteps: torch.Tensor,
+        alphas_cumprod: torch.Tensor,
+        time_of: Callable[[torch.Tensor], torch.Tensor] | Schedule | None = None,
+    ) -> Grid:
         """A VP grid from abar at its N+1 points; ``time_of`` is a Schedule (its ``time_of``) or a callable."""
         abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         lam_range = (0.0, math.inf)
@@ -311,7 +321,7 @@ class Grid:
         """sigma/alpha, the ODE's time variable (EDM's sigma); strictly decreasing."""
         return self.sigmas / self.alphas
 
-    def truncated(self, strength: float) -> "Grid":
+    def truncated(self, strength: float) -> Grid:
         """The last ``round(strength * N)`` steps: invert or edit from part-way, as SDEdit-style ``strength``."""
         if not (0.0 < float(strength) <= 1.0):
             raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -322,8 +332,14 @@ class Grid:
                 "raise strength or the number of steps"
             )
         start = self.num_steps - keep
-        return Grid(self.timesteps[start:], self.alphas[start:], self.sigmas[start:], self.prediction, self.time_of,
-                    self.lambda_range)
+        return Grid(
+            self.timesteps[start:],
+            self.alphas[start:],
+            self.sigmas[start:],
+            self.prediction,
+            self.time_of,
+            self.lambda_range,
+        )
 
     # ----- between the grid points ---------------------------------------------------------------------
     @property
@@ -351,7 +367,9 @@ class Grid:
             )
         if not self.can_evaluate(lam):
             lo, hi = self.lambda_range
-            raise ValueError(f"noise level {lam:.6g} is outside the range [{lo:.6g}, {hi:.6g}] the model was trained at")
+            raise ValueError(
+                f"noise level {lam:.6g} is outside the range [{lo:.6g}, {hi:.6g}] the model was trained at"
+            )
         if self.variance_exploding:
             alpha, sigma = 1.0, lam
         elif self.prediction == "velocity":  # the flow path: alpha + sigma = 1
@@ -376,7 +394,7 @@ class Grid:
             out["prediction"] = self.prediction
         return out
 
-    def matches(self, other: "Grid | Mapping[str, Any]", rtol: float = 1e-12) -> bool:
+    def matches(self, other: Grid | Mapping[str, Any], rtol: float = 1e-12) -> bool:
         a = self.fingerprint()
         b = other.fingerprint() if isinstance(other, Grid) else dict(other)
         if a.pop("prediction", "epsilon") != b.get("prediction", "epsilon"):
@@ -390,17 +408,18 @@ class Grid:
     def __repr__(self) -> str:
         ts = self.timesteps.tolist()
         head = ", ".join(f"{t:g}" for t in ts[:3])
-        return f"Grid(N={self.num_steps}, timesteps=[{head}, ..., {ts[-1]:g}], terminal abar={float(self.alphas[-1] ** 2):.6g})"
+        terminal = float(self.alphas[-1] ** 2)
+        return f"Grid(N={self.num_steps}, timesteps=[{head}, ..., {ts[-1]:g}], terminal abar={terminal:.6g})"
 
 
 # ----- noise level <-> training timestep (EDM sigma = lambda); the one place for these conversions -----
-def schedule_sigmas(schedule: "Schedule") -> torch.Tensor:
+def schedule_sigmas(schedule: Schedule) -> torch.Tensor:
     """EDM sigma of each training timestep of a discrete VP schedule: sqrt((1 - abar) / abar), (T,) float64."""
     abar = schedule.alphas_cumprod.to(torch.float64)
     return ((1 - abar) / abar).sqrt()
 
 
-def sigma_to_t(schedule: "Schedule", sigma: torch.Tensor | float) -> torch.Tensor:
+def sigma_to_t(schedule: Schedule, sigma: torch.Tensor | float) -> torch.Tensor:
     """The fractional training timestep of EDM sigma ``sigma`` (k-diffusion's ``DiscreteSchedule.sigma_to_t``).
 
     Linear interpolation of t against log(sigma) between neighbouring training timesteps, clamped to
@@ -413,7 +432,7 @@ def sigma_to_t(schedule: "Schedule", sigma: torch.Tensor | float) -> torch.Tenso
     return torch.as_tensor(ts, dtype=torch.float64).reshape(sig.shape).to(sig.device)
 
 
-def t_to_sigma(schedule: "Schedule", t: torch.Tensor | float) -> torch.Tensor:
+def t_to_sigma(schedule: Schedule, t: torch.Tensor | float) -> torch.Tensor:
     """EDM sigma at a (fractional) training timestep, log-linear in t (``DiscreteSchedule.t_to_sigma``)."""
     log_sigmas = schedule_sigmas(schedule).log()
     t = torch.as_tensor(t, dtype=torch.float64)

@@ -5,7 +5,8 @@ Workloads, one module each (the contract is in :mod:`.runner`, which lists them)
 model, fine-grid references), :mod:`.unet` (SD 1.5's UNet architecture with random weights: time,
 memory, precision), :mod:`.edm` (Euler, Heun and BDIA-EDM on Karras grids at equal NFE).
 :mod:`.methods` lists the solvers, :mod:`.measures` holds the measures, :mod:`.report` and
-:mod:`.plots` the output; :func:`run_bench` runs a :class:`BenchConfig` into a folder; the command is :mod:`bdia.cli.bench`.
+:mod:`.plots` the output; :func:`run_bench` runs a :class:`BenchConfig` into a folder; the command is
+:mod:`bdia.cli.bench`.
 """
 
 from .config import BenchConfig

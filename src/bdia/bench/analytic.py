@@ -25,9 +25,16 @@ from .config import BenchConfig
 from .methods import get_methods
 from .report import fmt, reference_tables, table
 
-SD15_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-                 "num_train_timesteps": 1000, "steps_offset": 1, "set_alpha_to_one": False,
-                 "timestep_spacing": "leading", "prediction_type": "epsilon"}
+SD15_SCHEDULE = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+}
 
 
 def build_model(cfg: BenchConfig) -> GaussianMixture:
@@ -69,8 +76,10 @@ def _measure_all(cfg: BenchConfig, model: GaussianMixture, batch: int, dtypes, g
     for dtype in dtypes:
         for m in get_methods(cfg.methods):
             log(f"  {what}: {m.label}, {dtype} state")
-            results[f"{m.key}/{dtype}"] = {"method": m.key, **measure_method(
-                m, dtype, model, grids, x0, ref_noise, noise, ref_sample)}
+            results[f"{m.key}/{dtype}"] = {
+                "method": m.key,
+                **measure_method(m, dtype, model, grids, x0, ref_noise, noise, ref_sample),
+            }
     return results
 
 
@@ -84,14 +93,18 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         g = torch.Generator().manual_seed(cfg.seed + 5)
         means = torch.randn((8, cfg.analytic_check_dim), generator=g, dtype=torch.float64)
         small = GaussianMixture(means, 0.3, schedule=model.schedule)
-        check = {"description": f"8 components in {cfg.analytic_check_dim} dimensions with standard normal means, "
-                                "std 0.3, 32 samples",
-                 "steps": list(cfg.analytic_steps),
-                 "results": _measure_all(cfg, small, 32, ("float64",), g, log, "analytic (small)")}
+        check = {
+            "description": f"8 components in {cfg.analytic_check_dim} dimensions with standard normal means, "
+            "std 0.3, 32 samples",
+            "steps": list(cfg.analytic_steps),
+            "results": _measure_all(cfg, small, 32, ("float64",), g, log, "analytic (small)"),
+        }
     return {
-        "description": (f"Gaussian mixture, {cfg.analytic_components} components in {tuple(cfg.analytic_shape)}, "
-                        f"exact eps, SD 1.5 schedule (leading, set_alpha_to_one=False); batch {cfg.analytic_batch}; "
-                        "reference: DOP853 rtol 1e-11"),
+        "description": (
+            f"Gaussian mixture, {cfg.analytic_components} components in {tuple(cfg.analytic_shape)}, "
+            f"exact eps, SD 1.5 schedule (leading, set_alpha_to_one=False); batch {cfg.analytic_batch}; "
+            "reference: DOP853 rtol 1e-11"
+        ),
         "steps": list(cfg.analytic_steps),
         "dtypes": list(cfg.dtypes),
         "results": results,
@@ -103,16 +116,27 @@ PLOT = "analytic_error_vs_nfe.png"
 
 
 def section(results: dict[str, Any]) -> str:
-    out = ["## Workload 1: Gaussian mixture, exact ODE", results["description"] + ".",
-           f"![analytic: error against NFE]({PLOT})", reference_tables(results, results["dtypes"])]
+    out = [
+        "## Workload 1: Gaussian mixture, exact ODE",
+        results["description"] + ".",
+        f"![analytic: error against NFE]({PLOT})",
+        reference_tables(results, results["dtypes"]),
+    ]
     check = results.get("check")
     if check:
-        rows = [[res["label"]] + [f"{fmt(res['by_steps'][str(n)]['fidelity']['max'])} / "
-                                  f"{fmt(res['by_steps'][str(n)]['accuracy']['rms'])}" for n in check["steps"]]
-                for res in check["results"].values()]
-        out.append(f"**Cross-check on a second mixture** ({check['description']}; float64 state): largest distance "
-                   "of the inverted noise from the exact ODE's / rms sampling error, per N.\n\n"
-                   + table(["Method"] + [f"N={n}" for n in check["steps"]], rows))
+        rows = [
+            [res["label"]]
+            + [
+                f"{fmt(res['by_steps'][str(n)]['fidelity']['max'])} / {fmt(res['by_steps'][str(n)]['accuracy']['rms'])}"
+                for n in check["steps"]
+            ]
+            for res in check["results"].values()
+        ]
+        out.append(
+            f"**Cross-check on a second mixture** ({check['description']}; float64 state): largest distance "
+            "of the inverted noise from the exact ODE's / rms sampling error, per N.\n\n"
+            + table(["Method"] + [f"N={n}" for n in check["steps"]], rows)
+        )
     return "\n\n".join(out)
 
 

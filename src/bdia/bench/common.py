@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -17,9 +18,16 @@ from .methods import Method
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-def measure_method(method: Method, dtype: str, model: Callable, grids: dict[int, Grid], x0: torch.Tensor,
-                   ref_noise: dict[int, torch.Tensor], noise: dict[int, torch.Tensor],
-                   ref_sample: dict[int, torch.Tensor]) -> dict[str, Any]:
+def measure_method(
+    method: Method,
+    dtype: str,
+    model: Callable,
+    grids: dict[int, Grid],
+    x0: torch.Tensor,
+    ref_noise: dict[int, torch.Tensor],
+    noise: dict[int, torch.Tensor],
+    ref_sample: dict[int, torch.Tensor],
+) -> dict[str, Any]:
     """Round trip, fidelity, accuracy, NFE and time of one method at one state dtype, for every grid;
     the orders measured from the errors beside the order the solver declares for these grids.
 

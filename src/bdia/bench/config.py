@@ -47,8 +47,15 @@ class BenchConfig:
     nulltext_steps: int = 10  # 0 skips null-text inversion
     nulltext_inner: int = 10
     # Workload 4: EDM's Karras grids; solvers compared at equal NFE budgets.
-    edm_methods: tuple[str, ...] = ("ddim", "heun", "bdia-1", "bdia-0.5", "bdia-heun-1", "bdia-heun-0.96",
-                                    "bdia-heun-0.5")
+    edm_methods: tuple[str, ...] = (
+        "ddim",
+        "heun",
+        "bdia-1",
+        "bdia-0.5",
+        "bdia-heun-1",
+        "bdia-heun-0.96",
+        "bdia-heun-0.5",
+    )
     edm_samples: int = 32
     edm_budgets: tuple[int, ...] = (10, 20, 50, 100, 200)  # the order is fitted over the three largest
     edm_round_trip_methods: tuple[str, ...] = ("bdia-heun-1", "bdia-heun-0.96", "bdia-heun-0.5", "heun", "ddim")
@@ -68,19 +75,31 @@ class BenchConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def quick(cls, seed: int = 0, **overrides: Any) -> "BenchConfig":
+    def quick(cls, seed: int = 0, **overrides: Any) -> BenchConfig:
         return replace(cls(mode="quick", seed=seed), **overrides)
 
     @classmethod
-    def full(cls, seed: int = 0, **overrides: Any) -> "BenchConfig":
+    def full(cls, seed: int = 0, **overrides: Any) -> BenchConfig:
         base = cls(
-            mode="full", seed=seed,
+            mode="full",
+            seed=seed,
             analytic_batch=8,
-            digits_batch=16, digits_steps=(10, 20, 50, 100), digits_ref_stride=1,
-            unet_width=1.0, unet_repeats=3, solver_repeats=7, nulltext_steps=20,
-            edm_samples=256, edm_round_trip_samples=64, edm_digits_per_class=50, edm_digits_budgets=(10, 20, 50),
+            digits_batch=16,
+            digits_steps=(10, 20, 50, 100),
+            digits_ref_stride=1,
+            unet_width=1.0,
+            unet_repeats=3,
+            solver_repeats=7,
+            nulltext_steps=20,
+            edm_samples=256,
+            edm_round_trip_samples=64,
+            edm_digits_per_class=50,
+            edm_digits_budgets=(10, 20, 50),
             edm_digits_methods=BenchConfig.edm_methods,
-            editing_images=20, editing_targets=3, editing_steps=25, editing_strengths=(0.5, 0.75, 1.0),
+            editing_images=20,
+            editing_targets=3,
+            editing_steps=25,
+            editing_strengths=(0.5, 0.75, 1.0),
             editing_guidances=(1.0, 2.0, 4.0),
         )
         return replace(base, **overrides)

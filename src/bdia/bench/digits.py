@@ -37,10 +37,12 @@ def references(eps, fine: Grid, grids: dict[int, Grid], x0: torch.Tensor, gen: t
 
     def keep(into: dict[int, torch.Tensor]):
         """A callback that stores the state wherever the fine run passes a coarse grid's first point."""
+
         def callback(index: int, sigma: float, state: tuple) -> None:
             for n, g in grids.items():
                 if index < len(fine_t) and int(g.timesteps[0]) == fine_t[index]:
                     into[n] = state.z.clone()
+
         return callback
 
     solver = Heun()
@@ -55,6 +57,7 @@ def references(eps, fine: Grid, grids: dict[int, Grid], x0: torch.Tensor, gen: t
 def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     try:
         from .. import digits
+
         model = digits.load_model()
     except (ImportError, FileNotFoundError, AttributeError) as e:
         log(f"  digits: skipped ({e})")
@@ -75,12 +78,16 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         for dtype in cfg.dtypes:
             for m in get_methods(cfg.methods):
                 log(f"  digits: {m.label}, {dtype} state")
-                results[f"{m.key}/{dtype}"] = {"method": m.key, **measure_method(
-                    m, dtype, eps, grids, x0, ref_noise, noise, ref_sample)}
+                results[f"{m.key}/{dtype}"] = {
+                    "method": m.key,
+                    **measure_method(m, dtype, eps, grids, x0, ref_noise, noise, ref_sample),
+                }
     return {
-        "description": (f"embedded digits UNet (float32 weights), {cfg.digits_batch} held-out digits with their "
-                        f"labels, guidance {cfg.digits_guidance:g}, schedule {schedule.config.get('beta_schedule')} / "
-                        f"{schedule.timestep_spacing}; reference: Heun on a {fine.num_steps}-step grid"),
+        "description": (
+            f"embedded digits UNet (float32 weights), {cfg.digits_batch} held-out digits with their "
+            f"labels, guidance {cfg.digits_guidance:g}, schedule {schedule.config.get('beta_schedule')} / "
+            f"{schedule.timestep_spacing}; reference: Heun on a {fine.num_steps}-step grid"
+        ),
         "steps": list(cfg.digits_steps),
         "dtypes": list(cfg.dtypes),
         "reference_steps": fine.num_steps,
@@ -92,8 +99,14 @@ PLOT = "digits_error_vs_nfe.png"
 
 
 def section(results: dict[str, Any]) -> str:
-    return "\n\n".join(["## Workload 2: the embedded digits model", results["description"] + ".",
-                         f"![digits: error against NFE]({PLOT})", reference_tables(results, results["dtypes"])])
+    return "\n\n".join(
+        [
+            "## Workload 2: the embedded digits model",
+            results["description"] + ".",
+            f"![digits: error against NFE]({PLOT})",
+            reference_tables(results, results["dtypes"]),
+        ]
+    )
 
 
 def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:

@@ -32,8 +32,7 @@ from .measures import fit_order
 from .methods import get_methods
 from .report import fmt, table
 
-GRIDS = {"ve": "VE Karras grid in EDM's x, rho 7",
-         "vp": "VP Karras grid over SD 1.5's schedule, rho 7"}
+GRIDS = {"ve": "VE Karras grid in EDM's x, rho 7", "vp": "VP Karras grid over SD 1.5's schedule, rho 7"}
 
 
 def steps_for(budget: int, nfe_per_step: int) -> int:
@@ -59,9 +58,12 @@ def sampling_error(cfg: BenchConfig, log=print) -> dict[str, Any]:
     schedule = Schedule.from_config(SD15_SCHEDULE)
     num = cfg.edm_samples
     noise = torch.randn(num, 16, generator=torch.Generator().manual_seed(cfg.seed + 1), dtype=torch.float64)
-    out: dict[str, Any] = {"budgets": list(cfg.edm_budgets), "num_samples": num, "grids": {},
-                           "data": "8-component isotropic Gaussian mixture in 16 dimensions, component std 0.3, "
-                                   "means ~ N(0, I)"}
+    out: dict[str, Any] = {
+        "budgets": list(cfg.edm_budgets),
+        "num_samples": num,
+        "grids": {},
+        "data": "8-component isotropic Gaussian mixture in 16 dimensions, component std 0.3, means ~ N(0, I)",
+    }
     for kind in ("ve", "vp"):
         model = _mixture(cfg, None if kind == "ve" else schedule)
         g0 = _grid(kind, 2, schedule)
@@ -85,17 +87,32 @@ def sampling_error(cfg: BenchConfig, log=print) -> dict[str, Any]:
                 grid = _grid(kind, steps_for(budget, solver.nfe_per_step), schedule)
                 sol = solver.solve(model, z0, grid)
                 err, err_int = _rms_per_sample(sol.x, ref), _rms_per_sample(sol.x, ref_int)
-                by_budget.append({"budget": budget, "steps": grid.num_steps, "nfe": sol.nfe,
-                                  "median": float(err.median()), "mean": float(err.mean()),
-                                  "p90": float(torch.quantile(err, 0.9)), "max": float(err.max()),
-                                  "median_integration": float(err_int.median())})
+                by_budget.append(
+                    {
+                        "budget": budget,
+                        "steps": grid.num_steps,
+                        "nfe": sol.nfe,
+                        "median": float(err.median()),
+                        "mean": float(err.mean()),
+                        "p90": float(torch.quantile(err, 0.9)),
+                        "max": float(err.max()),
+                        "median_integration": float(err_int.median()),
+                    }
+                )
             last = by_budget[-3:]
-            rows[m.key] = {"label": m.label, "by_budget": by_budget,
-                           "order": fit_order([r["nfe"] for r in last], [r["median_integration"] for r in last]),
-                           "declared_order": solver.order_on(grid)}
+            rows[m.key] = {
+                "label": m.label,
+                "by_budget": by_budget,
+                "order": fit_order([r["nfe"] for r in last], [r["median_integration"] for r in last]),
+                "declared_order": solver.order_on(grid),
+            }
         out["grids"][kind] = {
-            "grid": GRIDS[kind], "sigma_min": s_min, "sigma_max": s_max, "rows": rows,
-            "last_step_floor": float(_rms_per_sample(ref_int, ref).median()), "reference_seconds": ref_seconds,
+            "grid": GRIDS[kind],
+            "sigma_min": s_min,
+            "sigma_max": s_max,
+            "rows": rows,
+            "last_step_floor": float(_rms_per_sample(ref_int, ref).median()),
+            "reference_seconds": ref_seconds,
         }
     return out
 
@@ -131,6 +148,7 @@ def digits_fd(cfg: BenchConfig, log=print) -> dict[str, Any]:
     try:
         from ..digits import NUM_CLASSES, eps_model, load_classifier, load_digits, load_model, to_model, to_uint8
         from ..digits.quality import features, frechet_distance
+
         model, clf = load_model(), load_classifier()
     except (ImportError, FileNotFoundError, AttributeError) as e:
         return {"skipped": f"the embedded digits model is not available ({type(e).__name__}: {e})"}
@@ -150,13 +168,25 @@ def digits_fd(cfg: BenchConfig, log=print) -> dict[str, Any]:
                 sol = solver.solve(eps, noise, karras_grid_for(model.schedule, steps_for(budget, solver.nfe_per_step)))
                 images = to_uint8(sol.x.float())
                 acc = float((clf.predict(to_model(images)) == labels).float().mean())
-                by_budget.append({"budget": budget, "nfe": sol.nfe, "accuracy": acc,
-                                  "fd": frechet_distance(features(clf, images), ref_feats)})
+                by_budget.append(
+                    {
+                        "budget": budget,
+                        "nfe": sol.nfe,
+                        "accuracy": acc,
+                        "fd": frechet_distance(features(clf, images), ref_feats),
+                    }
+                )
             rows[m.key] = {"label": m.label, "by_budget": by_budget}
-    return {"guidance": cfg.edm_digits_guidance, "num_samples": len(labels), "budgets": list(cfg.edm_digits_budgets),
-            "rows": rows, "reference_fd": frechet_distance(features(clf, load_digits("train").images), ref_feats),
-            "grid": "VP Karras grid over the digits model's schedule, rho 7", "seconds": time.perf_counter() - t0,
-            "heun_diagnosis": _heun_diagnosis(cfg, model, clf, labels, noise)}
+    return {
+        "guidance": cfg.edm_digits_guidance,
+        "num_samples": len(labels),
+        "budgets": list(cfg.edm_digits_budgets),
+        "rows": rows,
+        "reference_fd": frechet_distance(features(clf, load_digits("train").images), ref_feats),
+        "grid": "VP Karras grid over the digits model's schedule, rho 7",
+        "seconds": time.perf_counter() - t0,
+        "heun_diagnosis": _heun_diagnosis(cfg, model, clf, labels, noise),
+    }
 
 
 _HEUN_EXPLANATION = (
@@ -165,7 +195,8 @@ _HEUN_EXPLANATION = (
     "guess; with few steps of rho-7 Karras spacing from the schedule's sigma_max the steps across the range where "
     "the class is decided are large, the guided guess leaves the data range and the averaged slope overshoots. It is "
     "a property of Heun on this grid at this budget, not a bug: the same NFE on the schedule's own grid, or without "
-    "guidance, samples the asked class.")
+    "guidance, samples the asked class."
+)
 
 
 def _heun_grid_explains(diag: dict[str, Any]) -> bool:
@@ -174,7 +205,9 @@ def _heun_grid_explains(diag: dict[str, Any]) -> bool:
     return acc[0] < 0.5 and acc[1] >= 0.9 and acc[3] >= 0.9
 
 
-def _heun_diagnosis(cfg: BenchConfig, model: Any, clf: Any, labels: torch.Tensor, noise: torch.Tensor) -> dict[str, Any]:
+def _heun_diagnosis(
+    cfg: BenchConfig, model: Any, clf: Any, labels: torch.Tensor, noise: torch.Tensor
+) -> dict[str, Any]:
     """Why Heun fails at the smallest budget: the same NFE with one ingredient changed at a time."""
     from ..digits import eps_model, to_model, to_uint8
     from ..solvers import Heun
@@ -192,8 +225,11 @@ def _heun_diagnosis(cfg: BenchConfig, model: Any, clf: Any, labels: torch.Tensor
         for name, (grid, guidance) in variants.items():
             x = Heun().sample(eps_model(model, labels, guidance), noise, grid)
             acc = float((clf.predict(to_model(to_uint8(x.float()))) == labels).float().mean())
-            out["variants"][name] = {"accuracy": acc, "max_abs": float(x.abs().max()),
-                                     "sigmas": [round(float(s), 3) for s in (grid.sigmas / grid.alphas)]}
+            out["variants"][name] = {
+                "accuracy": acc,
+                "max_abs": float(x.abs().max()),
+                "sigmas": [round(float(s), 3) for s in (grid.sigmas / grid.alphas)],
+            }
     return out
 
 
@@ -202,6 +238,7 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
 
 
 # ----- report -------------------------------------------------------------------------------------------
+
 
 def _best_bdia_heun(rows: dict[str, Any], k: int, measure: str) -> tuple[float, str] | None:
     cands = [(r["by_budget"][k][measure], r["label"]) for key, r in rows.items() if key.startswith("bdia-heun")]
@@ -221,63 +258,101 @@ def _versus_heun(rows: dict[str, Any], budgets: list[int], measure: str) -> str:
 
 def section(results: dict[str, Any]) -> str:
     a = results["analytic"]
-    out = ["## Workload 4: EDM, Heun and BDIA-EDM on Karras grids",
-           "BDIA as a combinator (docs/math.md section 6): `BDIA(gamma, forward=\"heun\")` is BDIA-EDM (EDM's Heun "
-           "forward move, the Euler move back reusing the slope at z_i: no extra NFE); `Heun()` is EDM's "
-           "deterministic Algorithm 1 (2N - 1 NFE for N steps). EDM/k-diffusion denoisers enter through "
-           "`bdia.edm.from_denoiser`, discrete VP models run on `bdia.edm.karras_grid_for`.",
-           f"**Sampling error against the exact ODE at equal NFE** ({a['data']}; {a['num_samples']} noises; median "
-           "over samples of the per-sample rms error, NFE actually spent in parentheses; one-evaluation solvers take "
-           "N = budget steps, Heun-type N = (budget + 1) // 2, i.e. 2N - 1 NFE). Measured order: minus the slope of "
-           "log error against log NFE over the three largest budgets, with errors taken against the exact flow to "
-           "sigma_min plus the final Euler step every solver shares, so that step's fixed error does not flatten "
-           "it; declared: `solver.order_on(grid)`."]
+    out = [
+        "## Workload 4: EDM, Heun and BDIA-EDM on Karras grids",
+        'BDIA as a combinator (docs/math.md section 6): `BDIA(gamma, forward="heun")` is BDIA-EDM (EDM\'s Heun '
+        "forward move, the Euler move back reusing the slope at z_i: no extra NFE); `Heun()` is EDM's "
+        "deterministic Algorithm 1 (2N - 1 NFE for N steps). EDM/k-diffusion denoisers enter through "
+        "`bdia.edm.from_denoiser`, discrete VP models run on `bdia.edm.karras_grid_for`.",
+        f"**Sampling error against the exact ODE at equal NFE** ({a['data']}; {a['num_samples']} noises; median "
+        "over samples of the per-sample rms error, NFE actually spent in parentheses; one-evaluation solvers take "
+        "N = budget steps, Heun-type N = (budget + 1) // 2, i.e. 2N - 1 NFE). Measured order: minus the slope of "
+        "log error against log NFE over the three largest budgets, with errors taken against the exact flow to "
+        "sigma_min plus the final Euler step every solver shares, so that step's fixed error does not flatten "
+        "it; declared: `solver.order_on(grid)`.",
+    ]
     for g in a["grids"].values():
-        rows = [[r["label"]] + [f"{fmt(b['median'])} ({b['nfe']})" for b in r["by_budget"]]
-                + [r["order"], r["declared_order"]] for r in g["rows"].values()]
-        out.append(f"*{g['grid']}* (sigma {fmt(g['sigma_min'])}..{fmt(g['sigma_max'])})\n\n"
-                   + table(["Solver"] + [f"NFE {b}" for b in a["budgets"]] + ["measured order", "declared order"], rows)
-                   + f"\n\nError of the exact flow to sigma_min followed by the final Euler step (a floor every "
-                   f"solver here shares): {fmt(g['last_step_floor'])}. " + _versus_heun(g["rows"], a["budgets"], "median"))
-    out.append("On the VE grid gamma acts on EDM's x undamped; on a VP grid the same gamma acts on z = alpha xbar, "
-               "i.e. on xbar with gamma alpha_{i-1}/alpha_{i+1}, which damps the oscillating mode at high noise: the "
-               "two grids give different BDIA samplers for the same model, while Euler and Heun give the same "
-               "samples on both (docs/math.md section 6).")
+        rows = [
+            [r["label"]]
+            + [f"{fmt(b['median'])} ({b['nfe']})" for b in r["by_budget"]]
+            + [r["order"], r["declared_order"]]
+            for r in g["rows"].values()
+        ]
+        out.append(
+            f"*{g['grid']}* (sigma {fmt(g['sigma_min'])}..{fmt(g['sigma_max'])})\n\n"
+            + table(["Solver"] + [f"NFE {b}" for b in a["budgets"]] + ["measured order", "declared order"], rows)
+            + f"\n\nError of the exact flow to sigma_min followed by the final Euler step (a floor every "
+            f"solver here shares): {fmt(g['last_step_floor'])}. " + _versus_heun(g["rows"], a["budgets"], "median")
+        )
+    out.append(
+        "On the VE grid gamma acts on EDM's x undamped; on a VP grid the same gamma acts on z = alpha xbar, "
+        "i.e. on xbar with gamma alpha_{i-1}/alpha_{i+1}, which damps the oscillating mode at high noise: the "
+        "two grids give different BDIA samplers for the same model, while Euler and Heun give the same "
+        "samples on both (docs/math.md section 6)."
+    )
     rt = results["round_trip"]
-    rows = [[r["grid"].upper(), r["label"], "exact" if r["exact_inversion"] else "approximate", r["float64"],
-             r["float32"], r["nfe_invert"], r["nfe_reconstruct"]] for r in rt["rows"]]
-    out.append(f"**Round trip** (invert, then regenerate; max abs error; {rt['steps']} steps; the model in float64, "
-               "or in float32 for float32 state). For the approximate inversions the error is drift, not rounding.\n\n"
-               + table(["Grid", "Solver", "inversion", "float64", "float32", "NFE invert", "NFE reconstruct"], rows))
+    rows = [
+        [
+            r["grid"].upper(),
+            r["label"],
+            "exact" if r["exact_inversion"] else "approximate",
+            r["float64"],
+            r["float32"],
+            r["nfe_invert"],
+            r["nfe_reconstruct"],
+        ]
+        for r in rt["rows"]
+    ]
+    out.append(
+        f"**Round trip** (invert, then regenerate; max abs error; {rt['steps']} steps; the model in float64, "
+        "or in float32 for float32 state). For the approximate inversions the error is drift, not rounding.\n\n"
+        + table(["Grid", "Solver", "inversion", "float64", "float32", "NFE invert", "NFE reconstruct"], rows)
+    )
     f32 = {(r["grid"], r["method"]): r["float32"] for r in rt["rows"]}
     if ("ve", "bdia-heun-1") in f32 and ("vp", "bdia-heun-1") in f32 and f32[("vp", "bdia-heun-1")] > 0:
-        out.append(f"BDIA-Heun gamma=1 in float32 state: {fmt(f32[('ve', 'bdia-heun-1')])} on the VE grid against "
-                   f"{fmt(f32[('vp', 'bdia-heun-1')])} on the VP grid "
-                   f"({f32[('ve', 'bdia-heun-1')] / f32[('vp', 'bdia-heun-1')]:.3g}x); on the VE grid the state is "
-                   "EDM's x, O(sigma_max), and gamma acts on it undamped.")
+        out.append(
+            f"BDIA-Heun gamma=1 in float32 state: {fmt(f32[('ve', 'bdia-heun-1')])} on the VE grid against "
+            f"{fmt(f32[('vp', 'bdia-heun-1')])} on the VP grid "
+            f"({f32[('ve', 'bdia-heun-1')] / f32[('vp', 'bdia-heun-1')]:.3g}x); on the VE grid the state is "
+            "EDM's x, O(sigma_max), and gamma acts on it undamped."
+        )
     d = results["digits"]
     out.append("**Digits model: classifier Frechet distance at equal NFE**")
     if "skipped" in d:
         out.append(f"Not run: {d['skipped']}.")
     else:
-        rows = [[r["label"]] + [f"{b['fd']:.3f} ({b['accuracy']:.2f}) [{b['nfe']}]" for b in r["by_budget"]]
-                for r in d["rows"].values()]
-        out.append(f"{d['grid']}; guidance {d['guidance']:g}; {d['num_samples']} samples; FD against the held-out "
-                   f"split (lower is better; the training split scores {d['reference_fd']:.3f}), class accuracy in "
-                   "parentheses, NFE actually spent in brackets.\n\n"
-                   + table(["Solver"] + [f"NFE {b}" for b in d["budgets"]], rows)
-                   + "\n\n" + _versus_heun(d["rows"], d["budgets"], "fd")
-                   + " One seed and no confidence interval: differences of a few units are not resolved at this "
-                   "sample count. FD measures the guided model's samples against data, not ODE accuracy, so it "
-                   "need not fall with NFE.")
+        rows = [
+            [r["label"]] + [f"{b['fd']:.3f} ({b['accuracy']:.2f}) [{b['nfe']}]" for b in r["by_budget"]]
+            for r in d["rows"].values()
+        ]
+        out.append(
+            f"{d['grid']}; guidance {d['guidance']:g}; {d['num_samples']} samples; FD against the held-out "
+            f"split (lower is better; the training split scores {d['reference_fd']:.3f}), class accuracy in "
+            "parentheses, NFE actually spent in brackets.\n\n"
+            + table(["Solver"] + [f"NFE {b}" for b in d["budgets"]], rows)
+            + "\n\n"
+            + _versus_heun(d["rows"], d["budgets"], "fd")
+            + " One seed and no confidence interval: differences of a few units are not resolved at this "
+            "sample count. FD measures the guided model's samples against data, not ODE accuracy, so it "
+            "need not fall with NFE."
+        )
         diag = d.get("heun_diagnosis")
         if diag:
-            out.append(f"**Heun at the smallest budget ({diag['steps']} steps), one ingredient changed at a time** "
-                       "(class accuracy; largest |x| of the samples, data lies in [-1, 1]):\n\n"
-                       + table(["variant", "accuracy", "max abs", "EDM sigmas"],
-                               [[k, f"{v['accuracy']:.2f}", f"{v['max_abs']:.2f}", ", ".join(map(str, v["sigmas"]))]
-                                for k, v in diag["variants"].items()])
-                       + ("\n\n" + _HEUN_EXPLANATION if _heun_grid_explains(diag) else
-                          "\n\nAt this budget the variants do not separate: no single ingredient explains Heun's "
-                          "result here."))
+            out.append(
+                f"**Heun at the smallest budget ({diag['steps']} steps), one ingredient changed at a time** "
+                "(class accuracy; largest |x| of the samples, data lies in [-1, 1]):\n\n"
+                + table(
+                    ["variant", "accuracy", "max abs", "EDM sigmas"],
+                    [
+                        [k, f"{v['accuracy']:.2f}", f"{v['max_abs']:.2f}", ", ".join(map(str, v["sigmas"]))]
+                        for k, v in diag["variants"].items()
+                    ],
+                )
+                + (
+                    "\n\n" + _HEUN_EXPLANATION
+                    if _heun_grid_explains(diag)
+                    else "\n\nAt this budget the variants do not separate: no single ingredient explains Heun's "
+                    "result here."
+                )
+            )
     return "\n\n".join(p for p in out if p)

@@ -17,9 +17,10 @@ exact ODE's). Quick mode: small space and batch; sizes come from ``cfg.extra["fl
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,8 +36,10 @@ FLUX_SCHEDULE = FlowSchedule.from_config({"use_dynamic_shifting": True, "base_sh
 FLUX_MU = calculate_shift(4096)  # a 1024 x 1024 image: 64 x 64 packed latent tokens
 GRIDS: dict[str, tuple[str, Callable[[int], Grid]]] = {  # family -> (description, steps -> grid)
     "sd3": ("SD3 (shift 3)", lambda n: SD3_SCHEDULE.grid(n)),
-    "flux": (f"Flux (linspace(1, 1/N, N), mu {FLUX_MU:.2f})", lambda n: FLUX_SCHEDULE.grid(n, sigmas=flux_sigmas(n),
-                                                                                          mu=FLUX_MU)),
+    "flux": (
+        f"Flux (linspace(1, 1/N, N), mu {FLUX_MU:.2f})",
+        lambda n: FLUX_SCHEDULE.grid(n, sigmas=flux_sigmas(n), mu=FLUX_MU),
+    ),
 }
 SIZES = {  # mode -> defaults; cfg.extra["flow"] overrides single keys
     "quick": {"shape": (4, 8, 8), "components": 8, "std": 0.3, "batch": 4, "budgets": (10, 20, 50, 100)},
@@ -78,8 +81,16 @@ def build_model(cfg: BenchConfig, sizes: dict[str, Any]) -> FlowGaussianMixture:
     return FlowGaussianMixture(means, stds)
 
 
-def _measure(m: FlowMethod, model: FlowGaussianMixture, grid_of: Callable[[int], Grid], budget: int, x0: torch.Tensor,
-             ref_noise: torch.Tensor, noise: torch.Tensor, ref_sample: torch.Tensor) -> dict[str, Any]:
+def _measure(
+    m: FlowMethod,
+    model: FlowGaussianMixture,
+    grid_of: Callable[[int], Grid],
+    budget: int,
+    x0: torch.Tensor,
+    ref_noise: torch.Tensor,
+    noise: torch.Tensor,
+    ref_sample: torch.Tensor,
+) -> dict[str, Any]:
     n = m.steps(budget)
     row: dict[str, Any] = {"steps": n}
     t0 = time.perf_counter()
@@ -119,14 +130,20 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         by_method: dict[str, Any] = {}
         for m in METHODS:
             log(f"  flow ({family} grid): {m.label}")
-            by_method[m.key] = {"label": m.label, "exact": m.exact,
-                                "by_nfe": {str(b): _measure(m, model, grid_of, b, x0, ref_noise, noise, ref_sample)
-                                           for b in sizes["budgets"]}}
+            by_method[m.key] = {
+                "label": m.label,
+                "exact": m.exact,
+                "by_nfe": {
+                    str(b): _measure(m, model, grid_of, b, x0, ref_noise, noise, ref_sample) for b in sizes["budgets"]
+                },
+            }
         results[family] = {"grid": title, "methods": by_method}
     return {
-        "description": (f"Gaussian mixture under the flow-matching path, {sizes['components']} components in "
-                        f"{tuple(sizes['shape'])}, exact velocity; t from 1 to 0; batch {sizes['batch']}; "
-                        "reference: DOP853 rtol 1e-11; methods at equal inversion NFE"),
+        "description": (
+            f"Gaussian mixture under the flow-matching path, {sizes['components']} components in "
+            f"{tuple(sizes['shape'])}, exact velocity; t from 1 to 0; batch {sizes['batch']}; "
+            "reference: DOP853 rtol 1e-11; methods at equal inversion NFE"
+        ),
         "budgets": list(sizes["budgets"]),
         "results": results,
     }
@@ -143,11 +160,17 @@ def section(results: dict[str, Any]) -> str:
     lines = ["## Flow matching (SD3 / Flux-type models)", "", results["description"] + ".", ""]
     for family in results["results"].values():
         res = family["methods"]
-        for key, title in (("fidelity", "inverted noise vs the exact ODE's (RMS)"),
-                           ("round_trip", "round trip, invert then regenerate with the same method (RMS)"),
-                           ("accuracy", "sample from a given noise vs the exact ODE's (RMS)")):
-            lines += [f"### {family['grid']} grid: {title}", "",
-                      "| method | " + " | ".join(f"{b} NFE" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for key, title in (
+            ("fidelity", "inverted noise vs the exact ODE's (RMS)"),
+            ("round_trip", "round trip, invert then regenerate with the same method (RMS)"),
+            ("accuracy", "sample from a given noise vs the exact ODE's (RMS)"),
+        ):
+            lines += [
+                f"### {family['grid']} grid: {title}",
+                "",
+                "| method | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
+                "|---|" + "---|" * len(budgets),
+            ]
             for m in res.values():
                 cells = [f"{_fmt(m['by_nfe'][str(b)], key)} ({m['by_nfe'][str(b)]['steps']} st)" for b in budgets]
                 lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
@@ -163,15 +186,19 @@ def _target_line(res: dict[str, Any]) -> str:
     if "diverged" in bdia:
         return f"Target at {HEADLINE} NFE: not met (BDIA gamma=1 diverged)."
     beaten = [k for k, r in others.items() if "diverged" in r or bdia["fidelity"]["rms"] < r["fidelity"]["rms"]]
-    return (f"Target (BDIA gamma=1's inverted noise closer to the exact ODE's than Euler inversion, RF-Solver and "
-            f"FireFlow at {HEADLINE} NFE): {'met' if len(beaten) == len(others) else 'not met'}; BDIA "
-            f"{bdia['fidelity']['rms']:.2e} vs " + ", ".join(f"{res[k]['label']} {_fmt(r, 'fidelity')}"
-                                                             for k, r in others.items()) + ".")
+    return (
+        f"Target (BDIA gamma=1's inverted noise closer to the exact ODE's than Euler inversion, RF-Solver and "
+        f"FireFlow at {HEADLINE} NFE): {'met' if len(beaten) == len(others) else 'not met'}; BDIA "
+        f"{bdia['fidelity']['rms']:.2e} vs "
+        + ", ".join(f"{res[k]['label']} {_fmt(r, 'fidelity')}" for k, r in others.items())
+        + "."
+    )
 
 
 def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     """One figure per grid family: fidelity, round trip and accuracy against the inversion's NFE budget."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -185,10 +212,18 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
             for ax, key in zip(axes, ("fidelity", "round_trip", "accuracy")):
                 xs = [b for b, _ in rows]
                 ys = [max(r[key]["rms"], 1e-17) for _, r in rows]
-                ax.loglog(xs, ys, "-" if m["exact"] else "--", marker="o", ms=3, color=f"C{k}",
-                          label=m["label"] if key == "fidelity" else None)
-        for ax, ylabel in zip(axes, ("inverted noise vs exact ODE (rms)", "round trip (rms)",
-                                     "sample vs exact ODE (rms)")):
+                ax.loglog(
+                    xs,
+                    ys,
+                    "-" if m["exact"] else "--",
+                    marker="o",
+                    ms=3,
+                    color=f"C{k}",
+                    label=m["label"] if key == "fidelity" else None,
+                )
+        for ax, ylabel in zip(
+            axes, ("inverted noise vs exact ODE (rms)", "round trip (rms)", "sample vs exact ODE (rms)")
+        ):
             ax.set_xlabel("NFE budget of the inversion")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)

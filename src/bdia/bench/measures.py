@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -34,8 +35,9 @@ def fit_order(steps: Sequence[int], errors: Sequence[float], floor: float = 1e-1
     Points that are not finite or sit at rounding level (below ``floor``) are dropped; None when
     fewer than two remain.
     """
-    pts = [(math.log(n), math.log(e)) for n, e in zip(steps, errors)
-           if e is not None and math.isfinite(e) and e > floor]
+    pts = [
+        (math.log(n), math.log(e)) for n, e in zip(steps, errors) if e is not None and math.isfinite(e) and e > floor
+    ]
     if len(pts) < 2:
         return None
     mx = sum(p[0] for p in pts) / len(pts)
@@ -56,8 +58,9 @@ class ZeroModel:
         return self._out
 
 
-def interleaved_times(tasks: dict[str, Callable[[], Any]], repeats: int, cpu: dict[str, list[float]] | None = None
-                      ) -> dict[str, list[float]]:
+def interleaved_times(
+    tasks: dict[str, Callable[[], Any]], repeats: int, cpu: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
     """Wall time of each task, run in turn ``repeats`` times (A B C, C B A, ...), so slow phases of a
     shared machine hit every task alike. Returns the times per task; take medians. When ``cpu`` is
     given it receives the process CPU time of each run too (all threads; robust to other processes

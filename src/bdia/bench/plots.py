@@ -7,9 +7,11 @@ from typing import Any
 
 from ..io.files import atomic_path
 
-PANELS = (("round_trip", "max", "round-trip error (max |x0' - x0|)", "nfe_rt"),
-          ("fidelity", "rms", "inverted noise vs exact ODE (rms)", "nfe_rt"),
-          ("accuracy", "rms", "sample vs exact ODE (rms)", "nfe_sample"))
+PANELS = (
+    ("round_trip", "max", "round-trip error (max |x0' - x0|)", "nfe_rt"),
+    ("fidelity", "rms", "inverted noise vs exact ODE (rms)", "nfe_rt"),
+    ("accuracy", "rms", "sample vs exact ODE (rms)", "nfe_sample"),
+)
 
 
 def save_figure(fig, path: Path, overwrite: bool) -> None:
@@ -23,6 +25,7 @@ def save_figure(fig, path: Path, overwrite: bool) -> None:
 
 def error_vs_nfe(workload: dict[str, Any], title: str, path: Path, overwrite: bool) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -38,14 +41,25 @@ def error_vs_nfe(workload: dict[str, Any], title: str, path: Path, overwrite: bo
                 continue
             xs, ys = [], []
             for r in rows:
-                nfe = r.get("nfe_invert", 0) + r.get("nfe_reconstruct", 0) if nfe_kind == "nfe_rt" else r.get("nfe_sample")
+                nfe = (
+                    r.get("nfe_invert", 0) + r.get("nfe_reconstruct", 0)
+                    if nfe_kind == "nfe_rt"
+                    else r.get("nfe_sample")
+                )
                 y = r[measure][stat]
                 if nfe and y is not None and y == y and y < float("inf"):
                     xs.append(nfe)
                     ys.append(max(y, 1e-17))
             if xs:
-                ax.loglog(xs, ys, style, marker="o", ms=3, color=color,
-                          label=res["label"] if (measure == "round_trip" and dtype == "float64") else None)
+                ax.loglog(
+                    xs,
+                    ys,
+                    style,
+                    marker="o",
+                    ms=3,
+                    color=color,
+                    label=res["label"] if (measure == "round_trip" and dtype == "float64") else None,
+                )
             ax.set_xlabel("NFE (invert + reconstruct)" if nfe_kind == "nfe_rt" else "NFE (sampling)")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
@@ -68,6 +82,7 @@ def error_vs_nfe(workload: dict[str, Any], title: str, path: Path, overwrite: bo
 
 def time_per_method(unet: dict[str, Any], path: Path, overwrite: bool) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -80,8 +95,9 @@ def time_per_method(unet: dict[str, Any], path: Path, overwrite: bool) -> None:
         axes[0].text(i, r["cpu_seconds"], f"{r['cpu_ratio_to_ddim']:.3f}x", ha="center", va="bottom", fontsize=9)
     axes[0].set_ylabel("CPU seconds (median)")
     s = unet["setup"]
-    axes[0].set_title(f"invert + reconstruct, {s['steps']} steps, UNet x{s['width']:g}, latent {s['latent_shape'][2]}^2",
-                      fontsize=9)
+    axes[0].set_title(
+        f"invert + reconstruct, {s['steps']} steps, UNet x{s['width']:g}, latent {s['latent_shape'][2]}^2", fontsize=9
+    )
     arith = unet["arithmetic_fraction"]
     keys = list(arith)
     vals = [100 * arith[k] for k in keys]

@@ -21,8 +21,9 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,12 +31,30 @@ from .config import BenchConfig
 
 __all__ = ["peak_memory_mb", "run", "section", "plots"]
 
-QUICK = {"batch": 2, "grad_steps": (4, 8, 16), "grad_repeats": 1, "drift_steps": 8, "drift_gammas": (1.0, 0.5),
-         "exact_steps": (4, 8), "exact_gammas": (1.0, 0.96, 0.5, 0.1), "exact_batch": 1,
-         "arith_steps": 4, "arith_shapes": ((1, 1, 16, 16),)}
-FULL = {"batch": 4, "grad_steps": (10, 50, 200), "grad_repeats": 3, "drift_steps": 50, "drift_gammas": (1.0, 0.9, 0.5),
-        "exact_steps": (10, 50, 200), "exact_gammas": (1.0, 0.96, 0.5, 0.1), "exact_batch": 2,
-        "arith_steps": 10, "arith_shapes": ((2, 1, 16, 16), (1, 4, 64, 64))}
+QUICK = {
+    "batch": 2,
+    "grad_steps": (4, 8, 16),
+    "grad_repeats": 1,
+    "drift_steps": 8,
+    "drift_gammas": (1.0, 0.5),
+    "exact_steps": (4, 8),
+    "exact_gammas": (1.0, 0.96, 0.5, 0.1),
+    "exact_batch": 1,
+    "arith_steps": 4,
+    "arith_shapes": ((1, 1, 16, 16),),
+}
+FULL = {
+    "batch": 4,
+    "grad_steps": (10, 50, 200),
+    "grad_repeats": 3,
+    "drift_steps": 50,
+    "drift_gammas": (1.0, 0.9, 0.5),
+    "exact_steps": (10, 50, 200),
+    "exact_gammas": (1.0, 0.96, 0.5, 0.1),
+    "exact_batch": 2,
+    "arith_steps": 10,
+    "arith_shapes": ((2, 1, 16, 16), (1, 4, 64, 64)),
+}
 
 MEMORY_TARGET = 1.2  # reversible peak memory at the largest N over the smallest N
 TIME_TARGET = 2.2  # gradient time over one forward sampling pass
@@ -98,6 +117,7 @@ def _gradients(s: dict[str, Any], model, eps_for, x_noise, log) -> dict[str, Any
         for rep in range(s["grad_repeats"]):
             times["forward"].append(_timed(forward)[1])
             for mode in ("reversible", "autograd"):
+
                 def gradient():
                     start = x_noise.clone().requires_grad_()
                     x = solver.sample(eps_for, start, grid, backprop=mode)
@@ -116,9 +136,11 @@ def _gradients(s: dict[str, Any], model, eps_for, x_noise, log) -> dict[str, Any
         row["reversible_over_autograd"] = row["reversible"]["seconds"] / row["autograd"]["seconds"]
         g_rev, g_ag = row.pop("grads")
         row["rel_diff"] = float((g_rev - g_ag).norm() / g_ag.norm())
-        log(f"  reversible: N={n} forward {t_fwd:.2f}s, reversible {row['reversible']['seconds']:.2f}s "
+        log(
+            f"  reversible: N={n} forward {t_fwd:.2f}s, reversible {row['reversible']['seconds']:.2f}s "
             f"{row['reversible']['peak_mb']:.0f} MiB, autograd {row['autograd']['seconds']:.2f}s "
-            f"{row['autograd']['peak_mb']:.0f} MiB")
+            f"{row['autograd']['peak_mb']:.0f} MiB"
+        )
         out[str(n)] = row
     return out
 
@@ -132,11 +154,13 @@ def _drift(s: dict[str, Any], model, eps_for, x_noise, log) -> dict[str, Any]:
     out = {}
     for gamma in s["drift_gammas"]:
         grads = {}
-        for key, mode, solver in (("ref", "autograd", bdia.BDIA(gamma)),
-                                  ("reversible", "reversible", bdia.BDIA(gamma, state_dtype=torch.float32)),
-                                  ("autograd", "autograd", bdia.BDIA(gamma, state_dtype=torch.float32)),
-                                  ("float64_reversible", "reversible", bdia.BDIA(gamma)),
-                                  ("bit_exact_reversible", "reversible", bdia.BDIA(gamma, bit_exact=True))):
+        for key, mode, solver in (
+            ("ref", "autograd", bdia.BDIA(gamma)),
+            ("reversible", "reversible", bdia.BDIA(gamma, state_dtype=torch.float32)),
+            ("autograd", "autograd", bdia.BDIA(gamma, state_dtype=torch.float32)),
+            ("float64_reversible", "reversible", bdia.BDIA(gamma)),
+            ("bit_exact_reversible", "reversible", bdia.BDIA(gamma, bit_exact=True)),
+        ):
             start = x_noise.clone().requires_grad_()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -151,6 +175,7 @@ def _drift(s: dict[str, Any], model, eps_for, x_noise, log) -> dict[str, Any]:
 
 def _bit_exact(s: dict[str, Any], model, eps_for, x0, noise, log) -> dict[str, Any]:
     import bdia
+
     from ..solvers import NonFiniteError
     from ..solvers.bitexact import buffer_bits
 
@@ -165,15 +190,21 @@ def _bit_exact(s: dict[str, Any], model, eps_for, x0, noise, log) -> dict[str, A
                         warnings.simplefilter("ignore")
                         inv, t_inv = _timed(lambda: solver.invert(eps_for, x0, grid))
                         rec, t_rec = _timed(lambda: solver.sample(eps_for, inv, grid))
-                    row[key] = {"differing_bits": _differing_bits(rec, x0), "max_err": float((rec - x0).abs().max()),
-                                "seconds": t_inv + t_rec, "max_latent": float(inv.latents[0].abs().max())}
+                    row[key] = {
+                        "differing_bits": _differing_bits(rec, x0),
+                        "max_err": float((rec - x0).abs().max()),
+                        "seconds": t_inv + t_rec,
+                        "max_latent": float(inv.latents[0].abs().max()),
+                    }
                 except NonFiniteError as e:
                     row[key] = {"failed": str(e).split(";")[0]}
             exact = bdia.BDIA(gamma, bit_exact=True)
             row["buffer_bits_after_generation"] = buffer_bits(exact.solve(eps_for, noise, grid).state)
             row["total_bits"] = 64 * x0.numel()
-            log(f"  reversible: bit-exact N={n} gamma={gamma}: {row['bit_exact'].get('differing_bits')} bits differ "
-                f"(float64: {row['float64'].get('differing_bits', 'failed')})")
+            log(
+                f"  reversible: bit-exact N={n} gamma={gamma}: {row['bit_exact'].get('differing_bits')} bits differ "
+                f"(float64: {row['float64'].get('differing_bits', 'failed')})"
+            )
             out[f"{n}/{gamma}"] = row
     return out
 
@@ -181,6 +212,7 @@ def _bit_exact(s: dict[str, Any], model, eps_for, x0, noise, log) -> dict[str, A
 def _arithmetic_cost(s: dict[str, Any], log) -> dict[str, Any]:
     """Milliseconds per step of a round trip's solver arithmetic alone (a model that costs nothing)."""
     import bdia
+
     from ..schedule import Schedule
 
     grid = Schedule.from_config({}).grid(s["arith_steps"])
@@ -189,10 +221,12 @@ def _arithmetic_cost(s: dict[str, Any], log) -> dict[str, Any]:
         x0 = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         row = {}
         for key, solver in (("float64", bdia.BDIA(0.5)), ("bit_exact", bdia.BDIA(0.5, bit_exact=True))):
+
             def round_trip():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     return solver.sample(_free_model, solver.invert(_free_model, x0, grid), grid)
+
             _, t = _timed(round_trip)
             row[key] = 1e3 * t / (2 * grid.num_steps)
         log(f"  reversible: arithmetic per step, shape {tuple(shape)}: {row}")
@@ -207,6 +241,7 @@ def _free_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     try:
         from .. import digits
+
         model = digits.load_model()
     except (ImportError, FileNotFoundError) as e:
         log(f"  reversible: skipped ({e})")
@@ -221,8 +256,10 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     eps = digits.eps_model(model, labels[: s["batch"]], guidance=1.0)
     eps_exact = digits.eps_model(model, labels[: s["exact_batch"]], guidance=1.0)
     return {
-        "description": (f"digits UNet (float32 weights), BDIA gamma 1 with float64 state unless noted, batch "
-                        f"{s['batch']}; gradient of a weighted sum of the sample with respect to the noise"),
+        "description": (
+            f"digits UNet (float32 weights), BDIA gamma 1 with float64 state unless noted, batch "
+            f"{s['batch']}; gradient of a weighted sum of the sample with respect to the noise"
+        ),
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
         "gradients": _gradients(s, model, eps, noise[: s["batch"]], log),
         "float32_drift": {"steps": s["drift_steps"], **_drift(s, model, eps, noise[: s["batch"]], log)},
@@ -237,35 +274,56 @@ def section(results: dict[str, Any]) -> str:
     lines = ["## Gradients by reversal and bit-exact round trips", "", results["description"] + ".", ""]
     g = results["gradients"]
     ns = list(g)
-    lines += ["| N | forward pass (s) | reversible: peak MiB | s | x forward | autograd: peak MiB | s | x forward "
-              "| reversible / autograd time | grad rel. diff |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| N | forward pass (s) | reversible: peak MiB | s | x forward | autograd: peak MiB | s | x forward "
+        "| reversible / autograd time | grad rel. diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for n in ns:
         r, a = g[n]["reversible"], g[n]["autograd"]
-        lines.append(f"| {n} | {g[n]['forward_s']:.2f} | {r['peak_mb']:.1f} | {r['seconds']:.2f} | "
-                     f"{r['time_over_forward']:.2f} | {a['peak_mb']:.1f} | {a['seconds']:.2f} | "
-                     f"{a['time_over_forward']:.2f} | {g[n]['reversible_over_autograd']:.2f} | "
-                     f"{g[n]['rel_diff']:.1e} |")
+        lines.append(
+            f"| {n} | {g[n]['forward_s']:.2f} | {r['peak_mb']:.1f} | {r['seconds']:.2f} | "
+            f"{r['time_over_forward']:.2f} | {a['peak_mb']:.1f} | {a['seconds']:.2f} | "
+            f"{a['time_over_forward']:.2f} | {g[n]['reversible_over_autograd']:.2f} | "
+            f"{g[n]['rel_diff']:.1e} |"
+        )
     mem = [g[n]["reversible"]["peak_mb"] for n in ns]
     ratio = max(mem) / max(min(mem), 1e-9)
     worst = max(g[n]["reversible"]["time_over_forward"] for n in ns)
     worst_backward = max(g[n]["reversible"]["time_over_forward"] - 1 for n in ns)  # the gradient's own forward removed
-    lines += ["", f"Target: reversible peak memory within {MEMORY_TARGET}x from N = {ns[0]} to N = {ns[-1]}: "
-              f"{ratio:.2f}x ({'met' if ratio <= MEMORY_TARGET else 'not met'}); autograd grows "
-              f"{g[ns[-1]]['autograd']['peak_mb'] / max(g[ns[0]]['autograd']['peak_mb'], 1e-9):.1f}x.",
-              f"Target: time per gradient <= {TIME_TARGET}x one forward sampling pass: worst {worst:.2f}x "
-              f"({'met' if worst <= TIME_TARGET else 'not met'}; the gradient includes its own forward pass); "
-              f"its backward pass alone: worst {worst_backward:.2f}x "
-              f"({'met' if worst_backward <= TIME_TARGET else 'not met'}).", ""]
+    lines += [
+        "",
+        f"Target: reversible peak memory within {MEMORY_TARGET}x from N = {ns[0]} to N = {ns[-1]}: "
+        f"{ratio:.2f}x ({'met' if ratio <= MEMORY_TARGET else 'not met'}); autograd grows "
+        f"{g[ns[-1]]['autograd']['peak_mb'] / max(g[ns[0]]['autograd']['peak_mb'], 1e-9):.1f}x.",
+        f"Target: time per gradient <= {TIME_TARGET}x one forward sampling pass: worst {worst:.2f}x "
+        f"({'met' if worst <= TIME_TARGET else 'not met'}; the gradient includes its own forward pass); "
+        f"its backward pass alone: worst {worst_backward:.2f}x "
+        f"({'met' if worst_backward <= TIME_TARGET else 'not met'}).",
+        "",
+    ]
     d = results["float32_drift"]
-    lines += [f"Relative gradient error against float64 autograd, N = {d['steps']}: float32 state (reversible, "
-              "autograd), float64 state reversible, and reversible through bit-exact sampling", "",
-              "| gamma | float32 reversible | float32 autograd | float64 reversible | bit-exact reversible |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {k} | {v['reversible']:.1e} | {v['autograd']:.1e} | {v['float64_reversible']:.1e} | "
-              f"{v['bit_exact_reversible']:.1e} |" for k, v in d.items() if k != "steps"]
-    lines += ["", "Bit-exact round trips (float64 input): differing bits of x0' against x0", "",
-              "| N | gamma | bit-exact | float64 | float64 max err | max latent | bit-exact s | float64 s "
-              "| buffer bits/elem after generation |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"Relative gradient error against float64 autograd, N = {d['steps']}: float32 state (reversible, "
+        "autograd), float64 state reversible, and reversible through bit-exact sampling",
+        "",
+        "| gamma | float32 reversible | float32 autograd | float64 reversible | bit-exact reversible |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['reversible']:.1e} | {v['autograd']:.1e} | {v['float64_reversible']:.1e} | "
+        f"{v['bit_exact_reversible']:.1e} |"
+        for k, v in d.items()
+        if k != "steps"
+    ]
+    lines += [
+        "",
+        "Bit-exact round trips (float64 input): differing bits of x0' against x0",
+        "",
+        "| N | gamma | bit-exact | float64 | float64 max err | max latent | bit-exact s | float64 s "
+        "| buffer bits/elem after generation |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     all_zero = True
     for key, row in results["bit_exact"].items():
         n, gamma = key.split("/")
@@ -274,14 +332,24 @@ def section(results: dict[str, Any]) -> str:
         fb = f"{f['differing_bits']} / {row['total_bits']}" if "differing_bits" in f else "failed (non-finite)"
         fe = f"{f['max_err']:.1e}" if "max_err" in f else "-"
         fs = f"{f['seconds']:.2f}" if "seconds" in f else "-"
-        lines.append(f"| {n} | {gamma} | {b.get('differing_bits', b.get('failed'))} | {fb} | {fe} | "
-                     f"{b.get('max_latent', math.nan):.2g} | {b.get('seconds', math.nan):.2f} | {fs} | "
-                     f"{row['buffer_bits_after_generation']:.1f} |")
-    lines += ["", f"Target: zero differing bits for every gamma and N: {'met' if all_zero else 'not met'}.", "",
-              "Solver arithmetic alone (a model that costs nothing), BDIA gamma 0.5, ms per step:", "",
-              "| shape | float64 | bit-exact |", "|---|---|---|"]
-    lines += [f"| {k} | {v['float64']:.3f} | {v['bit_exact']:.1f} |"
-              for k, v in results.get("arithmetic_ms_per_step", {}).items()]
+        lines.append(
+            f"| {n} | {gamma} | {b.get('differing_bits', b.get('failed'))} | {fb} | {fe} | "
+            f"{b.get('max_latent', math.nan):.2g} | {b.get('seconds', math.nan):.2f} | {fs} | "
+            f"{row['buffer_bits_after_generation']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Target: zero differing bits for every gamma and N: {'met' if all_zero else 'not met'}.",
+        "",
+        "Solver arithmetic alone (a model that costs nothing), BDIA gamma 0.5, ms per step:",
+        "",
+        "| shape | float64 | bit-exact |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['float64']:.3f} | {v['bit_exact']:.1f} |"
+        for k, v in results.get("arithmetic_ms_per_step", {}).items()
+    ]
     lines.append("")
     return "\n".join(lines)
 
@@ -290,6 +358,7 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     if "skipped" in results:
         return []
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -36,19 +36,61 @@ __all__ = ["run", "section", "plots"]
 BUDGETS = (10, 20, 30, 50, 70, 100)
 GRID_KINDS = ("diffusers", "trailing", "karras", "logsnr")
 # quick mode (``bdia bench`` default): the defaults and the main alternatives on two grids (about 2 minutes)
-QUICK_METHODS = ("ddim", "bdia-1", "bdia-1-extra", "belm", "belm-auto", "rex-euler", "rex", "rex-rk4", "rex-midpoint-z0.999",
-                 "rex-midpoint-data")
+QUICK_METHODS = (
+    "ddim",
+    "bdia-1",
+    "bdia-1-extra",
+    "belm",
+    "belm-auto",
+    "rex-euler",
+    "rex",
+    "rex-rk4",
+    "rex-midpoint-z0.999",
+    "rex-midpoint-data",
+)
 QUICK_GRIDS = ("diffusers", "karras")
 # full mode: every start and Rex variant beside the baselines
-FULL_METHODS = ("ddim", "heun", "edict", "bdia-1", "bdia-1-sub4", "bdia-1-extra", "belm", "belm-auto", "belm-sub4",
-                "belm-sub8", "rex-euler", "rex", "rex-heun", "rex-ralston", "rex-rk4", "rex-midpoint-z0.5",
-                "rex-midpoint-z0.8", "rex-midpoint-z0.99", "rex-midpoint-z0.999", "rex-midpoint-ddim",
-                "rex-midpoint-data", "rex-rk4-data", "rex-midpoint-state", "rex-midpoint-state-0.9", "rex-rk4-state",
-                "rex-midpoint-data-state")
+FULL_METHODS = (
+    "ddim",
+    "heun",
+    "edict",
+    "bdia-1",
+    "bdia-1-sub4",
+    "bdia-1-extra",
+    "belm",
+    "belm-auto",
+    "belm-sub4",
+    "belm-sub8",
+    "rex-euler",
+    "rex",
+    "rex-heun",
+    "rex-ralston",
+    "rex-rk4",
+    "rex-midpoint-z0.5",
+    "rex-midpoint-z0.8",
+    "rex-midpoint-z0.99",
+    "rex-midpoint-z0.999",
+    "rex-midpoint-ddim",
+    "rex-midpoint-data",
+    "rex-rk4-data",
+    "rex-midpoint-state",
+    "rex-midpoint-state-0.9",
+    "rex-rk4-state",
+    "rex-midpoint-data-state",
+)
 # the digits model (full mode): the defaults and their main alternatives, diffusers' grid (integer timesteps,
 # so the fine Heun reference of bench.digits holds every grid's first point)
-DIGITS_METHODS = ("ddim", "bdia-1", "belm", "belm-auto", "rex", "rex-midpoint-z0.999", "rex-rk4",
-                  "rex-midpoint-state", "rex-midpoint-data-state")
+DIGITS_METHODS = (
+    "ddim",
+    "bdia-1",
+    "belm",
+    "belm-auto",
+    "rex",
+    "rex-midpoint-z0.999",
+    "rex-rk4",
+    "rex-midpoint-state",
+    "rex-midpoint-data-state",
+)
 TARGETS = {"fidelity_50": 0.03, "fidelity_100": 0.01, "sample_10": 0.1}
 
 
@@ -103,9 +145,11 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     digits = run_digits(cfg, budgets, log) if cfg.extra.get("rex_digits", not quick) else None
     return {
         "digits": digits,
-        "description": (f"Gaussian mixture, {cfg.analytic_components} components in {tuple(cfg.analytic_shape)}, "
-                        f"batch {cfg.analytic_batch}, SD 1.5 schedule; grids {', '.join(kinds)}; "
-                        "errors against DOP853 (rtol 1e-11); float64 state"),
+        "description": (
+            f"Gaussian mixture, {cfg.analytic_components} components in {tuple(cfg.analytic_shape)}, "
+            f"batch {cfg.analytic_batch}, SD 1.5 schedule; grids {', '.join(kinds)}; "
+            "errors against DOP853 (rtol 1e-11); float64 state"
+        ),
         "budgets": list(budgets),
         "grids": list(kinds),
         "results": results,
@@ -117,11 +161,13 @@ def run_digits(cfg: BenchConfig, budgets, log=print) -> dict[str, Any] | None:
     """The same measures on the embedded digits model against bench.digits' fine Heun reference."""
     try:
         from .. import digits
+
         model = digits.load_model()
     except (ImportError, FileNotFoundError, AttributeError) as e:
         log(f"  rex: digits skipped ({e})")
         return None
-    from .digits import fine_grid, references as heun_references
+    from .digits import fine_grid
+    from .digits import references as heun_references
 
     gen = torch.Generator().manual_seed(cfg.seed + 13)
     test = digits.load_digits("test")
@@ -140,10 +186,20 @@ def run_digits(cfg: BenchConfig, budgets, log=print) -> dict[str, Any] | None:
             exact = make().exact_inversion
             log(f"  rex: digits, {label}")
             rows = [_measure(make(), eps, grids[n], x0, ref_noise[n], noise[n], ref_sample[n]) for n in plan[key]]
-            results[f"digits/{key}"] = {"grid": "diffusers", "method": key, "label": label, "exact": exact, "rows": rows}
-    return {"description": (f"embedded digits UNet (float32 weights), {cfg.digits_batch} held-out digits, guidance "
-                            f"{cfg.digits_guidance:g}, diffusers' grid; reference: Heun on {fine.num_steps} steps"),
-            "results": results}
+            results[f"digits/{key}"] = {
+                "grid": "diffusers",
+                "method": key,
+                "label": label,
+                "exact": exact,
+                "rows": rows,
+            }
+    return {
+        "description": (
+            f"embedded digits UNet (float32 weights), {cfg.digits_batch} held-out digits, guidance "
+            f"{cfg.digits_guidance:g}, diffusers' grid; reference: Heun on {fine.num_steps} steps"
+        ),
+        "results": results,
+    }
 
 
 def best_within(results: dict[str, Any], budget: int, measure: str, nfe_key: str, exact_only: bool = True):
@@ -162,14 +218,25 @@ def best_within(results: dict[str, Any], budget: int, measure: str, nfe_key: str
 def targets(results: dict[str, Any], budgets) -> dict[str, Any]:
     """The issue's targets: the best exact method's numbers within each budget, met or not."""
     out: dict[str, Any] = {}
-    for name, budget, measure, nfe_key in (("fidelity_50", 50, "fidelity", "nfe_invert"),
-                                           ("fidelity_100", 100, "fidelity", "nfe_invert"),
-                                           ("sample_10", 10, "accuracy", "nfe_sample")):
+    for name, budget, measure, nfe_key in (
+        ("fidelity_50", 50, "fidelity", "nfe_invert"),
+        ("fidelity_100", 100, "fidelity", "nfe_invert"),
+        ("sample_10", 10, "accuracy", "nfe_sample"),
+    ):
         best = best_within(results, budget, measure, nfe_key)
-        out[name] = None if best is None else {
-            "target": TARGETS[name], "error": best[0], "method": results[best[1]]["label"],
-            "grid": results[best[1]]["grid"], "steps": best[2]["steps"], "nfe": best[2][nfe_key],
-            "met": best[0] <= TARGETS[name]}
+        out[name] = (
+            None
+            if best is None
+            else {
+                "target": TARGETS[name],
+                "error": best[0],
+                "method": results[best[1]]["label"],
+                "grid": results[best[1]]["grid"],
+                "steps": best[2]["steps"],
+                "nfe": best[2][nfe_key],
+                "met": best[0] <= TARGETS[name],
+            }
+        )
     rts = [row["round_trip"]["max"] for res in results.values() if res["exact"] for row in res["rows"]]
     out["round_trip_worst"] = max(rts) if rts else None
     return out
@@ -182,49 +249,80 @@ def _fmt(x: float | None) -> str:
 def section(results: dict[str, Any]) -> str:
     """Markdown: targets, per-grid tables of best error within each NFE budget, a recommendation table."""
     res, budgets = results["results"], results["budgets"]
-    lines = ["## Exact inversion at equal NFE: Rex, clean-end starts, grids", "", results["description"], "",
-             "Errors are the max over all elements of the batch: one sample near a boundary between mixture "
-             "components can dominate a row (docs/math.md section 10).", ""]
+    lines = [
+        "## Exact inversion at equal NFE: Rex, clean-end starts, grids",
+        "",
+        results["description"],
+        "",
+        "Errors are the max over all elements of the batch: one sample near a boundary between mixture "
+        "components can dominate a row (docs/math.md section 10).",
+        "",
+    ]
     t = results["targets"]
     lines += ["| target | best exact method (grid, steps, NFE) | error (max) | met |", "|---|---|---|---|"]
-    names = {"fidelity_50": "inverted noise <= 0.03 at <= 50 inversion NFE",
-             "fidelity_100": "inverted noise <= 0.01 at <= 100 inversion NFE",
-             "sample_10": "sample error <= 0.1 at <= 10 NFE"}
+    names = {
+        "fidelity_50": "inverted noise <= 0.03 at <= 50 inversion NFE",
+        "fidelity_100": "inverted noise <= 0.01 at <= 100 inversion NFE",
+        "sample_10": "sample error <= 0.1 at <= 10 NFE",
+    }
     for key, what in names.items():
         v = t.get(key)
         if v is None:
             lines.append(f"| {what} | (no run within budget) | - | - |")
         else:
-            lines.append(f"| {what} | {v['method']} ({v['grid']}, N={v['steps']}, {v['nfe']} NFE) | "
-                         f"{_fmt(v['error'])} | {'yes' if v['met'] else 'no'} |")
-    lines += [f"| round trips <= 1e-10 (float64) | worst over all exact runs | {_fmt(t.get('round_trip_worst'))} | "
-              f"{'yes' if (t.get('round_trip_worst') or 0) <= 1e-10 else 'no'} |", ""]
+            lines.append(
+                f"| {what} | {v['method']} ({v['grid']}, N={v['steps']}, {v['nfe']} NFE) | "
+                f"{_fmt(v['error'])} | {'yes' if v['met'] else 'no'} |"
+            )
+    lines += [
+        f"| round trips <= 1e-10 (float64) | worst over all exact runs | {_fmt(t.get('round_trip_worst'))} | "
+        f"{'yes' if (t.get('round_trip_worst') or 0) <= 1e-10 else 'no'} |",
+        "",
+    ]
     sets = [(f"Grid: {kind}", {k: v for k, v in res.items() if v["grid"] == kind}) for kind in results["grids"]]
     if results.get("digits"):
         sets.append(("Digits model (" + results["digits"]["description"] + ")", results["digits"]["results"]))
     for title, chosen in sets:
-        lines += [f"### {title}", "",
-                  "Best max error with at most B NFE (inverted noise, inversion NFE / sample, sampling NFE).", "",
-                  "| method | " + " | ".join(f"noise B={b}" for b in budgets) + " | "
-                  + " | ".join(f"sample B={b}" for b in budgets) + " | round trip |",
-                  "|---|" + "---|" * (2 * len(budgets) + 1)]
+        lines += [
+            f"### {title}",
+            "",
+            "Best max error with at most B NFE (inverted noise, inversion NFE / sample, sampling NFE).",
+            "",
+            "| method | "
+            + " | ".join(f"noise B={b}" for b in budgets)
+            + " | "
+            + " | ".join(f"sample B={b}" for b in budgets)
+            + " | round trip |",
+            "|---|" + "---|" * (2 * len(budgets) + 1),
+        ]
         for key, r in chosen.items():
             one = {key: r}
             fid = [best_within(one, b, "fidelity", "nfe_invert", False) for b in budgets]
             acc = [best_within(one, b, "accuracy", "nfe_sample", False) for b in budgets]
             rt = max(row["round_trip"]["max"] for row in r["rows"])
-            lines.append(f"| {r['label']} | " + " | ".join(_fmt(f and f[0]) for f in fid) + " | "
-                         + " | ".join(_fmt(a and a[0]) for a in acc) + f" | {_fmt(rt) if r['exact'] else '(approx.)'} |")
+            lines.append(
+                f"| {r['label']} | "
+                + " | ".join(_fmt(f and f[0]) for f in fid)
+                + " | "
+                + " | ".join(_fmt(a and a[0]) for a in acc)
+                + f" | {_fmt(rt) if r['exact'] else '(approx.)'} |"
+            )
         lines.append("")
-    lines += ["### Recommendation: which exact method and grid for which budget", "",
-              "| NFE budget | most faithful inversion (noise max error) | most accurate sampling (sample max error) |",
-              "|---|---|---|"]
+    lines += [
+        "### Recommendation: which exact method and grid for which budget",
+        "",
+        "| NFE budget | most faithful inversion (noise max error) | most accurate sampling (sample max error) |",
+        "|---|---|---|",
+    ]
     for b in budgets:
         cells = []
         for measure, nfe_key in (("fidelity", "nfe_invert"), ("accuracy", "nfe_sample")):
             best = best_within(res, b, measure, nfe_key)
-            cells.append("-" if best is None else
-                         f"{res[best[1]]['label']}, {res[best[1]]['grid']} grid, N={best[2]['steps']} ({_fmt(best[0])})")
+            cells.append(
+                "-"
+                if best is None
+                else f"{res[best[1]]['label']}, {res[best[1]]['grid']} grid, N={best[2]['steps']} ({_fmt(best[0])})"
+            )
         lines.append(f"| {b} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
@@ -232,6 +330,7 @@ def section(results: dict[str, Any]) -> str:
 def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     """Pareto plots per grid kind: inverted-noise error and sample error (max) against NFE, every method."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -244,8 +343,11 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
         for idx, r in enumerate(v for v in results["results"].values() if v["grid"] == kind):
             style = dict(color=colors[idx % 20], linestyle="-" if r["exact"] else ":", marker="o^sv"[idx % 4])
             for ax, (measure, nfe_key) in zip(axes, (("fidelity", "nfe_invert"), ("accuracy", "nfe_sample"))):
-                pts = [(row[nfe_key], row[measure]["max"]) for row in r["rows"]
-                       if math.isfinite(row[measure]["max"]) and row[measure]["max"] > 0]
+                pts = [
+                    (row[nfe_key], row[measure]["max"])
+                    for row in r["rows"]
+                    if math.isfinite(row[measure]["max"]) and row[measure]["max"] > 0
+                ]
                 if pts:
                     ax.loglog(*zip(*sorted(pts)), label=r["label"], **style)
         for ax, title in zip(axes, ("inverted noise vs exact ODE (max)", "sample vs exact ODE (max)")):

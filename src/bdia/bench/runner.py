@@ -21,10 +21,11 @@ import math
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from ..io.files import check_writable, write_text
 from .config import BenchConfig
@@ -80,10 +81,15 @@ def run_workloads(cfg: BenchConfig, log: Callable = print) -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "machine": platform.machine(), "platform": platform.system()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "platform": platform.system(),
+    }
     try:
         import diffusers
+
         env["diffusers"] = diffusers.__version__
     except ImportError:
         pass
@@ -124,8 +130,10 @@ def render_folder(out_dir: str | Path, log: Callable = print) -> dict[str, Any]:
     try:
         results["files"] = write_outputs(results, out, overwrite=True)
     except KeyError as e:
-        raise ValueError(f"{out / 'results.json'} lacks the entry {e}: another version of bdia bench wrote it; "
-                         "run the benchmark again instead of --render") from None
+        raise ValueError(
+            f"{out / 'results.json'} lacks the entry {e}: another version of bdia bench wrote it; "
+            "run the benchmark again instead of --render"
+        ) from None
     log(f"rendered {out / 'report.md'} from {out / 'results.json'}")
     return results
 
@@ -139,16 +147,19 @@ def _previous(out: Path, cfg: BenchConfig) -> dict[str, Any]:
     mine = cfg.to_dict()
     for key in ("mode", "seed"):
         if old.get("config", {}).get(key) != mine[key]:
-            raise ValueError(f"{path} was measured with {key} {old.get('config', {}).get(key)!r}, this run uses "
-                             f"{mine[key]!r}; update only with the same {key}")
+            raise ValueError(
+                f"{path} was measured with {key} {old.get('config', {}).get(key)!r}, this run uses "
+                f"{mine[key]!r}; update only with the same {key}"
+            )
     unknown = [name for name in old.get("workloads", {}) if name not in WORKLOADS]
     if unknown:
         raise ValueError(f"{path} holds workloads this version does not know: {unknown}; run them all again")
     return old
 
 
-def run_bench(cfg: BenchConfig, out_dir: str | Path, overwrite: bool = False, log: Callable = print,
-              update: bool = False) -> dict[str, Any]:
+def run_bench(
+    cfg: BenchConfig, out_dir: str | Path, overwrite: bool = False, log: Callable = print, update: bool = False
+) -> dict[str, Any]:
     """Run every workload of ``cfg`` (all registered ones when ``cfg.workloads`` is None) and write
     results.json, the plots and report.md into ``out_dir``. With ``update``, the workloads run replace
     theirs in ``out_dir``'s results.json and the other workloads' results are kept (same mode and seed)."""
@@ -170,8 +181,10 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, overwrite: bool = False, lo
         run = run_workloads(cfg, log)
     if previous is not None:  # keep the other workloads' results, in registry order
         kept = {**previous["workloads"], **run["workloads"]}
-        run = {"workloads": {name: kept[name] for name in WORKLOADS if name in kept},
-               "seconds": {**previous.get("seconds", {}), **run["seconds"]}}
+        run = {
+            "workloads": {name: kept[name] for name in WORKLOADS if name in kept},
+            "seconds": {**previous.get("seconds", {}), **run["seconds"]},
+        }
         cfg = replace(cfg, workloads=tuple(run["workloads"]))
     results = {"config": cfg.to_dict(), "environment": environment(), **run}
     # The numbers first: a failure while plotting or rendering leaves them for `bdia bench --render`.

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -52,8 +53,9 @@ def _data(count: int) -> tuple[torch.Tensor, list[str]]:
     return test.images[:count], [str(int(c)) for c in test.labels[:count]]
 
 
-def round_trips(editor: Any, images: torch.Tensor, prompts: Sequence[str], batches: Sequence[Sequence[int]],
-                steps: int) -> float:
+def round_trips(
+    editor: Any, images: torch.Tensor, prompts: Sequence[str], batches: Sequence[Sequence[int]], steps: int
+) -> float:
     """Invert and reconstruct each batch; return the largest latent round-trip error (a check that
     the work timed is the real thing)."""
     worst = 0.0
@@ -97,15 +99,35 @@ def _free_port() -> int:
 def by_processes(s: dict[str, Any], log: Callable = print) -> dict[str, Any]:
     """Launch the worker with torch.distributed.run on 1, 2... processes of one thread each."""
     src = os.fspath(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     rows = {}
     for k in s["processes"]:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(k), "--master_port",
-                   str(_free_port()), "-m", "bdia.bench.throughput", "--images", str(s["images"]), "--steps",
-                   str(s["steps"]), "--batch-size", str(s["process_batch"]), "--out", os.fspath(out)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(k),
+                "--master_port",
+                str(_free_port()),
+                "-m",
+                "bdia.bench.throughput",
+                "--images",
+                str(s["images"]),
+                "--steps",
+                str(s["steps"]),
+                "--batch-size",
+                str(s["process_batch"]),
+                "--out",
+                os.fspath(out),
+            ]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0 or not out.is_file():
                 raise RuntimeError(f"the {k}-process throughput run failed:\n{proc.stderr[-2000:]}")
@@ -128,9 +150,11 @@ def run(cfg: BenchConfig, log: Callable = print) -> dict[str, Any]:
         batches = by_batch_size(s, log)
     processes = by_processes(s, log) if s["processes"] else {}
     return {
-        "description": (f"BDIA (gamma 1) invert + reconstruct of {s['images']} held-out digits under their class "
-                        f"prompts, {s['steps']} steps, digits UNet in float32, float64 state, CPU, one thread per "
-                        f"process; processes launched with torch.distributed.run, batch {s['process_batch']}"),
+        "description": (
+            f"BDIA (gamma 1) invert + reconstruct of {s['images']} held-out digits under their class "
+            f"prompts, {s['steps']} steps, digits UNet in float32, float64 state, CPU, one thread per "
+            f"process; processes launched with torch.distributed.run, batch {s['process_batch']}"
+        ),
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
         "cpu_count": os.cpu_count(),
         "by_batch_size": batches,
@@ -143,16 +167,25 @@ def _speedups(batches: dict[str, Any], processes: dict[str, Any]) -> dict[str, f
     def ratio(rows: dict[str, Any], a: str, b: str) -> float | None:
         return rows[a]["images_per_s"] / rows[b]["images_per_s"] if a in rows and b in rows else None
 
-    return {"batch_64_vs_1": ratio(batches, "64", "1"), "batch_8_vs_1": ratio(batches, "8", "1"),
-            "processes_2_vs_1": ratio(processes, "2", "1")}
+    return {
+        "batch_64_vs_1": ratio(batches, "64", "1"),
+        "batch_8_vs_1": ratio(batches, "8", "1"),
+        "processes_2_vs_1": ratio(processes, "2", "1"),
+    }
 
 
 def section(results: dict[str, Any]) -> str:
     """Markdown for the report: the tables, and the targets with the measured numbers either way."""
     if "skipped" in results:
         return f"## Throughput of many-image inversion\n\nSkipped: {results['skipped']}\n"
-    lines = ["## Throughput of many-image inversion", "", results["description"] + ".", "",
-             "| batch size | images/s | vs batch 1 | max latent round-trip error |", "|---:|---:|---:|---:|"]
+    lines = [
+        "## Throughput of many-image inversion",
+        "",
+        results["description"] + ".",
+        "",
+        "| batch size | images/s | vs batch 1 | max latent round-trip error |",
+        "|---:|---:|---:|---:|",
+    ]
     base = results["by_batch_size"].get("1", {}).get("images_per_s")
     for b, row in results["by_batch_size"].items():
         rel = f"{row['images_per_s'] / base:.2f}x" if base else "-"
@@ -165,8 +198,10 @@ def section(results: dict[str, Any]) -> str:
             lines.append(f"| {k} | {row['images_per_s']:.1f} | {rel} | {row['seconds']:.2f} |")
     sp = results["speedups"]
     lines += ["", f"Targets (on {results['cpu_count']} CPU cores):"]
-    for key, target, text in (("processes_2_vs_1", TARGET_PROCESSES, "2 processes against 1"),
-                              ("batch_64_vs_1", TARGET_BATCH, "batch 64 against batch 1")):
+    for key, target, text in (
+        ("processes_2_vs_1", TARGET_PROCESSES, "2 processes against 1"),
+        ("batch_64_vs_1", TARGET_BATCH, "batch 64 against batch 1"),
+    ):
         value = sp.get(key)
         if value is None:
             lines.append(f"- {text}: not measured in this mode (target >= {target}x)")
@@ -180,6 +215,7 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
     if "skipped" in results:
         return []
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -221,8 +257,16 @@ def worker(images: int, steps: int, batch_size: int, out: str) -> None:
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     if state.is_main_process:
-        Path(out).write_text(json.dumps({"seconds": seconds, "images_per_s": images / seconds,
-                                         "processes": state.num_processes, "max_latent_error_rank0": err}))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "images_per_s": images / seconds,
+                    "processes": state.num_processes,
+                    "max_latent_error_rank0": err,
+                }
+            )
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

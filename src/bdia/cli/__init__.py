@@ -12,15 +12,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .common import CommandError
 
 __all__ = ["COMMAND_MODULES", "CommandError", "build_parser", "main"]
 
 # Command modules, in the order `bdia --help` lists them.
-COMMAND_MODULES: list[str] = ["bdia.cli.demo", "bdia.cli.invert", "bdia.cli.reconstruct", "bdia.cli.edit",
-                               "bdia.cli.generate", "bdia.cli.bench"]
+COMMAND_MODULES: list[str] = [
+    "bdia.cli.demo",
+    "bdia.cli.invert",
+    "bdia.cli.reconstruct",
+    "bdia.cli.edit",
+    "bdia.cli.generate",
+    "bdia.cli.bench",
+]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,11 +15,13 @@ import contextlib
 import math
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..grids import GRID_KINDS
 from ..io.files import atomic_path, check_writable
+
 
 class CommandError(ValueError):
     """An error the user can fix; printed as one line without a traceback."""
@@ -39,8 +41,9 @@ def number_type(kind: str, low: float, high: float, integer: bool = False):
         try:
             x = int(value) if integer else float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} must be {'an integer' if integer else 'a number'}, "
-                                             f"got {value!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"{kind} must be {'an integer' if integer else 'a number'}, got {value!r}"
+            ) from None
         if not (math.isfinite(x) and low <= x <= high):
             bounds = f"{low} and {high}" if integer else f"{low:g} and {high:g}"
             raise argparse.ArgumentTypeError(f"{kind} must be between {bounds}, got {value}")
@@ -81,36 +84,57 @@ def size_type(value: str) -> tuple[int, int]:
 
 
 # ----- argument groups ---------------------------------------------------------------------------------
-MODEL_HELP = ("'digits' (the embedded 16x16 digits model: prompts are class labels 0..9) or a diffusers "
-               "folder or hub id (text prompts): Stable Diffusion 1.x/2.x/XL, SD3 or Flux, from its model_index.json")
+MODEL_HELP = (
+    "'digits' (the embedded 16x16 digits model: prompts are class labels 0..9) or a diffusers "
+    "folder or hub id (text prompts): Stable Diffusion 1.x/2.x/XL, SD3 or Flux, from its model_index.json"
+)
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="PATH_OR_ID", help=f"{MODEL_HELP} (default: {default})")
     g.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto: CUDA, else MPS, "
-                   "else CPU)")
-    g.add_argument("--allow-pickle", action="store_true", help="let a Stable Diffusion model load pickled "
-                   "weights (.bin, .ckpt), which can run code when loaded: only for files you trust")
-    g.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
-                   help="model dtype (default on CUDA: float16 for SD, bfloat16 for SD3/Flux; else float32; for a "
-                        "saved inversion, its own); the solver state stays float64")
+    g.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto: CUDA, else MPS, else CPU)"
+    )
+    g.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let a Stable Diffusion model load pickled "
+        "weights (.bin, .ckpt), which can run code when loaded: only for files you trust",
+    )
+    g.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "float32", "float16", "bfloat16"),
+        help="model dtype (default on CUDA: float16 for SD, bfloat16 for SD3/Flux; else float32; for a "
+        "saved inversion, its own); the solver state stays float64",
+    )
 
 
 def add_solver_args(p: argparse.ArgumentParser, gamma: float, title: str = "solver") -> None:
     """Solver options; defaults are None so that a command can tell given from default."""
     g = p.add_argument_group(title)
-    g.add_argument("--method", default=None, choices=METHODS, help="bdia (exact), edict (exact, 2x NFE), "
-                   "rex (exact reversible Runge-Kutta, 2x stages NFE per step), ddim (approximate inversion); "
-                   "default bdia")
+    g.add_argument(
+        "--method",
+        default=None,
+        choices=METHODS,
+        help="bdia (exact), edict (exact, 2x NFE), "
+        "rex (exact reversible Runge-Kutta, 2x stages NFE per step), ddim (approximate inversion); "
+        "default bdia",
+    )
     g.add_argument("--gamma", type=gamma_type, default=None, help=f"BDIA gamma in (0, 1] or 'belm' (default {gamma})")
     g.add_argument("--p", type=edict_p_type, default=None, help="EDICT mixing weight in (0, 1] (default 0.93)")
     g.add_argument("--base", default=None, choices=REX_BASES, help="Rex's Runge-Kutta base (default midpoint)")
     g.add_argument("--zeta", type=zeta_type, default=None, help="Rex's coupling in (0, 1] (default 0.9)")
-    g.add_argument("--grid", default=None, choices=GRID_KINDS, help="grid of noise levels for discrete-time "
-                   "models: diffusers (the scheduler's own spacing, default), leading/trailing/linspace, karras "
-                   "(measured most faithful: see the README), logsnr; flow models use their pipeline's grid")
+    g.add_argument(
+        "--grid",
+        default=None,
+        choices=GRID_KINDS,
+        help="grid of noise levels for discrete-time "
+        "models: diffusers (the scheduler's own spacing, default), leading/trailing/linspace, karras "
+        "(measured most faithful: see the README), logsnr; flow models use their pipeline's grid",
+    )
     g.add_argument("--steps", type=steps_type, default=None, help="number of steps N, at least 2 (default 50)")
     p.set_defaults(default_gamma=gamma)
 
@@ -146,8 +170,9 @@ def running(args: argparse.Namespace, model: str) -> Iterator[None]:
             raise CommandError(f"{e} ({hint})") from None
         except RuntimeError as e:
             if "Half" in str(e) or "BFloat16" in str(e):
-                raise CommandError(f"{str(e).splitlines()[0]}: this device cannot run --dtype {args.dtype}; "
-                                   "use --dtype float32") from None
+                raise CommandError(
+                    f"{str(e).splitlines()[0]}: this device cannot run --dtype {args.dtype}; use --dtype float32"
+                ) from None
             raise
 
 
@@ -241,15 +266,22 @@ def editor_for_inversion(inv: Any, args: argparse.Namespace):
     own = model == inv.model.get("id")  # the inversion's dtype and revision apply to its own model only
     dtype = args.dtype or (inv.model.get("dtype") if own else None)
     revision = args.revision or (inv.model.get("revision") if own and model != DEFAULT_MODEL else None)
-    return load_editor(model, dtype=dtype, device=args.device, revision=revision, progress=not args.quiet,
-                       **pickle_option(args))
+    return load_editor(
+        model, dtype=dtype, device=args.device, revision=revision, progress=not args.quiet, **pickle_option(args)
+    )
 
 
 def new_editor(args: argparse.Namespace, model: str):
     from ..editing.editor import load_editor
 
-    return load_editor(model, dtype=args.dtype, device=args.device, revision=args.revision, progress=not args.quiet,
-                       **pickle_option(args))
+    return load_editor(
+        model,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        progress=not args.quiet,
+        **pickle_option(args),
+    )
 
 
 def pickle_option(args: argparse.Namespace) -> dict[str, bool]:
@@ -265,31 +297,55 @@ def round_trip_report(editor: Any, images: Any, inv: Any, rec: Any, size: Any, w
         parts.append(f"8-bit pixels identical to the inverted image: {100 * rec.info['identical']:.1f}%")
     if images is not None and editor.backend.lossy_codec:
         pe = editor.pixel_errors(images, rec, inv, size=size)
-        parts.append(f"pixel MAE {pe['reconstruction']:.4f} (the VAE's own round trip: {pe['vae_roundtrip']:.4f}, "
-                     f"difference from it {pe['vs_vae']:.2g})")
+        parts.append(
+            f"pixel MAE {pe['reconstruction']:.4f} (the VAE's own round trip: {pe['vae_roundtrip']:.4f}, "
+            f"difference from it {pe['vs_vae']:.2g})"
+        )
     if images is not None:
         if written:  # what the files hold, after the format's own encoding
             pe, where = editor.file_errors(images, [str(q) for q in written], size), "written file"
         else:
             pe, where = editor.pixel_errors(images, rec, inv, size=size), "reconstruction"
-        parts.append(f"{where} against the image file: pixel MAE {pe['reconstruction']:.4f}, max error "
-                     f"{pe['max_error']}/255, {100 * pe['identical']:.1f}% of pixels identical")
+        parts.append(
+            f"{where} against the image file: pixel MAE {pe['reconstruction']:.4f}, max error "
+            f"{pe['max_error']}/255, {100 * pe['identical']:.1f}% of pixels identical"
+        )
     return "; ".join(parts)
 
 
 def warn_lossy(paths: Sequence[Path]) -> None:
     if paths and paths[0].suffix.lower() in LOSSY_SUFFIXES:
-        warnings.warn(f"{paths[0].suffix} is a lossy format: the file differs from the reconstruction; use .png "
-                      "to keep it exactly", stacklevel=2)
+        warnings.warn(
+            f"{paths[0].suffix} is a lossy format: the file differs from the reconstruction; use .png "
+            "to keep it exactly",
+            stacklevel=2,
+        )
 
 
-def invert_images(editor: Any, images: Sequence[str], args: argparse.Namespace, solver: dict[str, Any], prompt: str,
-            guidance: float, strength: float, steps: int):
+def invert_images(
+    editor: Any,
+    images: Sequence[str],
+    args: argparse.Namespace,
+    solver: dict[str, Any],
+    prompt: str,
+    guidance: float,
+    strength: float,
+    steps: int,
+):
     inv = editor.invert(
-        list(images), prompt, negative_prompt=args.negative_prompt, guidance_scale=guidance,
-        num_steps=steps, strength=strength, size=args.size, progress=not args.quiet, **solver,
+        list(images),
+        prompt,
+        negative_prompt=args.negative_prompt,
+        guidance_scale=guidance,
+        num_steps=steps,
+        strength=strength,
+        size=args.size,
+        progress=not args.quiet,
+        **solver,
     )
     w, h = inv.image_size
-    print(f"inverted {inv.batch_size} image(s) {w}x{h} with {format_solver(inv.solver)}, {steps} steps, "
-          f"strength {strength}, guidance {guidance}: NFE {inv.inversion.nfe}, {inv.info['seconds']:.2f} s")
+    print(
+        f"inverted {inv.batch_size} image(s) {w}x{h} with {format_solver(inv.solver)}, {steps} steps, "
+        f"strength {strength}, guidance {guidance}: NFE {inv.inversion.nfe}, {inv.info['seconds']:.2f} s"
+    )
     return inv

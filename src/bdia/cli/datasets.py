@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..datasets.batch import (
     IMAGE_EXTENSIONS,
@@ -27,13 +27,22 @@ from ..datasets.batch import (
     Summary,
     find_inputs,
 )
-from .common import DEFAULT_MODEL, check_common, running
 from ..editing.editor import (
     load_editor,  # the package's one editor loader, used here and by callers of this module
 )
+from .common import DEFAULT_MODEL, check_common, running
 
-__all__ = ["add_batch_arguments", "wants_many", "process_device", "load_editor", "editor_for", "invert_many",
-           "reconstruct_many", "edit_many", "run_many"]
+__all__ = [
+    "add_batch_arguments",
+    "wants_many",
+    "process_device",
+    "load_editor",
+    "editor_for",
+    "invert_many",
+    "reconstruct_many",
+    "edit_many",
+    "run_many",
+]
 
 COMMANDS = ("invert", "reconstruct", "edit")
 
@@ -41,8 +50,13 @@ COMMANDS = ("invert", "reconstruct", "edit")
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the many-inputs form, added to the ``invert``, ``reconstruct`` or ``edit`` parser."""
     g = parser.add_argument_group("many inputs (a folder, a list .txt/.csv/.jsonl or a manifest; -o a folder)")
-    g.add_argument("--batch-size", type=int, default=8, help="images of one size inverted or regenerated together "
-                   "(default 8); results are bit for bit reproducible for one batch size")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images of one size inverted or regenerated together "
+        "(default 8); results are bit for bit reproducible for one batch size",
+    )
 
 
 def _folder_like(path: str) -> bool:
@@ -83,22 +97,36 @@ def editor_for(args: argparse.Namespace, command: str) -> Any:
     device = process_device(args.device)
     pickle = {"allow_pickle": True} if getattr(args, "allow_pickle", False) else {}
     if command == "invert":
-        return load_editor(args.model or DEFAULT_MODEL, dtype=args.dtype, device=device, revision=args.revision,
-                           progress=False, **pickle)
+        return load_editor(
+            args.model or DEFAULT_MODEL,
+            dtype=args.dtype,
+            device=device,
+            revision=args.revision,
+            progress=False,
+            **pickle,
+        )
     record = _common_model_record(_inversion_inputs(args, command))
     model = args.model or record.get("id")
     if not model:
         raise ValueError("the inversions do not record their model; pass --model")
     own = model == record.get("id")  # the inversions' dtype and revision apply to their own model only
-    return load_editor(model, dtype=args.dtype or (record.get("dtype") if own else None), device=device,
-                       revision=args.revision or (record.get("revision") if own else None), progress=False, **pickle)
+    return load_editor(
+        model,
+        dtype=args.dtype or (record.get("dtype") if own else None),
+        device=device,
+        revision=args.revision or (record.get("revision") if own else None),
+        progress=False,
+        **pickle,
+    )
 
 
 def _inversion_inputs(args: argparse.Namespace, command: str) -> list:
     source = args.inversion if command == "reconstruct" else args.source
     if Path(source).suffix.lower() in IMAGE_EXTENSIONS:
-        raise ValueError(f"{source!r} is an image: invert images first (bdia invert IMAGES -o FOLDER), then "
-                         f"{command} that folder or its {MANIFEST}")
+        raise ValueError(
+            f"{source!r} is an image: invert images first (bdia invert IMAGES -o FOLDER), then "
+            f"{command} that folder or its {MANIFEST}"
+        )
     return find_inputs(source, "inversion")
 
 
@@ -147,17 +175,32 @@ def invert_many(args: argparse.Namespace, editor: Any) -> int:
     from ..datasets.batch import invert_files
 
     out = _folder_output(args)
-    settings = {"negative_prompt": args.negative_prompt, "guidance_scale": args.guidance, "num_steps": args.steps,
-                "strength": args.strength, "method": args.method, "gamma": args.gamma, "p": args.p, "size": args.size,
-                "grid": getattr(args, "grid", None)}
+    settings = {
+        "negative_prompt": args.negative_prompt,
+        "guidance_scale": args.guidance,
+        "num_steps": args.steps,
+        "strength": args.strength,
+        "method": args.method,
+        "gamma": args.gamma,
+        "p": args.p,
+        "size": args.size,
+        "grid": getattr(args, "grid", None),
+    }
     if args.method == "rex":  # the editor takes Rex as a ready-made solver
         from ..solvers import make_solver
 
         settings["method"] = make_solver("rex", base=args.base, zeta=args.zeta)
     summary = invert_files(
-        editor, args.images, out, args.prompt or "", batch_size=args.batch_size, overwrite=args.overwrite,
-        progress=not args.quiet, check=bool(getattr(args, "check", False)),
-        **{k: v for k, v in settings.items() if v is not None})  # options left out: the editor's defaults
+        editor,
+        args.images,
+        out,
+        args.prompt or "",
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        check=bool(getattr(args, "check", False)),
+        **{k: v for k, v in settings.items() if v is not None},
+    )  # options left out: the editor's defaults
     return _report(summary, out, "invert")
 
 
@@ -167,8 +210,9 @@ def reconstruct_many(args: argparse.Namespace, editor: Any) -> int:
 
     out = _folder_output(args)
     _inversion_inputs(args, "reconstruct")  # an image given is refused with its advice
-    summary = reconstruct_files(editor, args.inversion, out, batch_size=args.batch_size,
-                                overwrite=args.overwrite, progress=not args.quiet)
+    summary = reconstruct_files(
+        editor, args.inversion, out, batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet
+    )
     return _report(summary, out, "reconstruct")
 
 
@@ -179,8 +223,17 @@ def edit_many(args: argparse.Namespace, editor: Any) -> int:
     out = _folder_output(args)
     negative = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
     _inversion_inputs(args, "edit")
-    summary = edit_files(editor, args.source, out, args.prompt, batch_size=args.batch_size,
-                         overwrite=args.overwrite, progress=not args.quiet, guidance_scale=args.guidance, **negative)
+    summary = edit_files(
+        editor,
+        args.source,
+        out,
+        args.prompt,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        guidance_scale=args.guidance,
+        **negative,
+    )
     return _report(summary, out, "edit")
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .common import (
     DEFAULT_MODEL,
@@ -23,7 +24,6 @@ from .common import (
     is_inversion_file,
     new_editor,
     output_paths,
-    
     running,
     save_images,
     size_type,
@@ -34,20 +34,29 @@ from .datasets import add_batch_arguments, run_many, wants_many
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("edit", help="edit a saved inversion, or an image, under a new prompt",
-                              description="Regenerate an inversion (or an image, inverted first) under a new prompt. "
-                                          "A saved inversion keeps its own solver, steps and strength.")
-    p.add_argument("source", metavar="INV_OR_IMAGE", help="a saved inversion, or an image file to invert first; "
-                   "or a folder of inversions, its manifest.jsonl or a list (.txt/.csv/.jsonl, per-item prompts) "
-                   "with -o a folder")
+    p = subparsers.add_parser(
+        "edit",
+        help="edit a saved inversion, or an image, under a new prompt",
+        description="Regenerate an inversion (or an image, inverted first) under a new prompt. "
+        "A saved inversion keeps its own solver, steps and strength.",
+    )
+    p.add_argument(
+        "source",
+        metavar="INV_OR_IMAGE",
+        help="a saved inversion, or an image file to invert first; "
+        "or a folder of inversions, its manifest.jsonl or a list (.txt/.csv/.jsonl, per-item prompts) "
+        "with -o a folder",
+    )
     p.add_argument("--prompt", required=True, help="the target prompt (a class 0..9 for digits)")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the inversion's)")
-    p.add_argument("--guidance", type=guidance_type, default=None, help="guidance scale of the edit "
-                   "(default: the inversion's)")
+    p.add_argument(
+        "--guidance", type=guidance_type, default=None, help="guidance scale of the edit (default: the inversion's)"
+    )
     g = p.add_argument_group("inverting an image first (refused with a saved inversion)")
     g.add_argument("--source-prompt", default=None, help="the prompt describing the input image (default empty)")
-    g.add_argument("--invert-guidance", type=guidance_type, default=None, help="guidance scale for inversion "
-                   "(default 1.0)")
+    g.add_argument(
+        "--invert-guidance", type=guidance_type, default=None, help="guidance scale for inversion (default 1.0)"
+    )
     g.add_argument("--strength", type=strength_type, default=None, help="fraction of the grid to invert (default 1.0)")
     g.add_argument("--size", type=size_type, help="resize to WIDTHxHEIGHT")
     add_model_args(p, f"the inversion's; for an image, {DEFAULT_MODEL}")
@@ -57,8 +66,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_edit)
 
 
-INVERSION_ONLY = ("steps", "method", "gamma", "p", "base", "zeta", "grid", "strength", "source_prompt",
-                   "invert_guidance", "size")
+INVERSION_ONLY = (
+    "steps",
+    "method",
+    "gamma",
+    "p",
+    "base",
+    "zeta",
+    "grid",
+    "strength",
+    "source_prompt",
+    "invert_guidance",
+    "size",
+)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -72,8 +92,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if is_inversion_file(args.source):
         given = [f"--{k.replace('_', '-')}" for k in INVERSION_ONLY if getattr(args, k) is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} apply to inverting an image; a saved inversion keeps its own "
-                             "(invert again to change them)")
+            raise ValueError(
+                f"{', '.join(given)} apply to inverting an image; a saved inversion keeps its own "
+                "(invert again to change them)"
+            )
         inv = load_inversion(args.source)
         paths = output_paths(args.output, inv.batch_size, args.overwrite)
         model = args.model or inv.model.get("id") or ""
@@ -91,11 +113,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
             editor = new_editor(args, model)
             guidance = 1.0 if args.invert_guidance is None else args.invert_guidance
             strength = 1.0 if args.strength is None else args.strength
-            inv = invert_images(editor, [args.source], args, solver, source_prompt, guidance, strength, args.steps or 50)
+            inv = invert_images(
+                editor, [args.source], args, solver, source_prompt, guidance, strength, args.steps or 50
+            )
             res = _edit(editor, inv, args, paths)
     scale = inv.guidance_scale if args.guidance is None else args.guidance
-    print(f"edited {inv.batch_size} image(s) {inv.prompt[0]!r} -> {args.prompt!r} with {format_solver(inv.solver)}, "
-          f"guidance {scale}: NFE {res.nfe}, {res.seconds:.2f} s")
+    print(
+        f"edited {inv.batch_size} image(s) {inv.prompt[0]!r} -> {args.prompt!r} with {format_solver(inv.solver)}, "
+        f"guidance {scale}: NFE {res.nfe}, {res.seconds:.2f} s"
+    )
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

@@ -29,22 +29,35 @@ from .common import (
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("generate", help="generate images from a prompt (a class 0..9 for digits) with "
-                              "BDIA, EDICT or DDIM",
-                              description="Generate images from a prompt with a float64 solver state: with the "
-                                          "default --model digits, the prompt is a class (\"7\").")
+    p = subparsers.add_parser(
+        "generate",
+        help="generate images from a prompt (a class 0..9 for digits) with BDIA, EDICT or DDIM",
+        description="Generate images from a prompt with a float64 solver state: with the "
+        'default --model digits, the prompt is a class ("7").',
+    )
     p.add_argument("--prompt", required=True, help="the prompt (a class 0..9 for digits)")
-    p.add_argument("--negative-prompt", default=None, help="what the images should not show: the unconditional "
-                   "branch of guidance (default: the model's empty prompt)")
-    p.add_argument("--guidance", type=guidance_type, default=None, help="guidance scale (default 2.0 for digits, 7.5 "
-                   "for SD)")
+    p.add_argument(
+        "--negative-prompt",
+        default=None,
+        help="what the images should not show: the unconditional "
+        "branch of guidance (default: the model's empty prompt)",
+    )
+    p.add_argument(
+        "--guidance", type=guidance_type, default=None, help="guidance scale (default 2.0 for digits, 7.5 for SD)"
+    )
     p.add_argument("--seed", type=seed_type, default=0, help="noise seed, 0 .. 2**64-1 (default 0)")
-    p.add_argument("--num-images", type=count_type, default=1, help=f"how many images to make (default 1); made and "
-                   f"written {CHUNK} at a time")
-    p.add_argument("--height", type=pixels_type, default=None, help="image height in pixels (default: the model's "
-                   "native size)")
-    p.add_argument("--width", type=pixels_type, default=None, help="image width in pixels (default: the model's "
-                   "native size)")
+    p.add_argument(
+        "--num-images",
+        type=count_type,
+        default=1,
+        help=f"how many images to make (default 1); made and written {CHUNK} at a time",
+    )
+    p.add_argument(
+        "--height", type=pixels_type, default=None, help="image height in pixels (default: the model's native size)"
+    )
+    p.add_argument(
+        "--width", type=pixels_type, default=None, help="image width in pixels (default: the model's native size)"
+    )
     add_model_args(p, DEFAULT_MODEL)
     add_solver_args(p, gamma=0.5)
     add_output_args(p, "output image (.png); several images write NAME_0.png, NAME_1.png...")
@@ -67,30 +80,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
             editor.backend.latent_shape(1, h, w)  # refuses an unsupported size before any work
             nfe = 0
             for first in range(0, args.num_images, CHUNK):
-                chunk = paths[first:first + CHUNK]
+                chunk = paths[first : first + CHUNK]
                 # Chunk k is seeded with seed + its first index: the first images of a long run are those
                 # of a short one.
                 res = editor.generate(
-                    args.prompt, negative_prompt=args.negative_prompt, guidance_scale=guidance, num_steps=steps,
-                    height=h, width=w, num_images=len(chunk), seed=(args.seed + first) % 2**64,
-                    progress=not args.quiet, **solver,
+                    args.prompt,
+                    negative_prompt=args.negative_prompt,
+                    guidance_scale=guidance,
+                    num_steps=steps,
+                    height=h,
+                    width=w,
+                    num_images=len(chunk),
+                    seed=(args.seed + first) % 2**64,
+                    progress=not args.quiet,
+                    **solver,
                 )
                 save_images(res.images, chunk, args.overwrite)
                 written += chunk
                 nfe += res.nfe
     except KeyboardInterrupt:
         if written:
-            print(f"interrupted: wrote {len(written)} of {args.num_images} image(s), {written[0]} .. {written[-1]}",
-                  file=sys.stderr)
+            print(
+                f"interrupted: wrote {len(written)} of {args.num_images} image(s), {written[0]} .. {written[-1]}",
+                file=sys.stderr,
+            )
         raise
     except Exception:
         if written:
-            print(f"bdia generate: wrote {len(written)} of {args.num_images} image(s) before the error below",
-                  file=sys.stderr)
+            print(
+                f"bdia generate: wrote {len(written)} of {args.num_images} image(s) before the error below",
+                file=sys.stderr,
+            )
         raise
     gamma = f"(gamma={solver['gamma']})" if solver["method"] == "bdia" else ""
-    print(f"generated {len(written)} image(s) {w}x{h} with {solver['method']}{gamma}, {steps} steps, guidance "
-          f"{guidance}, seed {args.seed}: NFE {nfe}, {time.perf_counter() - start:.2f} s")
+    print(
+        f"generated {len(written)} image(s) {w}x{h} with {solver['method']}{gamma}, {steps} steps, guidance "
+        f"{guidance}, seed {args.seed}: NFE {nfe}, {time.perf_counter() - start:.2f} s"
+    )
     shown = ", ".join(map(str, written)) if len(written) <= 4 else f"{written[0]} .. {written[-1]}"
     print(f"wrote {len(written)} image(s): {shown}")
     return 0

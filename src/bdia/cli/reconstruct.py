@@ -14,7 +14,6 @@ from .common import (
     format_solver,
     output_paths,
     round_trip_report,
-    
     running,
     save_images,
     warn_lossy,
@@ -23,12 +22,20 @@ from .datasets import add_batch_arguments, run_many, wants_many
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("reconstruct", help="regenerate images from a saved inversion",
-                              description="Regenerate the inverted images with the inversion's own prompt.")
-    p.add_argument("inversion", metavar="INV", help="a .safetensors file written by `bdia invert`, or a folder of "
-                   "them or its manifest.jsonl (with -o a folder)")
-    p.add_argument("--image", nargs="+", help="the original image(s): report the errors of the written files "
-                   "against them")
+    p = subparsers.add_parser(
+        "reconstruct",
+        help="regenerate images from a saved inversion",
+        description="Regenerate the inverted images with the inversion's own prompt.",
+    )
+    p.add_argument(
+        "inversion",
+        metavar="INV",
+        help="a .safetensors file written by `bdia invert`, or a folder of "
+        "them or its manifest.jsonl (with -o a folder)",
+    )
+    p.add_argument(
+        "--image", nargs="+", help="the original image(s): report the errors of the written files against them"
+    )
     add_model_args(p, "the one the inversion was made with")
     add_output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...; a folder for many inputs")
     add_batch_arguments(p)
@@ -46,15 +53,19 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     inv = load_inversion(args.inversion)
     paths = output_paths(args.output, inv.batch_size, args.overwrite)
     if args.image and len(args.image) != inv.batch_size:
-        raise ValueError(f"--image got {len(args.image)} file(s) for an inversion of {inv.batch_size} image(s); "
-                         "give the inverted images, in order")
+        raise ValueError(
+            f"--image got {len(args.image)} file(s) for an inversion of {inv.batch_size} image(s); "
+            "give the inverted images, in order"
+        )
     with running(args, args.model or inv.model.get("id") or ""):
         editor = editor_for_inversion(inv, args)
         rec = editor.reconstruct(inv, progress=not args.quiet)
         save_images(rec.images, paths, args.overwrite)
         warn_lossy(paths)
         report = round_trip_report(editor, args.image, inv, rec, None, written=paths)
-    print(f"reconstructed {inv.batch_size} image(s) with {format_solver(inv.solver)}, guidance {inv.guidance_scale}: "
-          f"NFE {rec.nfe}, {rec.seconds:.2f} s; {report}")
+    print(
+        f"reconstructed {inv.batch_size} image(s) with {format_solver(inv.solver)}, guidance {inv.guidance_scale}: "
+        f"NFE {rec.nfe}, {rec.seconds:.2f} s; {report}"
+    )
     print("wrote " + ", ".join(map(str, paths)))
     return 0

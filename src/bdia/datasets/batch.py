@@ -47,20 +47,34 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from ..io.files import atomic_path
-from ..solvers import Inversion
 from ..io.saved import ImageInversion, load_inversion, save_inversion
+from ..solvers import Inversion
 from .safety import OutputLock, check_folders, inside, name_problem, read_list_rows, record_problem
 
-__all__ = ["IMAGE_EXTENSIONS", "Item", "Summary", "find_inputs", "plan_batches", "iter_inversions",
-           "split_inversion", "stack_inversions", "invert_files", "reconstruct_files", "edit_files",
-           "read_manifest", "file_sha256", "MANIFEST"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Item",
+    "Summary",
+    "find_inputs",
+    "plan_batches",
+    "iter_inversions",
+    "split_inversion",
+    "stack_inversions",
+    "invert_files",
+    "reconstruct_files",
+    "edit_files",
+    "read_manifest",
+    "file_sha256",
+    "MANIFEST",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 LIST_EXTENSIONS = (".txt", ".csv", ".jsonl")
@@ -114,10 +128,13 @@ def _list_rows(path: Path) -> list[tuple[str, str | None, str | None, str | None
         if column is None:
             with open(path, encoding="utf-8-sig", newline="") as f:
                 fields = next(csv.reader(f), None)
-            raise ValueError(f"{path}: a CSV list needs a header with a 'path' column (and optionally 'prompt'), "
-                             f"got columns {fields}")
-        records = [{"path": r.get(column), "prompt": r.get("prompt") or None} for r in records
-                   if (r.get(column) or "").strip()]  # an empty prompt cell: the run's prompt
+            raise ValueError(
+                f"{path}: a CSV list needs a header with a 'path' column (and optionally 'prompt'), "
+                f"got columns {fields}"
+            )
+        records = [
+            {"path": r.get(column), "prompt": r.get("prompt") or None} for r in records if (r.get(column) or "").strip()
+        ]  # an empty prompt cell: the run's prompt
     elif kind == "jsonl" and records and all("status" in r and "output" in r for r in records):
         good = []  # a manifest: its finished outputs
         for r in records:
@@ -141,9 +158,20 @@ def _list_rows(path: Path) -> list[tuple[str, str | None, str | None, str | None
             raise ValueError(f"{path}: record {k} has no 'path' field")
         prompt = r.get("prompt")
         rows.append((str(r[column]), None if prompt is None else str(prompt), None, None))
-    return [(f, pr, n, e if e else None if inside(f, path.parent) and not os.path.isabs(f)
-             else f"{path}: {f[:200]!r} is not inside the list's folder (lists name files relative to their "
-                  "folder, without '..')") for f, pr, n, e in rows]
+    return [
+        (
+            f,
+            pr,
+            n,
+            e
+            if e
+            else None
+            if inside(f, path.parent) and not os.path.isabs(f)
+            else f"{path}: {f[:200]!r} is not inside the list's folder (lists name files relative to their "
+            "folder, without '..')",
+        )
+        for f, pr, n, e in rows
+    ]
 
 
 def find_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], kind: str = "image") -> list[Item]:
@@ -172,22 +200,34 @@ def find_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], kind: s
                 if problem is None:
                     name = name or _name_of(q, p.parent)
                     problem = name_problem(name)
-                items.append(Item(os.fspath(q), f"{p.name}:{k + 1}" if problem else name, prompt,
-                                  problem and f"refused: {problem}"))
+                items.append(
+                    Item(
+                        os.fspath(q),
+                        f"{p.name}:{k + 1}" if problem else name,
+                        prompt,
+                        problem and f"refused: {problem}",
+                    )
+                )
         else:  # a file given by name: a wrong or damaged one is recorded as failed, not refused here
             items.append(Item(os.fspath(p), p.stem))
     if not items:
         raise ValueError(f"no {'images' if kind == 'image' else 'inversion files'} found in {list(map(str, inputs))}")
     seen: dict[str, str] = {}
     # A file name that cannot be an output name (not UTF-8...) is refused as failed, not written unreadably.
-    items = [it if it.error or not name_problem(it.name) else dataclasses.replace(it, error=f"refused: "
-             f"{name_problem(it.name)}") for it in items]
+    items = [
+        it
+        if it.error or not name_problem(it.name)
+        else dataclasses.replace(it, error=f"refused: {name_problem(it.name)}")
+        for it in items
+    ]
     for it in items:
         if it.error is not None:
             continue
         if it.name in seen:
-            raise ValueError(f"{seen[it.name]!r} and {it.source!r} would both be written as {it.name!r}; "
-                             "rename one, or run them separately with different output folders")
+            raise ValueError(
+                f"{seen[it.name]!r} and {it.source!r} would both be written as {it.name!r}; "
+                "rename one, or run them separately with different output folders"
+            )
         seen[it.name] = it.source
     return items
 
@@ -219,19 +259,42 @@ def split_inversion(inv: ImageInversion) -> list[ImageInversion]:
     core = inv.inversion
     out = []
     for k in range(inv.batch_size):
-        one = Inversion(tuple(z[k:k + 1].clone() for z in core.latents), core.nfe, core.solver, core.grid,
-                        core.input_dtype, dict(core.metadata))
-        out.append(dataclasses.replace(
-            inv, inversion=one, prompt=[inv.prompt[k]],
-            negative_prompt=None if inv.negative_prompt is None else [inv.negative_prompt[k]],
-            clean=None if inv.clean is None else inv.clean[k:k + 1].clone(), info={}))
+        one = Inversion(
+            tuple(z[k : k + 1].clone() for z in core.latents),
+            core.nfe,
+            core.solver,
+            core.grid,
+            core.input_dtype,
+            dict(core.metadata),
+        )
+        out.append(
+            dataclasses.replace(
+                inv,
+                inversion=one,
+                prompt=[inv.prompt[k]],
+                negative_prompt=None if inv.negative_prompt is None else [inv.negative_prompt[k]],
+                clean=None if inv.clean is None else inv.clean[k : k + 1].clone(),
+                info={},
+            )
+        )
     return out
 
 
 def _compat_key(d: dict[str, Any]) -> str:
     """What inversions must share to be regenerated as one batch (from ``describe()`` or a file's metadata)."""
-    keep = ("solver", "grid", "input_dtype", "guidance_scale", "num_steps", "strength", "image_size", "schedule",
-            "model", "state_dtype", "family")
+    keep = (
+        "solver",
+        "grid",
+        "input_dtype",
+        "guidance_scale",
+        "num_steps",
+        "strength",
+        "image_size",
+        "schedule",
+        "model",
+        "state_dtype",
+        "family",
+    )
     key = {k: d.get(k) for k in keep}
     key["latent_shape"] = list(d.get("latent_shape", [0]))[1:]
     key["negative"] = d.get("negative_prompt") is not None
@@ -246,16 +309,21 @@ def stack_inversions(invs: Sequence[ImageInversion]) -> ImageInversion:
     key = _compat_key(first.describe())
     for k, inv in enumerate(invs[1:], 1):
         if _compat_key(inv.describe()) != key:
-            raise ValueError(f"inversion {k} was made with other settings than inversion 0 (solver, grid, guidance, "
-                             "model, size...); regenerate them in separate batches")
+            raise ValueError(
+                f"inversion {k} was made with other settings than inversion 0 (solver, grid, guidance, "
+                "model, size...); regenerate them in separate batches"
+            )
     core = first.inversion
     latents = tuple(torch.cat([inv.latents[j] for inv in invs]) for j in range(len(core.latents)))
     cleans = [inv.clean for inv in invs]
     return dataclasses.replace(
-        first, inversion=Inversion(latents, core.nfe, core.solver, core.grid, core.input_dtype, dict(core.metadata)),
+        first,
+        inversion=Inversion(latents, core.nfe, core.solver, core.grid, core.input_dtype, dict(core.metadata)),
         prompt=[p for inv in invs for p in inv.prompt],
         negative_prompt=None if first.negative_prompt is None else [p for inv in invs for p in inv.negative_prompt],
-        clean=None if any(c is None for c in cleans) else torch.cat(cleans), info={})
+        clean=None if any(c is None for c in cleans) else torch.cat(cleans),
+        info={},
+    )
 
 
 def _open_image(source: Any) -> Any:
@@ -292,8 +360,9 @@ def _prompt_list(prompt: Any, n: int) -> list[Any]:
     return prompts
 
 
-def iter_inversions(editor: Any, images: Any, prompt: Any = "", *, batch_size: int = 8,
-                    **invert_kwargs: Any) -> Iterator[tuple[int, ImageInversion]]:
+def iter_inversions(
+    editor: Any, images: Any, prompt: Any = "", *, batch_size: int = 8, **invert_kwargs: Any
+) -> Iterator[tuple[int, ImageInversion]]:
     """Invert images (paths, PIL images, a tensor batch or a list of tensors in [0, 1]) ``batch_size`` at
     a time; yield ``(index, single-image ImageInversion)`` batch by batch, in the batches' order.
 
@@ -391,8 +460,9 @@ def _merge_manifest(out_dir: Path) -> None:
         return
     records = _records(out_dir)
     latest, done = _latest(records), _latest(r for r in records if r.get("status") == "done")
-    kept = [r for n in sorted(latest) for r in ([done[n]] if done.get(n, latest[n]) is not latest[n] else [])
-            + [latest[n]]]
+    kept = [
+        r for n in sorted(latest) for r in ([done[n]] if done.get(n, latest[n]) is not latest[n] else []) + [latest[n]]
+    ]
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
     with atomic_path(out_dir / MANIFEST, overwrite=True) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -422,8 +492,10 @@ class _Processes:
             try:
                 from accelerate import PartialState
             except ImportError:
-                raise ImportError("several processes were launched but accelerate is not installed: "
-                                  "pip install accelerate (or run a single process)") from None
+                raise ImportError(
+                    "several processes were launched but accelerate is not installed: "
+                    "pip install accelerate (or run a single process)"
+                ) from None
             # cpu=True makes CPU processes one group over gloo (accelerate otherwise expects GPUs).
             self.state = PartialState(cpu=torch.device(device).type == "cpu")
         self.rank = self.state.process_index if self.state else 0
@@ -458,8 +530,10 @@ class Summary:
     def __str__(self) -> str:
         where = f" (process {self.rank + 1} of {self.processes})" if self.processes > 1 else ""
         rate = f", {self.done / self.seconds:.2f} images/s" if self.done and self.seconds > 0 else ""
-        return (f"{self.done} written, {self.skipped} already done, {self.failed} failed in "
-                f"{self.seconds:.1f} s{rate}{where}")
+        return (
+            f"{self.done} written, {self.skipped} already done, {self.failed} failed in "
+            f"{self.seconds:.1f} s{rate}{where}"
+        )
 
 
 @dataclass
@@ -512,13 +586,25 @@ def _acquire(out: Path, procs: _Processes) -> OutputLock | None:
     if error:
         raise ValueError(error)
     if lock is not None and lock.took_over:
-        print(f"note: took over the lock of a run that ended without releasing it (pid "
-              f"{lock.took_over.get('pid')}, since {lock.took_over.get('started')})", file=sys.stderr)
+        print(
+            f"note: took over the lock of a run that ended without releasing it (pid "
+            f"{lock.took_over.get('pid')}, since {lock.took_over.get('started')})",
+            file=sys.stderr,
+        )
     return lock
 
 
-def _run(task: _Task, items: list[Item], out_dir: str | os.PathLike, *, batch_size: int, overwrite: bool,
-         progress: bool, device: torch.device, inputs: Any = ()) -> Summary:
+def _run(
+    task: _Task,
+    items: list[Item],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int,
+    overwrite: bool,
+    progress: bool,
+    device: torch.device,
+    inputs: Any = (),
+) -> Summary:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; the output of many inputs is a folder (-o FOLDER)")
@@ -537,25 +623,45 @@ def _run(task: _Task, items: list[Item], out_dir: str | os.PathLike, *, batch_si
             lock.release()
 
 
-def _run_locked(task: _Task, items: list[Item], out: Path, procs: _Processes, *, batch_size: int, overwrite: bool,
-                progress: bool) -> Summary:
+def _run_locked(
+    task: _Task, items: list[Item], out: Path, procs: _Processes, *, batch_size: int, overwrite: bool, progress: bool
+) -> Summary:
     start = time.perf_counter()
     summary = Summary(rank=procs.rank, processes=procs.count)
     bad = _bad_records(out) if procs.rank == 0 else 0
     if bad:
-        print(f"note: {bad} damaged record(s) in {out / MANIFEST} skipped (and dropped when it is rewritten)",
-              file=sys.stderr)
+        print(
+            f"note: {bad} damaged record(s) in {out / MANIFEST} skipped (and dropped when it is rewritten)",
+            file=sys.stderr,
+        )
     writer = _ManifestWriter(out, procs.rank)
 
-    def record(item: Item, status: str, error: str | None = None, output: Path | None = None,
-               seconds: float | None = None, sha256: str | None = None, **extra: Any) -> None:
+    def record(
+        item: Item,
+        status: str,
+        error: str | None = None,
+        output: Path | None = None,
+        seconds: float | None = None,
+        sha256: str | None = None,
+        **extra: Any,
+    ) -> None:
         if output is not None and sha256 is None:
             sha256 = file_sha256(output)
-        writer.append({"name": item.name if name_problem(item.name) is None else None, "source": item.source,
-                       "prompt": task.prompt(item),
-                       "output": None if output is None else output.relative_to(out).as_posix(),
-                       "sha256": sha256, "status": status, "error": error, "seconds": seconds, "time": time.time(),
-                       "rank": procs.rank, **extra})
+        writer.append(
+            {
+                "name": item.name if name_problem(item.name) is None else None,
+                "source": item.source,
+                "prompt": task.prompt(item),
+                "output": None if output is None else output.relative_to(out).as_posix(),
+                "sha256": sha256,
+                "status": status,
+                "error": error,
+                "seconds": seconds,
+                "time": time.time(),
+                "rank": procs.rank,
+                **extra,
+            }
+        )
         if status == "failed":
             summary.failed += 1
             summary.failures.append((item.source, error or ""))
@@ -570,8 +676,9 @@ def _run_locked(task: _Task, items: list[Item], out: Path, procs: _Processes, *,
             keys.append(task.key(item))
         except Exception as e:
             keys.append(None)
-            unreadable.append((item, e.args[0] if isinstance(e, _Refused) else f"cannot read {item.source}: "
-                                                                               f"{_reason(e)}"))
+            unreadable.append(
+                (item, e.args[0] if isinstance(e, _Refused) else f"cannot read {item.source}: {_reason(e)}")
+            )
     batches = plan_batches(keys, batch_size)
     # Every record per name, oldest first: an output is this folder's when one of them recorded it.
     history: dict[str, list[dict[str, Any]]] = {}
@@ -609,16 +716,27 @@ def _differences(r: dict[str, Any], settings: Any, source_sha: str) -> list[str]
     if "settings" not in r:
         return ["settings (not recorded: written by an older bdia)"]
     old = r.get("settings") if isinstance(r.get("settings"), dict) else {}
-    diff = [f"{k} {old.get(k)!r:.60} then, {settings.get(k)!r:.60} now" for k in sorted(set(old) | set(settings))
-            if old.get(k) != settings.get(k)]
+    diff = [
+        f"{k} {old.get(k)!r:.60} then, {settings.get(k)!r:.60} now"
+        for k in sorted(set(old) | set(settings))
+        if old.get(k) != settings.get(k)
+    ]
     if r.get("source_sha256") != source_sha:
         diff.append("the source's content")
     return diff
 
 
-def _state(task: _Task, item: Item, target: Path, history: dict[str, list[dict[str, Any]]], settings: Any,
-           source_sha: str, overwrite: bool, record: Callable) -> str:
-    """"done" (this input's output with these settings is in place), "todo", or raises _Refused.
+def _state(
+    task: _Task,
+    item: Item,
+    target: Path,
+    history: dict[str, list[dict[str, Any]]],
+    settings: Any,
+    source_sha: str,
+    overwrite: bool,
+    record: Callable,
+) -> str:
+    """ "done" (this input's output with these settings is in place), "todo", or raises _Refused.
 
     Only an output this folder's manifest recorded (same checksum) counts; a file bdia did not write is
     never adopted nor replaced. With ``overwrite`` every recorded output is recomputed; without, one made
@@ -632,26 +750,46 @@ def _state(task: _Task, item: Item, target: Path, history: dict[str, list[dict[s
     sha = file_sha256(target)
     match = [r for r in ours if r.get("sha256") == sha and r.get("status") in ("done", "writing")]
     if not ours:
-        raise _Refused(f"{target} exists but was not written by this folder's runs (no manifest record); it is "
-                       "left untouched: move it away or choose another output folder")
+        raise _Refused(
+            f"{target} exists but was not written by this folder's runs (no manifest record); it is "
+            "left untouched: move it away or choose another output folder"
+        )
     if overwrite:  # asked for: what this folder's runs wrote is recomputed
         return "todo"
     if not match:
-        raise _Refused(f"{target} differs from the checksum the manifest recorded for it; remove it or "
-                       "pass overwrite=True (--overwrite)")
+        raise _Refused(
+            f"{target} differs from the checksum the manifest recorded for it; remove it or "
+            "pass overwrite=True (--overwrite)"
+        )
     latest = match[-1]
     diff = _differences(latest, settings, source_sha)
     if diff:
-        raise _Refused(f"{target} was made with other inputs ({'; '.join(diff)}); pass overwrite=True "
-                       "(--overwrite) to recompute it, or choose another output folder")
+        raise _Refused(
+            f"{target} was made with other inputs ({'; '.join(diff)}); pass overwrite=True "
+            "(--overwrite) to recompute it, or choose another output folder"
+        )
     if latest.get("status") == "writing":  # a kill between the rename and the "done" record
-        record(item, "done", output=target, sha256=sha, settings=settings, source_sha256=source_sha,
-               note="completed by an interrupted run")
+        record(
+            item,
+            "done",
+            output=target,
+            sha256=sha,
+            settings=settings,
+            source_sha256=source_sha,
+            note="completed by an interrupted run",
+        )
     return "done"
 
 
-def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, history: dict[str, list[dict[str, Any]]],
-               record: Callable, summary: Summary) -> None:
+def _run_batch(
+    task: _Task,
+    batch: list[Item],
+    out: Path,
+    overwrite: bool,
+    history: dict[str, list[dict[str, Any]]],
+    record: Callable,
+    summary: Summary,
+) -> None:
     todo, settings, sources = [], {}, {}
     for it in batch:
         target = out / (it.name + task.suffix)
@@ -711,8 +849,16 @@ def _run_batch(task: _Task, batch: list[Item], out: Path, overwrite: bool, histo
         except (OSError, ValueError) as e:  # a name too long, a full disk: this input fails, the run goes on
             record(it, "failed", f"cannot write {target}: {_reason(e)}")
             continue
-        record(it, "done", output=target, sha256=sha, seconds=seconds, settings=settings[it],
-               source_sha256=sources[it], **extra)
+        record(
+            it,
+            "done",
+            output=target,
+            sha256=sha,
+            seconds=seconds,
+            settings=settings[it],
+            source_sha256=sources[it],
+            **extra,
+        )
         summary.done += 1
 
 
@@ -720,9 +866,18 @@ def _device_of(editor: Any) -> torch.device:
     return torch.device(getattr(editor, "device", "cpu"))
 
 
-def invert_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: str = "", *, batch_size: int = 8,
-                 overwrite: bool = False, progress: bool = True, check: bool = False,
-                 **invert_kwargs: Any) -> Summary:
+def invert_files(
+    editor: Any,
+    inputs: Any,
+    out_dir: str | os.PathLike,
+    prompt: str = "",
+    *,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    progress: bool = True,
+    check: bool = False,
+    **invert_kwargs: Any,
+) -> Summary:
     """Invert every image in ``inputs`` (files, folders, lists: see :func:`find_inputs`) into
     ``out_dir/NAME.safetensors``, ``batch_size`` images of one size at a time, resumably.
 
@@ -744,16 +899,34 @@ def invert_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: s
         if check:
             rec = editor.reconstruct(inv, progress=False)
             errors = (rec.latents - inv.clean.to(rec.latents)).flatten(1).abs().amax(1).tolist()
-        return [((lambda tmp, one=one: save_inversion(one, tmp, overwrite=True)),
-                 {} if err is None else {"round_trip_error": err})
-                for one, err in zip(split_inversion(inv), errors)]
+        return [
+            (
+                (lambda tmp, one=one: save_inversion(one, tmp, overwrite=True)),
+                {} if err is None else {"round_trip_error": err},
+            )
+            for one, err in zip(split_inversion(inv), errors)
+        ]
 
     fixed = _with_defaults(editor.invert, invert_kwargs)
-    task = _Task("invert", INVERSION_EXTENSION, lambda it: _image_key(it.source), load, run,
-                 lambda it: _prompt_of(it, prompt),
-                 lambda it: {"command": "invert", "model": _model_of(editor), "prompt": _prompt_of(it, prompt), **fixed})
-    return _run(task, items, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                device=_device_of(editor), inputs=inputs)
+    task = _Task(
+        "invert",
+        INVERSION_EXTENSION,
+        lambda it: _image_key(it.source),
+        load,
+        run,
+        lambda it: _prompt_of(it, prompt),
+        lambda it: {"command": "invert", "model": _model_of(editor), "prompt": _prompt_of(it, prompt), **fixed},
+    )
+    return _run(
+        task,
+        items,
+        out_dir,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        progress=progress,
+        device=_device_of(editor),
+        inputs=inputs,
+    )
 
 
 def _with_defaults(method: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -762,8 +935,11 @@ def _with_defaults(method: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
     import inspect
 
     try:
-        defaults = {n: p.default for n, p in inspect.signature(method).parameters.items()
-                    if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+        defaults = {
+            n: p.default
+            for n, p in inspect.signature(method).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
+        }
     except (TypeError, ValueError):  # no signature to read
         defaults = {}
     return {k: v for k, v in {**defaults, **kwargs}.items() if k != "progress"}
@@ -791,21 +967,33 @@ def _inversion_key(item: Item) -> str:
     full (as the single-file commands do), so a damaged header is this file's failure, not a traceback."""
     inv = load_inversion(item.source)
     if inv.batch_size != 1:
-        raise ValueError(f"the file holds {inv.batch_size} images; regenerate it on its own "
-                         "(bdia reconstruct FILE -o NAME.png)")
+        raise ValueError(
+            f"the file holds {inv.batch_size} images; regenerate it on its own (bdia reconstruct FILE -o NAME.png)"
+        )
     return _compat_key(inv.describe())
 
 
 def _save_image(image: Any) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
         image.save(tmp, format="PNG")
+
     return write
 
 
-def _regenerate(editor: Any, items: list[Item], out_dir: str | os.PathLike, what: str,
-                regenerate: Callable[[ImageInversion, list[Item]], Any], *, batch_size: int, overwrite: bool,
-                progress: bool, prompt_of: Callable[[Item], Any] = lambda item: None,
-                settings: dict[str, Any] | None = None, inputs: Any = ()) -> Summary:
+def _regenerate(
+    editor: Any,
+    items: list[Item],
+    out_dir: str | os.PathLike,
+    what: str,
+    regenerate: Callable[[ImageInversion, list[Item]], Any],
+    *,
+    batch_size: int,
+    overwrite: bool,
+    progress: bool,
+    prompt_of: Callable[[Item], Any] = lambda item: None,
+    settings: dict[str, Any] | None = None,
+    inputs: Any = (),
+) -> Summary:
     def load(item: Item) -> ImageInversion:
         if what == "edit":
             editor.validate_prompt(prompt_of(item))
@@ -824,24 +1012,64 @@ def _regenerate(editor: Any, items: list[Item], out_dir: str | os.PathLike, what
         return results
 
     fixed = {"command": what, "model": _model_of(editor), **(settings or {})}
-    task = _Task(what, ".png", _inversion_key, load, run, prompt_of,
-                 lambda it: {**fixed, "prompt": prompt_of(it)} if what == "edit" else fixed)
-    return _run(task, items, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                device=_device_of(editor), inputs=inputs)
+    task = _Task(
+        what,
+        ".png",
+        _inversion_key,
+        load,
+        run,
+        prompt_of,
+        lambda it: {**fixed, "prompt": prompt_of(it)} if what == "edit" else fixed,
+    )
+    return _run(
+        task,
+        items,
+        out_dir,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        progress=progress,
+        device=_device_of(editor),
+        inputs=inputs,
+    )
 
 
-def reconstruct_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, *, batch_size: int = 8,
-                      overwrite: bool = False, progress: bool = True) -> Summary:
+def reconstruct_files(
+    editor: Any,
+    inputs: Any,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Summary:
     """Regenerate every saved inversion in ``inputs`` (files, folders, lists, an inversion run's manifest)
     into ``out_dir/NAME.png``, batching inversions made with the same settings; the manifest records
     each image's ``latent_error`` (max |z_rec - z|)."""
     items = inputs if _is_items(inputs) else find_inputs(inputs, "inversion")
-    return _regenerate(editor, items, out_dir, "reconstruct", lambda inv, batch: editor.reconstruct(inv, progress=False),
-                       batch_size=batch_size, overwrite=overwrite, progress=progress, inputs=inputs)
+    return _regenerate(
+        editor,
+        items,
+        out_dir,
+        "reconstruct",
+        lambda inv, batch: editor.reconstruct(inv, progress=False),
+        batch_size=batch_size,
+        overwrite=overwrite,
+        progress=progress,
+        inputs=inputs,
+    )
 
 
-def edit_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: str | None = None, *,
-               batch_size: int = 8, overwrite: bool = False, progress: bool = True, **edit_kwargs: Any) -> Summary:
+def edit_files(
+    editor: Any,
+    inputs: Any,
+    out_dir: str | os.PathLike,
+    prompt: str | None = None,
+    *,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    progress: bool = True,
+    **edit_kwargs: Any,
+) -> Summary:
     """Regenerate every saved inversion in ``inputs`` under a new prompt into ``out_dir/NAME.png``.
 
     The target prompt is the one a list gives an inversion, else ``prompt``; ``edit_kwargs`` go to
@@ -853,8 +1081,16 @@ def edit_files(editor: Any, inputs: Any, out_dir: str | os.PathLike, prompt: str
         raise ValueError(f"no target prompt for {missing[0]!r}: pass prompt= (--prompt) or give prompts in a list")
     editor.validate_prompt(prompt)
     edit_kwargs["progress"] = False
-    return _regenerate(editor, items, out_dir, "edit",
-                       lambda inv, batch: editor.edit(inv, [_prompt_of(it, prompt) for it in batch], **edit_kwargs),
-                       batch_size=batch_size, overwrite=overwrite, progress=progress,
-                       prompt_of=lambda it: _prompt_of(it, prompt), inputs=inputs,
-                       settings=_with_defaults(editor.edit, edit_kwargs))
+    return _regenerate(
+        editor,
+        items,
+        out_dir,
+        "edit",
+        lambda inv, batch: editor.edit(inv, [_prompt_of(it, prompt) for it in batch], **edit_kwargs),
+        batch_size=batch_size,
+        overwrite=overwrite,
+        progress=progress,
+        prompt_of=lambda it: _prompt_of(it, prompt),
+        inputs=inputs,
+        settings=_with_defaults(editor.edit, edit_kwargs),
+    )

@@ -38,7 +38,9 @@ def name_problem(name: Any) -> str | None:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return f"the name {name.encode('utf-8', 'backslashreplace').decode()[:80]!r} is not valid UTF-8; rename the file"
+        return (
+            f"the name {name.encode('utf-8', 'backslashreplace').decode()[:80]!r} is not valid UTF-8; rename the file"
+        )
     if any(ord(c) < 32 for c in name):
         return f"the name {name[:80]!r} holds control characters"
     return None
@@ -66,13 +68,17 @@ def check_folders(inputs: list[Path], sources: list[str], out: Path) -> None:
             f = Path(os.path.realpath(given))
             if _contains(f, out_r) or _contains(out_r, f):
                 where = "is" if f == out_r else "lies inside" if _contains(f, out_r) else "contains"
-                raise ValueError(f"the output folder {os.fspath(out)!r} {where} the input folder {os.fspath(given)!r}: "
-                                 "outputs would replace inputs or be read back as inputs; choose a separate "
-                                 "output folder")
+                raise ValueError(
+                    f"the output folder {os.fspath(out)!r} {where} the input folder {os.fspath(given)!r}: "
+                    "outputs would replace inputs or be read back as inputs; choose a separate "
+                    "output folder"
+                )
     for s in sources:
         if _contains(out_r, Path(os.path.realpath(s))):
-            raise ValueError(f"the input {s!r} lies inside the output folder {os.fspath(out)!r}; it could be replaced "
-                             "by an output; choose a separate output folder")
+            raise ValueError(
+                f"the input {s!r} lies inside the output folder {os.fspath(out)!r}; it could be replaced "
+                "by an output; choose a separate output folder"
+            )
 
 
 def read_list_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -163,9 +169,11 @@ class OutputLock:
 
     def _busy(self, holder: dict[str, Any]) -> ValueError:
         pid = holder.get("pid", "unknown")
-        return ValueError(f"{self.path.parent} is in use by another bdia run (pid {pid} on "
-                          f"{holder.get('host', 'this machine')}, since {holder.get('started', '?')}); wait for it "
-                          "to finish or choose another output folder")
+        return ValueError(
+            f"{self.path.parent} is in use by another bdia run (pid {pid} on "
+            f"{holder.get('host', 'this machine')}, since {holder.get('started', '?')}); wait for it "
+            "to finish or choose another output folder"
+        )
 
     def acquire(self) -> None:
         try:
@@ -202,8 +210,12 @@ class OutputLock:
                 if previous.get("pid") and previous.get("pid") != os.getpid():
                     self.took_over = previous  # its holder died without releasing: kill -9, power loss
             self.fd = fd
-            info = {"pid": os.getpid(), "host": socket.gethostname(),
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:300]}
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(sys.argv)[:300],
+            }
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
             return

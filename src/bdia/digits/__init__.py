@@ -16,8 +16,9 @@ safetensors in ``weights/`` and load with no network::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -27,8 +28,19 @@ from .data import IMAGE_SIZE, NUM_CLASSES, Digits, load_digits, to_model, to_uin
 from .unet import DigitsUNet
 
 __all__ = [
-    "IMAGE_SIZE", "NUM_CLASSES", "WEIGHTS_DIR", "Digits", "DigitsClassifier", "DigitsUNet", "eps_model",
-    "load_classifier", "load_digits", "load_model", "parse_label", "to_model", "to_uint8",
+    "IMAGE_SIZE",
+    "NUM_CLASSES",
+    "WEIGHTS_DIR",
+    "Digits",
+    "DigitsClassifier",
+    "DigitsUNet",
+    "eps_model",
+    "load_classifier",
+    "load_digits",
+    "load_model",
+    "parse_label",
+    "to_model",
+    "to_uint8",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

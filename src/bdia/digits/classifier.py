@@ -28,14 +28,19 @@ class DigitsClassifier(nn.Module):
         }
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),  # 16 -> 8
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),  # 8 -> 4
             nn.Flatten(),
-            nn.Linear(2 * w * 16, feature_dim), nn.ReLU(),
+            nn.Linear(2 * w * 16, feature_dim),
+            nn.ReLU(),
         )
         self.head = nn.Linear(feature_dim, num_classes)
 

@@ -41,8 +41,15 @@ def features(classifier: torch.nn.Module, images_uint8: torch.Tensor, batch_size
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, solver: Any, steps: int, labels: torch.Tensor, guidance: float,
-             seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+def generate(
+    model: torch.nn.Module,
+    solver: Any,
+    steps: int,
+    labels: torch.Tensor,
+    guidance: float,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> torch.Tensor:
     """uint8 samples (B, 1, 16, 16) of ``labels`` from fixed Gaussian noise (seeded, float64)."""
     from . import eps_model
 
@@ -65,8 +72,16 @@ def reference_fd(classifier: torch.nn.Module | None = None) -> float:
     return frechet_distance(features(clf, load_digits("train").images), features(clf, load_digits("test").images))
 
 
-def evaluate_sampler(solver: Any, steps: int, *, guidance: float = 2.0, num_per_class: int = 50, seed: int = 0,
-                     model: torch.nn.Module | None = None, classifier: torch.nn.Module | None = None) -> dict[str, Any]:
+def evaluate_sampler(
+    solver: Any,
+    steps: int,
+    *,
+    guidance: float = 2.0,
+    num_per_class: int = 50,
+    seed: int = 0,
+    model: torch.nn.Module | None = None,
+    classifier: torch.nn.Module | None = None,
+) -> dict[str, Any]:
     """Generate ``num_per_class`` digits of each class with ``solver`` and score them.
 
     Returns ``{"solver", "steps", "guidance", "num_samples", "accuracy", "per_class_accuracy", "fd",
@@ -116,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'solver':<28} {'steps':>5} {'accuracy':>9} {'FD':>8} {'seconds':>8}")
     for steps in args.steps:
         for solver in (bdia.DDIM(), bdia.BDIA(gamma=args.gamma)):
-            r = evaluate_sampler(solver, steps, guidance=args.guidance, num_per_class=args.num_per_class,
-                                 seed=args.seed, model=model, classifier=clf)
+            r = evaluate_sampler(
+                solver,
+                steps,
+                guidance=args.guidance,
+                num_per_class=args.num_per_class,
+                seed=args.seed,
+                model=model,
+                classifier=clf,
+            )
             print(f"{r['solver']:<28} {steps:>5} {r['accuracy']:>9.4f} {r['fd']:>8.3f} {r['seconds']:>8.1f}")
     return 0
 

@@ -12,8 +12,9 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -133,8 +134,10 @@ def train_unet(
         if (step + 1) % log_every == 0 or step + 1 == cfg["steps"]:
             curve.append([step + 1, running / count])
             if log:
-                log(f"unet step {step + 1:5d}/{cfg['steps']}  loss {running / count:.4f}  "
-                    f"({time.time() - t_start:.0f}s)")
+                log(
+                    f"unet step {step + 1:5d}/{cfg['steps']}  loss {running / count:.4f}  "
+                    f"({time.time() - t_start:.0f}s)"
+                )
             running, count = 0.0, 0
     history = {
         "seed": seed,

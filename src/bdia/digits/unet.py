@@ -9,7 +9,8 @@ recipe of Ho et al. 2020 without attention, which a 4x4 bottleneck does not need
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -14,9 +14,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Editor": ".editor", "EditResult": ".editor", "compare_pixels": ".editor", "load_editor": ".editor",
-    "Backend": ".backends", "ModelChoice": ".backends", "backend_class": ".backends", "load_backend": ".backends",
-    "register_backend": ".backends", "resolve_model_choice": ".backends",
+    "Editor": ".editor",
+    "EditResult": ".editor",
+    "compare_pixels": ".editor",
+    "load_editor": ".editor",
+    "Backend": ".backends",
+    "ModelChoice": ".backends",
+    "backend_class": ".backends",
+    "load_backend": ".backends",
+    "register_backend": ".backends",
+    "resolve_model_choice": ".backends",
 }
 
 __all__ = sorted(_EXPORTS)

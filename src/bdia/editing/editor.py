@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -83,28 +84,38 @@ class Editor:
 
     Args:
         backend: a :class:`Backend`, or a loaded diffusers ``StableDiffusionPipeline`` /
-            ``StableDiffusionXLPipeline`` (wrapped in :class:`~bdia.editing.backends.stable_diffusion.StableDiffusionBackend`
-            with ``model_id``, ``revision`` and ``schedule_overrides`` such as ``timestep_spacing="trailing"``),
+            ``StableDiffusionXLPipeline`` (wrapped in
+            :class:`~bdia.editing.backends.stable_diffusion.StableDiffusionBackend` with ``model_id``, ``revision``
+            and ``schedule_overrides`` such as ``timestep_spacing="trailing"``),
             ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (:mod:`bdia.editing.backends.flow`).
         state_dtype: the solver state's dtype (float64 by default; float32 loses digits, see docs/math.md).
         progress: show a progress bar on the sampling loops (tqdm); each call may override it.
     """
 
-    def __init__(self, backend: Any, *, state_dtype: torch.dtype = torch.float64, progress: bool = True,
-                 **pipeline_options: Any):
+    def __init__(
+        self, backend: Any, *, state_dtype: torch.dtype = torch.float64, progress: bool = True, **pipeline_options: Any
+    ):
         if not isinstance(backend, Backend):
             backend = backend_for_pipeline(backend, **pipeline_options)
         elif pipeline_options:
-            raise TypeError(f"options {sorted(pipeline_options)} apply to a diffusers pipeline, "
-                            f"not a {type(backend).__name__}")
+            raise TypeError(
+                f"options {sorted(pipeline_options)} apply to a diffusers pipeline, not a {type(backend).__name__}"
+            )
         self.backend = backend
         self.state_dtype = state_dtype_for(backend.device, state_dtype)
         self.progress = progress
 
     @classmethod
-    def from_pretrained(cls, model: Any, *, torch_dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, state_dtype: torch.dtype = torch.float64,
-                        progress: bool = True, **kwargs: Any) -> "Editor":
+    def from_pretrained(
+        cls,
+        model: Any,
+        *,
+        torch_dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        state_dtype: torch.dtype = torch.float64,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> Editor:
         """An editor for ``model``: "digits" (the embedded digits model), a diffusers folder or a hub id.
 
         The backend follows the pipeline class in the folder's ``model_index.json``: Stable Diffusion
@@ -131,8 +142,9 @@ class Editor:
     def default_guidance(self) -> float:
         return self.backend.default_guidance
 
-    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None,
-             kind: str = "diffusers") -> Grid:
+    def grid(
+        self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None, kind: str = "diffusers"
+    ) -> Grid:
         """The grid of ``num_steps`` steps for images of ``size`` (width, height), keeping the last
         ``strength`` fraction of it. ``kind`` is one of :data:`bdia.grids.GRID_KINDS` ("diffusers": the
         schedule's own spacing, as the pipeline's scheduler; "karras" measured most faithful, see README)."""
@@ -163,11 +175,22 @@ class Editor:
 
     # ----- inversion, reconstruction, editing -------------------------------------------------------
     @torch.no_grad()
-    def invert(self, image: Any, prompt: Prompt = "", *, negative_prompt: Prompt | None = None,
-               guidance_scale: float = 1.0, num_steps: int = 50, strength: float = 1.0,
-               method: str | Solver = "bdia", gamma: float | Sequence[float] | str | None = None,
-               p: float | None = None, size: int | Sequence[int] | None = None,
-               progress: bool | None = None, grid: str = "diffusers") -> ImageInversion:
+    def invert(
+        self,
+        image: Any,
+        prompt: Prompt = "",
+        *,
+        negative_prompt: Prompt | None = None,
+        guidance_scale: float = 1.0,
+        num_steps: int = 50,
+        strength: float = 1.0,
+        method: str | Solver = "bdia",
+        gamma: float | Sequence[float] | str | None = None,
+        p: float | None = None,
+        size: int | Sequence[int] | None = None,
+        progress: bool | None = None,
+        grid: str = "diffusers",
+    ) -> ImageInversion:
         """Invert real images under ``prompt`` (one, or one per image) with classifier-free guidance.
 
         ``strength`` < 1 inverts only the last part of the grid (the BDIA authors edit with 0.8):
@@ -187,11 +210,20 @@ class Editor:
         model = self.backend.guided(cond, uncond, guidance_scale)
         core = self._run(solver, model, clean.to(self.state_dtype), grid, progress, "inversion")
         return ImageInversion(
-            inversion=core, prompt=prompts, negative_prompt=negatives, guidance_scale=float(guidance_scale),
-            num_steps=int(num_steps), strength=float(strength), image_size=(int(width), int(height)),
-            schedule=self.backend.schedule_record(), model=self.backend.record(),
-            state_dtype=self.state_dtype, clean=clean, info={"seconds": time.perf_counter() - start},
-            family=self.backend.family, grid_kind=grid_kind,
+            inversion=core,
+            prompt=prompts,
+            negative_prompt=negatives,
+            guidance_scale=float(guidance_scale),
+            num_steps=int(num_steps),
+            strength=float(strength),
+            image_size=(int(width), int(height)),
+            schedule=self.backend.schedule_record(),
+            model=self.backend.record(),
+            state_dtype=self.state_dtype,
+            clean=clean,
+            info={"seconds": time.perf_counter() - start},
+            family=self.backend.family,
+            grid_kind=grid_kind,
         )
 
     @torch.no_grad()
@@ -202,8 +234,10 @@ class Editor:
         the fraction of 8-bit pixels equal to those of the decoded inverted latents.
         """
         if not isinstance(inv, ImageInversion):
-            raise TypeError(f"reconstruct takes an ImageInversion (from invert or load_inversion), got "
-                            f"{type(inv).__name__}; for a file: editor.reconstruct(load_inversion(path))")
+            raise TypeError(
+                f"reconstruct takes an ImageInversion (from invert or load_inversion), got "
+                f"{type(inv).__name__}; for a file: editor.reconstruct(load_inversion(path))"
+            )
         result = self._regenerate(inv, inv.prompt, inv.negative_prompt, inv.guidance_scale, progress, "reconstruction")
         if inv.clean is not None:
             clean = inv.clean.to(result.latents)
@@ -214,8 +248,15 @@ class Editor:
         return result
 
     @torch.no_grad()
-    def edit(self, inv: ImageInversion, prompt: Prompt, *, negative_prompt: Any = SAME,
-             guidance_scale: float | None = None, progress: bool | None = None) -> EditResult:
+    def edit(
+        self,
+        inv: ImageInversion,
+        prompt: Prompt,
+        *,
+        negative_prompt: Any = SAME,
+        guidance_scale: float | None = None,
+        progress: bool | None = None,
+    ) -> EditResult:
         """Regenerate the inverted images under ``prompt``: an edit.
 
         ``guidance_scale`` and ``negative_prompt`` default to the inversion's (None: the model's
@@ -226,11 +267,24 @@ class Editor:
         return self._regenerate(inv, prompt, negative, scale, progress, "edit")
 
     @torch.no_grad()
-    def generate(self, prompt: Prompt, *, negative_prompt: Prompt | None = None, guidance_scale: float | None = None,
-                 num_steps: int = 50, method: str | Solver = "bdia", gamma: float | Sequence[float] | str | None = None,
-                 p: float | None = None, height: int | None = None, width: int | None = None, num_images: int = 1,
-                 generator: torch.Generator | None = None, seed: int | None = None,
-                 progress: bool | None = None, grid: str = "diffusers") -> EditResult:
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        negative_prompt: Prompt | None = None,
+        guidance_scale: float | None = None,
+        num_steps: int = 50,
+        method: str | Solver = "bdia",
+        gamma: float | Sequence[float] | str | None = None,
+        p: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images: int = 1,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        progress: bool | None = None,
+        grid: str = "diffusers",
+    ) -> EditResult:
         """Text to image with a core solver from Gaussian noise (float64 state, like inversion).
 
         ``gamma`` defaults to 0.5 for BDIA, the authors' choice for text-to-image at few steps;
@@ -244,10 +298,14 @@ class Editor:
         default_w, default_h = self.backend.default_size
         for name, v in (("height", height), ("width", width)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive number of pixels (or None: the model's default), got {v!r}")
+                raise ValueError(
+                    f"{name} must be a positive number of pixels (or None: the model's default), got {v!r}"
+                )
         if not isinstance(prompt, str) and num_images not in (1, len(prompt)):
-            raise ValueError(f"num_images={num_images} with {len(prompt)} prompts: give one prompt for num_images "
-                             "images, or one prompt per image")
+            raise ValueError(
+                f"num_images={num_images} with {len(prompt)} prompts: give one prompt for num_images "
+                "images, or one prompt per image"
+            )
         height, width = int(height or default_h), int(width or default_w)
         grid = self.backend.grid(num_steps, 1.0, (width, height), grid)
         batch = num_images if isinstance(prompt, str) else len(prompt)
@@ -262,8 +320,13 @@ class Editor:
         images = self.backend.to_images(self.backend.decode(out.x, (width, height)))
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
-    def pixel_errors(self, image: Any, result: EditResult | torch.Tensor, inv: ImageInversion | None = None,
-                     size: int | Sequence[int] | None = None) -> dict[str, float]:
+    def pixel_errors(
+        self,
+        image: Any,
+        result: EditResult | torch.Tensor,
+        inv: ImageInversion | None = None,
+        size: int | Sequence[int] | None = None,
+    ) -> dict[str, float]:
         """Errors of a reconstruction against ``image`` (see :func:`compare_pixels`); with a lossy codec (a
         VAE) also ``vae_roundtrip`` (the codec's own round trip, which exact inversion cannot beat) and
         ``vs_vae`` (reconstruction against that round trip; :func:`bdia.io.images.pixel_errors`).
@@ -291,8 +354,10 @@ class Editor:
             raise TypeError(f"expected an ImageInversion (from invert or load_inversion), got {type(inv).__name__}")
         if inv.family is not None and inv.family != self.backend.family:
             loaded = FAMILY_NAMES.get(self.backend.family, f"a {self.backend.family!r} model")
-            raise ValueError(f"this inversion was made with model {inv.model.get('id')!r}, a {inv.family!r} model, "
-                             f"not {loaded} like the loaded one; load the model it was inverted with")
+            raise ValueError(
+                f"this inversion was made with model {inv.model.get('id')!r}, a {inv.family!r} model, "
+                f"not {loaded} like the loaded one; load the model it was inverted with"
+            )
         self.backend.check_record(inv.model)
         self.backend.check_schedule(inv.schedule)
         grid = self.backend.grid(inv.num_steps, inv.strength, tuple(inv.image_size), inv.grid_kind)
@@ -306,8 +371,9 @@ class Editor:
         w, h = inv.image_size
         expected = tuple(self.backend.latent_shape(shape[0], h, w))
         if shape != expected:
-            raise ValueError(f"this inversion's latents have shape {shape}, but this model makes {expected} "
-                             f"for {w}x{h} images")
+            raise ValueError(
+                f"this inversion's latents have shape {shape}, but this model makes {expected} for {w}x{h} images"
+            )
         if inv.model.get("dtype") not in (None, dtype_name(self.backend.dtype)):
             warnings.warn(
                 f"this inversion was made with the model in {inv.model['dtype']} and it now runs in "
@@ -316,8 +382,15 @@ class Editor:
             )
         return grid
 
-    def _regenerate(self, inv: ImageInversion, prompt: Prompt, negative_prompt: Prompt | None,
-                    guidance_scale: float, progress: bool | None, what: str) -> EditResult:
+    def _regenerate(
+        self,
+        inv: ImageInversion,
+        prompt: Prompt,
+        negative_prompt: Prompt | None,
+        guidance_scale: float,
+        progress: bool | None,
+        what: str,
+    ) -> EditResult:
         grid = self.check(inv)
         solver = inv.make_solver()
         w, h = inv.image_size
@@ -326,15 +399,28 @@ class Editor:
         model = self.backend.guided(cond, uncond, guidance_scale)
         core = inv.inversion
         if any(z.device != self.device for z in core.latents):
-            core = type(core)(tuple(z.to(self.device) for z in core.latents), core.nfe, core.solver, core.grid,
-                              core.input_dtype, core.metadata)
+            core = type(core)(
+                tuple(z.to(self.device) for z in core.latents),
+                core.nfe,
+                core.solver,
+                core.grid,
+                core.input_dtype,
+                core.metadata,
+            )
         out = self._run(solver, model, core, grid, progress, what)
         images = self.backend.to_images(self.backend.decode(out.x, (w, h)))
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 
 
-def load_editor(model: str, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-                revision: str | None = None, progress: bool = True, **kwargs: Any) -> Editor:
+def load_editor(
+    model: str,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> Editor:
     """An editor with the command line's defaults: "auto" dtype on CUDA is float16 for Stable Diffusion
     and bfloat16 for SD3 and Flux (their transformers overflow float16), float32 elsewhere (the embedded
     models always default to float32). The model is resolved once (:func:`resolve_model_choice`)."""
@@ -347,9 +433,14 @@ def compare_pixels(original: torch.Tensor, other: torch.Tensor) -> dict[str, flo
     (mean absolute error in [0, 1] units), ``max_error`` (in 8-bit levels) and ``identical`` (fraction
     of equal 8-bit values, as image files hold them)."""
     if original.shape != other.shape:
-        raise ValueError(f"{original.shape[0]} image(s) of shape {tuple(original.shape[1:])} given for "
-                         f"{other.shape[0]} of shape {tuple(other.shape[1:])}")
+        raise ValueError(
+            f"{original.shape[0]} image(s) of shape {tuple(original.shape[1:])} given for "
+            f"{other.shape[0]} of shape {tuple(other.shape[1:])}"
+        )
     a, b = original.detach().double().cpu(), other.detach().double().cpu()
     diff8 = (to_uint8(a).int() - to_uint8(b).int()).abs()
-    return {"reconstruction": float((a - b).abs().mean() / 2.0), "max_error": int(diff8.max()),
-            "identical": float((diff8 == 0).double().mean())}
+    return {
+        "reconstruction": float((a - b).abs().mean() / 2.0),
+        "max_error": int(diff8.max()),
+        "identical": float((diff8 == 0).double().mean()),
+    }

@@ -12,8 +12,8 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _TEMP_PREFIX = ".bdia."
 
@@ -48,8 +48,10 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     limit = _name_max(_existing_ancestor(p))
     for part in p.parts:  # checked first: stat() itself fails on a name that is too long
         if len(os.fsencode(part)) > limit:
-            raise ValueError(f"output name {part[:40]!r}... is {len(os.fsencode(part))} bytes long; "
-                             f"the file system allows {limit}; choose a shorter name")
+            raise ValueError(
+                f"output name {part[:40]!r}... is {len(os.fsencode(part))} bytes long; "
+                f"the file system allows {limit}; choose a shorter name"
+            )
     if p.exists() and p.is_dir():
         raise IsADirectoryError(f"{p} is a directory; give a file name for the output")
     if p.exists() and not overwrite:
@@ -68,8 +70,9 @@ def _probe(folder: Path, target: Path) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=_TEMP_PREFIX + "probe.", dir=folder)
     except OSError as e:
-        raise PermissionError(f"cannot write {target}: {folder} refuses new files ({e.strerror or e}); "
-                              "choose another output folder") from None
+        raise PermissionError(
+            f"cannot write {target}: {folder} refuses new files ({e.strerror or e}); choose another output folder"
+        ) from None
     os.close(fd)
     os.unlink(name)
 
@@ -114,7 +117,7 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     for entry in entries:
         if not entry.name.startswith(prefix) or not entry.is_file(follow_symlinks=False):
             continue
-        pid_text = entry.name[len(prefix):].split(".", 1)[0]
+        pid_text = entry.name[len(prefix) :].split(".", 1)[0]
         if not pid_text.isdigit() or _pid_alive(int(pid_text)):
             continue
         with contextlib.suppress(FileNotFoundError):  # another writer cleaned it first

@@ -15,14 +15,24 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from ..runtime import image_items
 
-__all__ = ["ImageSizeWarning", "ImageConversionWarning", "ImageReadError", "read_image", "image_array", "to_8bit",
-           "to_pixels", "to_pil", "pixel_errors"]
+__all__ = [
+    "ImageSizeWarning",
+    "ImageConversionWarning",
+    "ImageReadError",
+    "read_image",
+    "image_array",
+    "to_8bit",
+    "to_pixels",
+    "to_pil",
+    "pixel_errors",
+]
 
 
 class ImageSizeWarning(UserWarning):
@@ -57,26 +67,36 @@ def read_image(path: str | os.PathLike) -> Any:
             # Turned as the EXIF Orientation tag says (as viewers show it): a phone photo is stored sideways.
             image = ImageOps.exif_transpose(im)
     except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{name!r} is too large to open safely ({_one_line(e)}); "
-                             "resize it before inverting") from None
+        raise ImageReadError(
+            f"{name!r} is too large to open safely ({_one_line(e)}); resize it before inverting"
+        ) from None
     except Image.UnidentifiedImageError:
         what = "is empty (0 bytes)" if os.path.getsize(name) == 0 else "is not an image file Pillow can decode"
         raise ImageReadError(f"{name!r} {what}; give a PNG, JPEG, TIFF or WebP file") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for damaged files
-        raise ImageReadError(f"cannot read {name!r} as an image ({_one_line(e) or type(e).__name__}); "
-                             "the file is damaged or unsupported: re-save it as PNG") from None
+        raise ImageReadError(
+            f"cannot read {name!r} as an image ({_one_line(e) or type(e).__name__}); "
+            "the file is damaged or unsupported: re-save it as PNG"
+        ) from None
     if frames > 1:
         warnings.warn(f"{name!r} has {frames} frames; only the first is used", ImageConversionWarning, stacklevel=3)
     if image.mode in ("RGB", "RGBA", "LA") and any(";16" in r for r in rawmodes):
-        warnings.warn(f"{name!r} has 16 bits per channel, which Pillow reads as 8 for {image.mode} images; "
-                      "the lowest 8 bits are dropped", ImageConversionWarning, stacklevel=3)
+        warnings.warn(
+            f"{name!r} has 16 bits per channel, which Pillow reads as 8 for {image.mode} images; "
+            "the lowest 8 bits are dropped",
+            ImageConversionWarning,
+            stacklevel=3,
+        )
     return image
 
 
 def _tile_rawmode(tile: Any) -> str:
     args = tile[3] if len(tile) > 3 else None
-    return args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args and
-                                                isinstance(args[0], str) else "")
+    return (
+        args
+        if isinstance(args, str)
+        else (args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else "")
+    )
 
 
 def _one_line(e: BaseException) -> str:
@@ -99,8 +119,10 @@ def image_array(image: Any, what: str = "image") -> Any:
     if mode == "I":
         arr = np.asarray(image)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ImageReadError(f"{what} is an integer image with values {arr.min()}..{arr.max()}; "
-                                 "save it with 8 or 16 bits per channel")
+            raise ImageReadError(
+                f"{what} is an integer image with values {arr.min()}..{arr.max()}; "
+                "save it with 8 or 16 bits per channel"
+            )
         # Pillow stores 16-bit data in mode I where it has no I;16 mode for it.
         return (arr.astype(np.float32) / 65535.0)[..., None]
     if mode == "F":
@@ -121,8 +143,12 @@ def _float_values(arr: Any, what: str) -> Any:
     if lo >= 0.0 and hi <= 1.0:
         return arr
     if lo >= 0.0 and hi <= 255.0:
-        warnings.warn(f"{what} is a float image with values {lo:.4g}..{hi:.4g}: taken as 0..255 "
-                      "(scale it to 0..1 to avoid this guess)", ImageConversionWarning, stacklevel=4)
+        warnings.warn(
+            f"{what} is a float image with values {lo:.4g}..{hi:.4g}: taken as 0..255 "
+            "(scale it to 0..1 to avoid this guess)",
+            ImageConversionWarning,
+            stacklevel=4,
+        )
         return arr / 255.0
     raise ImageReadError(f"{what} is a float image with values {lo:.4g}..{hi:.4g}; expected 0..1 (or 0..255)")
 
@@ -140,8 +166,11 @@ def to_8bit(image: Any, what: str = "image") -> Any:
     scaled = image_array(image, what)[..., 0].astype(np.float64) * 255.0
     levels = np.round(scaled)
     if np.abs(scaled - levels).max(initial=0.0) > 1e-3:
-        warnings.warn(f"{what} has more than 8 bits of depth ({image.mode}); reduced to 8 bits for this model",
-                      ImageConversionWarning, stacklevel=3)
+        warnings.warn(
+            f"{what} has more than 8 bits of depth ({image.mode}); reduced to 8 bits for this model",
+            ImageConversionWarning,
+            stacklevel=3,
+        )
     return Image.fromarray(levels.astype(np.uint8))  # 2-d uint8: mode L
 
 
@@ -157,14 +186,19 @@ def _open(image: Any, index: int) -> torch.Tensor:
         arr = image_array(image, what)
         bands = arr.shape[-1]
         if bands in (2, 4) and arr[..., -1].min() < 1.0:
-            warnings.warn(f"{what} has transparent pixels; the alpha channel is dropped (the colours stored "
-                          "under them are used)", ImageConversionWarning, stacklevel=4)
+            warnings.warn(
+                f"{what} has transparent pixels; the alpha channel is dropped (the colours stored under them are used)",
+                ImageConversionWarning,
+                stacklevel=4,
+            )
         colour = arr[..., :3] if bands >= 3 else arr[..., :1]
         return torch.from_numpy(colour.copy()).permute(2, 0, 1).expand(3, -1, -1).contiguous()
     if isinstance(image, torch.Tensor):
         x = image.detach().float().cpu()
         if x.dim() != 3 or x.shape[0] not in (1, 3):
-            raise ValueError(f"image {index}: a tensor image must have shape (3, H, W) or (1, H, W), got {tuple(x.shape)}")
+            raise ValueError(
+                f"image {index}: a tensor image must have shape (3, H, W) or (1, H, W), got {tuple(x.shape)}"
+            )
         if not torch.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3:
             raise ValueError(f"image {index}: tensor values must be in [0, 1] (got {x.min():.3g}..{x.max():.3g})")
         return x.clamp(0, 1).expand(3, -1, -1)
@@ -178,20 +212,24 @@ def _fit(x: torch.Tensor, size: tuple[int, int] | None, factor: int, index: int)
         if tw % factor or th % factor or tw <= 0 or th <= 0:
             raise ValueError(f"size {tw}x{th} must be positive multiples of the VAE factor {factor}")
         if (w, h) != (tw, th):
-            x = torch.nn.functional.interpolate(x[None], size=(th, tw), mode="bicubic", antialias=True,
-                                                align_corners=False)[0].clamp(0, 1)
+            x = torch.nn.functional.interpolate(
+                x[None], size=(th, tw), mode="bicubic", antialias=True, align_corners=False
+            )[0].clamp(0, 1)
         return x
     tw, th = w - w % factor, h - h % factor
     if tw == 0 or th == 0:
-        raise ValueError(f"image {index} is {w}x{h}, smaller than the VAE factor {factor}; pass a larger image or size=")
+        raise ValueError(
+            f"image {index} is {w}x{h}, smaller than the VAE factor {factor}; pass a larger image or size="
+        )
     if (tw, th) != (w, h):
         warnings.warn(
             f"image {index} is {w}x{h}, not a multiple of the VAE factor {factor}: center-cropped to {tw}x{th} "
             "(pass size=(width, height) to resize instead)",
-            ImageSizeWarning, stacklevel=4,
+            ImageSizeWarning,
+            stacklevel=4,
         )
         top, left = (h - th) // 2, (w - tw) // 2
-        x = x[:, top:top + th, left:left + tw]
+        x = x[:, top : top + th, left : left + tw]
     return x
 
 
@@ -232,6 +270,7 @@ def pixel_errors(original: torch.Tensor, vae_roundtrip: torch.Tensor, reconstruc
     Exact latent inversion cannot beat the VAE: ``reconstruction`` is bounded below by
     ``vae_roundtrip`` (docs/math.md section 7). ``vs_vae`` compares the two decoded images directly.
     """
+
     def mae(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a.float() - b.float()).abs().mean() / 2.0)  # [-1, 1] -> [0, 1] units
 

@@ -14,13 +14,21 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-__all__ = ["UnsafeWeightsError", "absent_components", "load_pipeline", "model_family", "model_index",
-           "resolve_model", "pickled_weights"]
+__all__ = [
+    "UnsafeWeightsError",
+    "absent_components",
+    "load_pipeline",
+    "model_family",
+    "model_index",
+    "resolve_model",
+    "pickled_weights",
+]
 
 # Pipeline classes of the flow-matching families; any other pipeline is the Stable Diffusion family ("sd").
 FLOW_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
@@ -79,8 +87,7 @@ def model_family(model: str | os.PathLike, revision: str | None = None) -> str:
 
 def absent_components(model: str | os.PathLike, revision: str | None = None) -> dict[str, None]:
     """Components the index lists as ``[null, null]`` (e.g. SD3 without T5), passed to diffusers as None."""
-    return {k: None for k, v in model_index(model, revision).items()
-            if isinstance(v, list) and v and v[0] is None}
+    return {k: None for k, v in model_index(model, revision).items() if isinstance(v, list) and v and v[0] is None}
 
 
 def pickled_weights(folder: str | os.PathLike) -> list[str]:
@@ -139,9 +146,16 @@ def quiet_loading(progress: bool) -> Iterator[None]:
             tlog.enable_progress_bar()
 
 
-def load_pipeline(model: str | os.PathLike, *, dtype: torch.dtype | None = None, revision: str | None = None,
-                  variant: str | None = None, allow_pickle: bool = False, progress: bool = True,
-                  **kwargs: Any) -> Any:
+def load_pipeline(
+    model: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+    variant: str | None = None,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    **kwargs: Any,
+) -> Any:
     """A diffusers pipeline from a local folder or a hub id, with safetensors weights only by default.
 
     ``allow_pickle=True`` lets diffusers fall back to pickled weights (only for files you trust).

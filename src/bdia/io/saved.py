@@ -16,7 +16,6 @@ malformed file is a ValueError naming what is wrong before anything is built; pi
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import json
 import math
@@ -27,11 +26,11 @@ from typing import Any
 
 import torch
 
-from .files import atomic_path
 from ..flow import FlowSchedule
 from ..grids import GRID_KINDS
 from ..schedule import Grid, Schedule
 from ..solvers import SOLVERS, Inversion, Solver, make_solver
+from .files import atomic_path
 
 __all__ = ["ImageInversion", "save_inversion", "load_inversion", "solver_from_config"]
 
@@ -120,9 +119,11 @@ class ImageInversion:
         }
 
     def __repr__(self) -> str:
-        return (f"ImageInversion({self.inversion.solver}, {self.batch_size} image(s) {self.image_size[0]}x"
-                f"{self.image_size[1]}, steps={self.num_steps}, strength={self.strength}, "
-                f"guidance={self.guidance_scale}, prompt={self.prompt!r})")
+        return (
+            f"ImageInversion({self.inversion.solver}, {self.batch_size} image(s) {self.image_size[0]}x"
+            f"{self.image_size[1]}, steps={self.num_steps}, strength={self.strength}, "
+            f"guidance={self.guidance_scale}, prompt={self.prompt!r})"
+        )
 
 
 def _checksum(tensors: dict[str, torch.Tensor], description: str) -> str:
@@ -149,9 +150,9 @@ def _sorted_header(data: bytes) -> bytes:
     """A safetensors file with its JSON header's keys sorted. safetensors writes the metadata in hash
     order, which changes from process to process; sorted, one inversion always gives the same bytes."""
     n = int.from_bytes(data[:8], "little")
-    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
     header += b" " * (-len(header) % 8)  # the tensor data stays 8-byte aligned, as safetensors pads it
-    return len(header).to_bytes(8, "little") + header + data[8 + n:]
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def save_inversion(inv: ImageInversion, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -163,8 +164,12 @@ def save_inversion(inv: ImageInversion, path: str | os.PathLike, overwrite: bool
     if inv.clean is not None:
         tensors["clean"] = inv.clean.detach().cpu().contiguous()
     description = json.dumps(inv.describe(), sort_keys=True, default=_jsonable)
-    metadata = {"format": FORMAT, "version": str(VERSION), "bdia": description,
-                "sha256": _checksum(tensors, description)}
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "bdia": description,
+        "sha256": _checksum(tensors, description),
+    }
     data = _sorted_header(save(tensors, metadata=metadata))
     with atomic_path(path, overwrite) as tmp:
         tmp.write_bytes(data)
@@ -184,7 +189,9 @@ def load_inversion(path: str | os.PathLike, device: str | torch.device = "cpu") 
             metadata = f.metadata() or {}
         tensors = load_file(os.fspath(p))
     except Exception as e:  # safetensors' own error type differs between versions
-        raise ValueError(f"{p} is not a safetensors file written by bdia ({e}); pickled files are never loaded") from None
+        raise ValueError(
+            f"{p} is not a safetensors file written by bdia ({e}); pickled files are never loaded"
+        ) from None
     if metadata.get("format") != FORMAT or "bdia" not in metadata:
         raise ValueError(f"{p} is a safetensors file but not a bdia inversion (no '{FORMAT}' metadata)")
     version = metadata.get("version", "0")
@@ -205,8 +212,22 @@ class _HeaderError(ValueError):
     """What is wrong with a saved inversion's header (the caller adds the file name)."""
 
 
-_FIELDS = {"solver", "grid", "nfe", "input_dtype", "prompt", "negative_prompt", "guidance_scale", "num_steps",
-           "strength", "image_size", "schedule", "model", "state_dtype", "latent_shape"}
+_FIELDS = {
+    "solver",
+    "grid",
+    "nfe",
+    "input_dtype",
+    "prompt",
+    "negative_prompt",
+    "guidance_scale",
+    "num_steps",
+    "strength",
+    "image_size",
+    "schedule",
+    "model",
+    "state_dtype",
+    "latent_shape",
+}
 _OPTIONAL_FIELDS = {"info", "family", "grid_kind"}  # absent from files written before they existed
 FAMILIES = ("digits", "sd", "sd3", "flux")
 FLOW_FAMILIES = ("sd3", "flux")  # flow-matching models: velocity grids from a FlowSchedule
@@ -242,56 +263,88 @@ def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | tor
     _need(not unknown, f"its metadata has unknown fields {unknown}")
 
     shape = d["latent_shape"]
-    _need(isinstance(shape, list) and len(shape) >= 2 and all(_is_int(n) and n > 0 for n in shape),
-          f"latent_shape must be a list of positive ints (batch first), got {_short_repr(shape)}")
+    _need(
+        isinstance(shape, list) and len(shape) >= 2 and all(_is_int(n) and n > 0 for n in shape),
+        f"latent_shape must be a list of positive ints (batch first), got {_short_repr(shape)}",
+    )
     batch = shape[0]
     for key in ("prompt", "negative_prompt"):
         v = d[key]
-        _need((v is None and key == "negative_prompt")
-              or (isinstance(v, list) and len(v) == batch and all(isinstance(t, str) for t in v)),
-              f"{key} must be a list of {batch} strings (one per image), got {_short_repr(v)}")
-    _need(_is_number(d["guidance_scale"]),
-          f"guidance_scale must be a finite number, got {_short_repr(d['guidance_scale'])}")
-    _need(_is_number(d["strength"]) and 0 < d["strength"] <= 1,
-          f"strength must be in (0, 1], got {_short_repr(d['strength'])}")
+        _need(
+            (v is None and key == "negative_prompt")
+            or (isinstance(v, list) and len(v) == batch and all(isinstance(t, str) for t in v)),
+            f"{key} must be a list of {batch} strings (one per image), got {_short_repr(v)}",
+        )
+    _need(
+        _is_number(d["guidance_scale"]),
+        f"guidance_scale must be a finite number, got {_short_repr(d['guidance_scale'])}",
+    )
+    _need(
+        _is_number(d["strength"]) and 0 < d["strength"] <= 1,
+        f"strength must be in (0, 1], got {_short_repr(d['strength'])}",
+    )
     _need(_is_int(d["nfe"]) and d["nfe"] >= 0, f"nfe must be a non-negative int, got {_short_repr(d['nfe'])}")
     size = d["image_size"]
-    _need(isinstance(size, list) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size),
-          f"image_size must be [width, height] in pixels, got {_short_repr(size)}")
-    _need(isinstance(d["input_dtype"], str) and d["input_dtype"] in _DTYPES,
-          f"input_dtype must be one of {sorted(_DTYPES)}, got {_short_repr(d['input_dtype'])}")
-    _need(isinstance(d["state_dtype"], str) and d["state_dtype"] in ("float32", "float64"),
-          f"state_dtype must be float32 or float64, got {_short_repr(d['state_dtype'])}")
+    _need(
+        isinstance(size, list) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size),
+        f"image_size must be [width, height] in pixels, got {_short_repr(size)}",
+    )
+    _need(
+        isinstance(d["input_dtype"], str) and d["input_dtype"] in _DTYPES,
+        f"input_dtype must be one of {sorted(_DTYPES)}, got {_short_repr(d['input_dtype'])}",
+    )
+    _need(
+        isinstance(d["state_dtype"], str) and d["state_dtype"] in ("float32", "float64"),
+        f"state_dtype must be float32 or float64, got {_short_repr(d['state_dtype'])}",
+    )
     _need(isinstance(d.get("info", {}), dict), "info must be an object")
     family = d.get("family")
     _need(family is None or family in FAMILIES, f"family must be one of {list(FAMILIES)}, got {_short_repr(family)}")
     _check_model_record(d["model"])
     schedule = _check_schedule(d["schedule"], flow=family in FLOW_FAMILIES)
     steps = d["num_steps"]
-    _need(_is_int(steps) and 2 <= steps <= schedule.num_train_timesteps,
-          f"num_steps must be an int in [2, {schedule.num_train_timesteps}], got {_short_repr(steps)}")
+    _need(
+        _is_int(steps) and 2 <= steps <= schedule.num_train_timesteps,
+        f"num_steps must be an int in [2, {schedule.num_train_timesteps}], got {_short_repr(steps)}",
+    )
     grid = _check_grid(d["grid"], steps, d["strength"], "velocity" if family in FLOW_FAMILIES else "epsilon")
     state_dtype = _DTYPES[d["state_dtype"]]
     solver = _check_solver(d["solver"], state_dtype, grid)
 
     names = [f"latent.{k}" for k in range(solver.num_latents)]
     expected = set(names) | ({"clean"} & set(tensors))
-    _need(set(tensors) == expected, f"a {solver.name} inversion holds tensors {sorted(expected)}, "
-                                    f"this file {sorted(tensors)}")
+    _need(
+        set(tensors) == expected,
+        f"a {solver.name} inversion holds tensors {sorted(expected)}, this file {sorted(tensors)}",
+    )
     for name, t in tensors.items():
         _need(t.is_floating_point(), f"tensor {name!r} is {dtype_name(t.dtype)}, expected a floating-point dtype")
         _need(list(t.shape) == shape, f"tensor {name!r} has shape {list(t.shape)}, latent_shape says {shape}")
         _need(bool(torch.isfinite(t).all()), f"tensor {name!r} holds NaN or inf")
     grid_kind = d.get("grid_kind", "diffusers")
     _need(grid_kind in GRID_KINDS, f"grid_kind {_short_repr(grid_kind)} is not one of {', '.join(GRID_KINDS)}")
-    core = Inversion(tuple(tensors[n].to(device) for n in names), d["nfe"], d["solver"], d["grid"],
-                     input_dtype=_DTYPES[d["input_dtype"]])
+    core = Inversion(
+        tuple(tensors[n].to(device) for n in names),
+        d["nfe"],
+        d["solver"],
+        d["grid"],
+        input_dtype=_DTYPES[d["input_dtype"]],
+    )
     clean = tensors.get("clean")
     return ImageInversion(
-        inversion=core, prompt=d["prompt"], negative_prompt=d["negative_prompt"],
-        guidance_scale=float(d["guidance_scale"]), num_steps=d["num_steps"], strength=float(d["strength"]),
-        image_size=(size[0], size[1]), schedule=d["schedule"], model=d["model"], state_dtype=state_dtype,
-        clean=None if clean is None else clean.to(device), info=d.get("info", {}), family=family,
+        inversion=core,
+        prompt=d["prompt"],
+        negative_prompt=d["negative_prompt"],
+        guidance_scale=float(d["guidance_scale"]),
+        num_steps=d["num_steps"],
+        strength=float(d["strength"]),
+        image_size=(size[0], size[1]),
+        schedule=d["schedule"],
+        model=d["model"],
+        state_dtype=state_dtype,
+        clean=None if clean is None else clean.to(device),
+        info=d.get("info", {}),
+        family=family,
         grid_kind=grid_kind,
     )
 
@@ -312,11 +365,15 @@ def _check_model_record(model: Any) -> None:
         _need(isinstance(fingerprint.get(key, {}), dict), f"model.fingerprint.{key} must be an object")
     for key in ("unet_probe", "transformer_probe"):
         probe = fingerprint.get(key, {})
-        _need(isinstance(probe, dict)
-              and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in probe.values()),
-              f"model.fingerprint.{key} must map names to lists of numbers")
-    _need(isinstance(fingerprint.get("transformer_config", {}), dict),
-          "model.fingerprint.transformer_config must be an object")
+        _need(
+            isinstance(probe, dict)
+            and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in probe.values()),
+            f"model.fingerprint.{key} must map names to lists of numbers",
+        )
+    _need(
+        isinstance(fingerprint.get("transformer_config", {}), dict),
+        "model.fingerprint.transformer_config must be an object",
+    )
 
 
 _MAX_TRAIN_TIMESTEPS = 100_000  # far above any trained model's (1000); bounds what a header can make us allocate
@@ -325,32 +382,45 @@ _MAX_TRAIN_TIMESTEPS = 100_000  # far above any trained model's (1000); bounds w
 def _check_schedule(schedule: Any, flow: bool = False) -> Schedule | FlowSchedule:
     _need(isinstance(schedule, dict), f"schedule must be an object, got {_short_repr(schedule)}")
     t = schedule.get("num_train_timesteps", 1000)
-    _need(_is_int(t) and 2 <= t <= _MAX_TRAIN_TIMESTEPS,
-          f"schedule.num_train_timesteps must be an int in [2, {_MAX_TRAIN_TIMESTEPS}], got {_short_repr(t)}")
+    _need(
+        _is_int(t) and 2 <= t <= _MAX_TRAIN_TIMESTEPS,
+        f"schedule.num_train_timesteps must be an int in [2, {_MAX_TRAIN_TIMESTEPS}], got {_short_repr(t)}",
+    )
     try:
         return FlowSchedule.from_config(schedule) if flow else Schedule.from_config(schedule)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RuntimeError) as e:
-        raise _HeaderError(f"its schedule is not a valid scheduler config ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:200]})") from None
+        raise _HeaderError(
+            f"its schedule is not a valid scheduler config ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
 
 
 def _check_grid(grid: Any, num_steps: int, strength: float, prediction: str = "epsilon") -> Grid:
     keys = {"timesteps", "alphas", "sigmas"}
-    _need(isinstance(grid, dict) and set(grid) - {"prediction"} == keys,
-          f"grid must be an object with keys {sorted(keys)} (and 'prediction')")
-    _need(grid.get("prediction", "epsilon") == prediction,
-          f"grid.prediction must be {prediction!r} for this model family, got {_short_repr(grid.get('prediction'))}")
+    _need(
+        isinstance(grid, dict) and set(grid) - {"prediction"} == keys,
+        f"grid must be an object with keys {sorted(keys)} (and 'prediction')",
+    )
+    _need(
+        grid.get("prediction", "epsilon") == prediction,
+        f"grid.prediction must be {prediction!r} for this model family, got {_short_repr(grid.get('prediction'))}",
+    )
     for key in sorted(keys):
-        _need(isinstance(grid[key], list) and all(_is_number(x) for x in grid[key]),
-              f"grid.{key} must be a list of finite numbers")
+        _need(
+            isinstance(grid[key], list) and all(_is_number(x) for x in grid[key]),
+            f"grid.{key} must be a list of finite numbers",
+        )
     try:
-        g = Grid(*(torch.tensor(grid[key], dtype=torch.float64) for key in ("timesteps", "alphas", "sigmas")),
-                 prediction=prediction)
+        g = Grid(
+            *(torch.tensor(grid[key], dtype=torch.float64) for key in ("timesteps", "alphas", "sigmas")),
+            prediction=prediction,
+        )
     except ValueError as e:
         raise _HeaderError(f"its grid is not valid ({e})") from None
     steps = num_steps if strength == 1.0 else int(round(strength * num_steps))
-    _need(g.num_steps == steps, f"its grid has {g.num_steps} steps, but {num_steps} steps at strength {strength} "
-                                f"make {steps}")
+    _need(
+        g.num_steps == steps,
+        f"its grid has {g.num_steps} steps, but {num_steps} steps at strength {strength} make {steps}",
+    )
     return g
 
 
@@ -372,6 +442,8 @@ def _check_solver(config: Any, state_dtype: torch.dtype, grid: Grid) -> Solver:
         solver.check_grid(dataclasses.replace(grid, time_of=_model_time_unknown), inverting=False)
     except (ValueError, TypeError) as e:
         raise _HeaderError(f"its solver {_short_repr(config)} is not valid ({e})") from None
-    _need(solver.config() == config, f"its solver {_short_repr(config)} is not complete (bdia writes "
-                                     f"{_short_repr(solver.config())})")
+    _need(
+        solver.config() == config,
+        f"its solver {_short_repr(config)} is not complete (bdia writes {_short_repr(solver.config())})",
+    )
     return solver

@@ -20,32 +20,55 @@ from typing import Any
 
 # old module (under bdia.pipelines) -> new module
 MOVED_MODULES = {
-    "editor": "bdia.editing.editor", "digits_editor": "bdia.editing.backends.digits",
-    "diffusers_model": "bdia.editing.backends.stable_diffusion", "flow_backend": "bdia.editing.backends.flow",
-    "scheduler": "bdia.schedulers.ddim", "flow_scheduler": "bdia.schedulers.flow_match",
-    "saved": "bdia.io.saved", "images": "bdia.io.images", "loading": "bdia.io.loading", "policy": "bdia.runtime",
-    "batch": "bdia.datasets.batch", "batch_cli": "bdia.cli.datasets", "cli": "bdia.cli.common",
+    "editor": "bdia.editing.editor",
+    "digits_editor": "bdia.editing.backends.digits",
+    "diffusers_model": "bdia.editing.backends.stable_diffusion",
+    "flow_backend": "bdia.editing.backends.flow",
+    "scheduler": "bdia.schedulers.ddim",
+    "flow_scheduler": "bdia.schedulers.flow_match",
+    "saved": "bdia.io.saved",
+    "images": "bdia.io.images",
+    "loading": "bdia.io.loading",
+    "policy": "bdia.runtime",
+    "batch": "bdia.datasets.batch",
+    "batch_cli": "bdia.cli.datasets",
+    "cli": "bdia.cli.common",
 }
 # old name -> new module that defines it
 MOVED_NAMES = {
-    "Editor": "bdia.editing.editor", "EditResult": "bdia.editing.editor", "load_editor": "bdia.editing.editor",
-    "Backend": "bdia.editing.backends.base", "StableDiffusionBackend": "bdia.editing.backends.stable_diffusion",
-    "UNetModel": "bdia.editing.backends.stable_diffusion", "encode_prompts": "bdia.editing.backends.stable_diffusion",
-    "DigitsBackend": "bdia.editing.backends.digits", "SD3Backend": "bdia.editing.backends.flow",
-    "FluxBackend": "bdia.editing.backends.flow", "make_solver": "bdia.solvers",
-    "ImageInversion": "bdia.io.saved", "save_inversion": "bdia.io.saved", "load_inversion": "bdia.io.saved",
-    "BDIAScheduler": "bdia.schedulers.ddim", "BDIAInverseScheduler": "bdia.schedulers.ddim",
-    "BDIAFlowScheduler": "bdia.schedulers.flow_match", "ImageSizeWarning": "bdia.io.images",
-    "ImageConversionWarning": "bdia.io.images", "ImageReadError": "bdia.io.images", "read_image": "bdia.io.images",
-    "load_pipeline": "bdia.io.loading", "model_family": "bdia.io.loading", "UnsafeWeightsError": "bdia.io.loading",
+    "Editor": "bdia.editing.editor",
+    "EditResult": "bdia.editing.editor",
+    "load_editor": "bdia.editing.editor",
+    "Backend": "bdia.editing.backends.base",
+    "StableDiffusionBackend": "bdia.editing.backends.stable_diffusion",
+    "UNetModel": "bdia.editing.backends.stable_diffusion",
+    "encode_prompts": "bdia.editing.backends.stable_diffusion",
+    "DigitsBackend": "bdia.editing.backends.digits",
+    "SD3Backend": "bdia.editing.backends.flow",
+    "FluxBackend": "bdia.editing.backends.flow",
+    "make_solver": "bdia.solvers",
+    "ImageInversion": "bdia.io.saved",
+    "save_inversion": "bdia.io.saved",
+    "load_inversion": "bdia.io.saved",
+    "BDIAScheduler": "bdia.schedulers.ddim",
+    "BDIAInverseScheduler": "bdia.schedulers.ddim",
+    "BDIAFlowScheduler": "bdia.schedulers.flow_match",
+    "ImageSizeWarning": "bdia.io.images",
+    "ImageConversionWarning": "bdia.io.images",
+    "ImageReadError": "bdia.io.images",
+    "read_image": "bdia.io.images",
+    "load_pipeline": "bdia.io.loading",
+    "model_family": "bdia.io.loading",
+    "UnsafeWeightsError": "bdia.io.loading",
 }
 
 __all__ = sorted(MOVED_NAMES)
 
 
 def _warn(old: str, new: str) -> None:
-    warnings.warn(f"{old} moved to {new}; the old path will be removed in the next version", DeprecationWarning,
-                  stacklevel=3)
+    warnings.warn(
+        f"{old} moved to {new}; the old path will be removed in the next version", DeprecationWarning, stacklevel=3
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -15,20 +15,51 @@ encoder; :mod:`.classifier` and :mod:`.quality` judge samples. Weights ship in `
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ..schedule import Schedule
-from .render import (EDIT_KINDS, IMAGE_SIZE, EditPair, Scene, SceneObject, caption, held_out_edit_pairs,
-                     held_out_scenes, make_edit, render, scene_from_seed, training_scenes)
+from .render import (
+    EDIT_KINDS,
+    IMAGE_SIZE,
+    EditPair,
+    Scene,
+    SceneObject,
+    caption,
+    held_out_edit_pairs,
+    held_out_scenes,
+    make_edit,
+    render,
+    scene_from_seed,
+    training_scenes,
+)
 from .text import VOCABULARY, SceneTokenizer
 
 __all__ = [
-    "CLASSIFIER_FILE", "EDIT_KINDS", "IMAGE_SIZE", "MODEL_FILE", "VOCABULARY", "WEIGHTS_DIR", "EditPair", "Scene",
-    "SceneObject", "SceneTokenizer", "caption", "eps_model", "held_out_edit_pairs", "held_out_scenes",
-    "load_classifier", "load_model", "make_edit", "render", "scene_from_seed", "to_model", "to_uint8",
+    "CLASSIFIER_FILE",
+    "EDIT_KINDS",
+    "IMAGE_SIZE",
+    "MODEL_FILE",
+    "VOCABULARY",
+    "WEIGHTS_DIR",
+    "EditPair",
+    "Scene",
+    "SceneObject",
+    "SceneTokenizer",
+    "caption",
+    "eps_model",
+    "held_out_edit_pairs",
+    "held_out_scenes",
+    "load_classifier",
+    "load_model",
+    "make_edit",
+    "render",
+    "scene_from_seed",
+    "to_model",
+    "to_uint8",
     "training_scenes",
 ]
 

@@ -11,8 +11,9 @@ and resized to 16x16. The CNN's penultimate features are what the Frechet distan
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,7 @@ from .render import (
     training_scenes,
 )
 
-__all__ = ["CLASSIFIER_DEFAULTS", "Detected", "ScenesClassifier", "crop_mask", "detect", "segment",
-           "train_classifier"]
+__all__ = ["CLASSIFIER_DEFAULTS", "Detected", "ScenesClassifier", "crop_mask", "detect", "segment", "train_classifier"]
 
 CROP = 16
 MIN_PIXELS = 6  # smaller components are noise, not objects
@@ -38,8 +38,13 @@ FOREGROUND_DISTANCE = 70.0  # RGB distance from the background colour that count
 CORE_DISTANCE = 0.6  # core pixels: at least this fraction of the farthest pixel's distance (no blended edges)
 LARGE_AREA = 85  # pixels: small objects cover about 50, large ones about 150
 
-CLASSIFIER_DEFAULTS: dict[str, Any] = {"steps": 600, "batch_size": 128, "lr": 2e-3, "weight_decay": 1e-4,
-                                       "num_scenes": 3000}
+CLASSIFIER_DEFAULTS: dict[str, Any] = {
+    "steps": 600,
+    "batch_size": 128,
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "num_scenes": 3000,
+}
 
 
 @dataclass
@@ -109,7 +114,7 @@ def crop_mask(mask: np.ndarray) -> torch.Tensor:
     padded = np.zeros((n, n), dtype=np.float32)
     sy0, sx0 = max(y0, 0), max(x0, 0)
     sy1, sx1 = min(y0 + n, H), min(x0 + n, W)
-    padded[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = mask[sy0:sy1, sx0:sx1]
+    padded[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = mask[sy0:sy1, sx0:sx1]
     t = torch.from_numpy(padded)[None, None]
     return nn.functional.interpolate(t, size=(CROP, CROP), mode="bilinear", align_corners=False)[0]
 
@@ -121,9 +126,15 @@ class ScenesClassifier(nn.Module):
         super().__init__()
         self.config = {"width": width, "features": features}
         self.body = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * width * (CROP // 4) ** 2, features), nn.SiLU(),
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.SiLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.SiLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * (CROP // 4) ** 2, features),
+            nn.SiLU(),
         )
         self.head = nn.Linear(features, len(SHAPES))
 
@@ -143,8 +154,10 @@ def detect(classifier: ScenesClassifier, image: np.ndarray) -> tuple[str, list[D
     crops = torch.stack([crop_mask(m) for m in masks])
     feats = classifier.features(crops)
     shapes = classifier.head(feats).argmax(1).tolist()
-    objs = [Detected(c, SHAPES[s], "large" if m.sum() > LARGE_AREA else "small", m, f.numpy())
-            for m, c, s, f in zip(masks, colours, shapes, feats)]
+    objs = [
+        Detected(c, SHAPES[s], "large" if m.sum() > LARGE_AREA else "small", m, f.numpy())
+        for m, c, s, f in zip(masks, colours, shapes, feats)
+    ]
     return bg, sorted(objs, key=lambda d: float(np.nonzero(d.mask)[1].mean()))
 
 
@@ -167,8 +180,9 @@ def shape_accuracy(classifier: ScenesClassifier, scenes: list[Scene]) -> float:
         return float((classifier(crops).argmax(1) == labels).float().mean())
 
 
-def train_classifier(seed: int = 0, log: Callable[[str], None] | None = print, log_every: int = 100,
-                     **overrides: Any) -> tuple[ScenesClassifier, dict[str, Any]]:
+def train_classifier(
+    seed: int = 0, log: Callable[[str], None] | None = print, log_every: int = 100, **overrides: Any
+) -> tuple[ScenesClassifier, dict[str, Any]]:
     """Train the shape CNN on crops of training renders (cross-entropy, random flips left-right)."""
     cfg = {**CLASSIFIER_DEFAULTS, **overrides}
     unknown = set(cfg) - set(CLASSIFIER_DEFAULTS)

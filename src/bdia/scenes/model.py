@@ -10,7 +10,8 @@ noise schedule. ``model(x, t, cond) -> eps`` with ``cond`` token ids (B, L) or t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,8 +78,9 @@ class ScenesModel(nn.Module):
         cfg = {**DEFAULT_CONFIG, **config}
         self.config: dict[str, Any] = cfg
         self.tokenizer = SceneTokenizer(cfg["vocabulary"], cfg["max_length"])
-        self.text_encoder = TextEncoder(len(cfg["vocabulary"]), cfg["max_length"], cfg["text_width"],
-                                        cfg["text_layers"], cfg["text_heads"])
+        self.text_encoder = TextEncoder(
+            len(cfg["vocabulary"]), cfg["max_length"], cfg["text_width"], cfg["text_layers"], cfg["text_heads"]
+        )
         self.unet = UNet2DConditionModel(**unet_config(cfg))
         self.image_size = int(cfg["image_size"])
         self.in_channels = 3

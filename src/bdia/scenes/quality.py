@@ -32,12 +32,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     w, v = np.linalg.eigh(s_a)
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+    return float(
+        ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(inner, 0, None)).sum()
+    )
 
 
 @torch.no_grad()
-def generate(model: Any, solver: Any, steps: int, captions: list[str], guidance: float, seed: int = 0,
-             batch_size: int = 100) -> np.ndarray:
+def generate(
+    model: Any, solver: Any, steps: int, captions: list[str], guidance: float, seed: int = 0, batch_size: int = 100
+) -> np.ndarray:
     """uint8 samples (B, H, W, 3) of ``captions`` from seeded float64 Gaussian noise."""
     from . import eps_model, to_uint8
 
@@ -46,8 +49,8 @@ def generate(model: Any, solver: Any, steps: int, captions: list[str], guidance:
     noise = torch.randn((len(captions), 3, model.image_size, model.image_size), generator=gen, dtype=torch.float64)
     out = []
     for i in range(0, len(captions), batch_size):
-        eps = eps_model(model, captions[i:i + batch_size], guidance)
-        out.append(to_uint8(solver.sample(eps, noise[i:i + batch_size], grid)))
+        eps = eps_model(model, captions[i : i + batch_size], guidance)
+        out.append(to_uint8(solver.sample(eps, noise[i : i + batch_size], grid)))
     return torch.cat(out).permute(0, 2, 3, 1).numpy()
 
 
@@ -82,8 +85,16 @@ def score(classifier: Any, images: np.ndarray, scenes: list) -> dict[str, Any]:
     }
 
 
-def evaluate_sampler(solver: Any, steps: int = 50, *, guidance: float = 3.0, num_scenes: int = 200, seed: int = 0,
-                     model: Any = None, classifier: Any = None) -> dict[str, Any]:
+def evaluate_sampler(
+    solver: Any,
+    steps: int = 50,
+    *,
+    guidance: float = 3.0,
+    num_scenes: int = 200,
+    seed: int = 0,
+    model: Any = None,
+    classifier: Any = None,
+) -> dict[str, Any]:
     """Sample the captions of ``num_scenes`` held-out scenes with ``solver`` and score them (see the module)."""
     from . import load_classifier, load_model
     from .classifier import detect
@@ -98,5 +109,12 @@ def evaluate_sampler(solver: Any, steps: int = 50, *, guidance: float = 3.0, num
     ref = np.array([d.features for s in scenes for d in detect(clf, render(s))[1]])
     feats = r.pop("features")
     fd = frechet_distance(feats, ref) if len(feats) > 2 else float("nan")
-    return {"solver": repr(solver), "steps": steps, "guidance": guidance, "num_scenes": num_scenes, **r,
-            "fd": fd, "seconds": round(seconds, 2)}
+    return {
+        "solver": repr(solver),
+        "steps": steps,
+        "guidance": guidance,
+        "num_scenes": num_scenes,
+        **r,
+        "fd": fd,
+        "seconds": round(seconds, 2),
+    }

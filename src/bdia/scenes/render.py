@@ -19,15 +19,33 @@ one two-object caption in eight, by a fixed hash); held-out scenes come from see
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Sequence
 
 import numpy as np
 
 __all__ = [
-    "BACKGROUNDS", "COLOURS", "EDIT_KINDS", "HELD_OUT_SEED_START", "IMAGE_SIZE", "MAX_OBJECTS", "SHAPES", "SIZES",
-    "EditPair", "Scene", "SceneObject", "caption", "footprint", "held_out_edit_pairs", "held_out_scenes",
-    "is_held_out_caption", "make_edit", "render", "render_batch", "scene_from_seed", "training_scenes",
+    "BACKGROUNDS",
+    "COLOURS",
+    "EDIT_KINDS",
+    "HELD_OUT_SEED_START",
+    "IMAGE_SIZE",
+    "MAX_OBJECTS",
+    "SHAPES",
+    "SIZES",
+    "EditPair",
+    "Scene",
+    "SceneObject",
+    "caption",
+    "footprint",
+    "held_out_edit_pairs",
+    "held_out_scenes",
+    "is_held_out_caption",
+    "make_edit",
+    "render",
+    "render_batch",
+    "scene_from_seed",
+    "training_scenes",
 ]
 
 IMAGE_SIZE = 32
@@ -68,8 +86,11 @@ class SceneObject:
     y: float
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("shape", self.shape, SHAPES), ("colour", self.colour, tuple(COLOURS)),
-                                     ("size", self.size, tuple(SIZES))):
+        for name, value, allowed in (
+            ("shape", self.shape, SHAPES),
+            ("colour", self.colour, tuple(COLOURS)),
+            ("size", self.size, tuple(SIZES)),
+        ):
             if value not in allowed:
                 raise ValueError(f"object {name} must be one of {', '.join(allowed)}; got {value!r}")
 
@@ -105,7 +126,7 @@ class Scene:
             if x0 < 0 or y0 < 0 or x1 > self.size or y1 > self.size:
                 raise ValueError(f"object {o} does not fit inside the {self.size}x{self.size} image")
         for i, a in enumerate(self.objects):
-            for b in self.objects[i + 1:]:
+            for b in self.objects[i + 1 :]:
                 if _too_close(a, b):
                     raise ValueError(f"objects {a} and {b} are closer than {GAP} pixels")
 
@@ -163,8 +184,15 @@ def render_batch(scenes: Sequence[Scene]) -> np.ndarray:
 
 
 # ----- random scenes and the split ----------------------------------------------------------------------
-def _place(rng: np.random.Generator, shape: str, colour: str, size: str, others: Sequence[SceneObject],
-           image_size: int, tries: int = 50) -> SceneObject | None:
+def _place(
+    rng: np.random.Generator,
+    shape: str,
+    colour: str,
+    size: str,
+    others: Sequence[SceneObject],
+    image_size: int,
+    tries: int = 50,
+) -> SceneObject | None:
     """An object at a random position that keeps GAP from ``others`` (None if none found in ``tries``)."""
     h = SIZES[size]
     for _ in range(tries):
@@ -184,8 +212,14 @@ def random_scene(rng: np.random.Generator, max_objects: int = MAX_OBJECTS, image
         n = int(rng.choice(counts, p=counts / counts.sum()))
         objects: list[SceneObject] = []
         for _ in range(n):
-            obj = _place(rng, str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), str(rng.choice(list(SIZES))),
-                         objects, image_size)
+            obj = _place(
+                rng,
+                str(rng.choice(SHAPES)),
+                str(rng.choice(list(COLOURS))),
+                str(rng.choice(list(SIZES))),
+                objects,
+                image_size,
+            )
             if obj is None:
                 break
             objects.append(obj)
@@ -279,7 +313,7 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> EditPair:
                 new = replace(o, shape=_other(rng, SHAPES, o.shape))
             else:
                 new = replace(o, size="large" if o.size == "small" else "small")
-            rest = objs[:i] + objs[i + 1:]
+            rest = objs[:i] + objs[i + 1 :]
             h = new.half
             fits = h <= new.x <= scene.size - h and h <= new.y <= scene.size - h
             if fits and not any(_too_close(new, r) for r in rest):
@@ -293,8 +327,15 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> EditPair:
     elif kind == "add":
         if len(objs) >= MAX_OBJECTS:
             raise ValueError(f"the scene already has {len(objs)} objects (at most {MAX_OBJECTS})")
-        new_obj = _place(rng, str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), str(rng.choice(list(SIZES))),
-                         objs, scene.size, tries=200)
+        new_obj = _place(
+            rng,
+            str(rng.choice(SHAPES)),
+            str(rng.choice(list(COLOURS))),
+            str(rng.choice(list(SIZES))),
+            objs,
+            scene.size,
+            tries=200,
+        )
         if new_obj is None:
             raise ValueError("no room to add an object to this scene")
         target = replace(scene, objects=tuple(objs + [new_obj]))
@@ -304,7 +345,7 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> EditPair:
         if len(objs) < 2:
             raise ValueError("cannot remove the only object of a scene")
         i = int(rng.integers(len(objs)))
-        target = replace(scene, objects=tuple(objs[:i] + objs[i + 1:]))
+        target = replace(scene, objects=tuple(objs[:i] + objs[i + 1 :]))
         changed_objs = [objs[i]]
         words = (objs[i].words(), ())
     src_img, tgt_img = render(scene), render(target)
@@ -313,8 +354,18 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> EditPair:
         region |= (src_img != tgt_img).any(-1)  # anti-aliased object edges show the background too
     else:
         region = np.logical_or.reduce([footprint(o, scene.size) for o in changed_objs])
-    return EditPair(kind, scene, target, src_img, tgt_img, caption(scene), caption(target), words,
-                    (src_img != tgt_img).any(-1), region)
+    return EditPair(
+        kind,
+        scene,
+        target,
+        src_img,
+        tgt_img,
+        caption(scene),
+        caption(target),
+        words,
+        (src_img != tgt_img).any(-1),
+        region,
+    )
 
 
 def held_out_edit_pairs(n: int, kinds: Sequence[str] = EDIT_KINDS) -> list[EditPair]:

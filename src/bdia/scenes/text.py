@@ -10,8 +10,8 @@ guidance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -21,8 +21,7 @@ from .render import BACKGROUNDS, COLOURS, SHAPES, SIZES
 __all__ = ["MAX_LENGTH", "VOCABULARY", "SceneTokenizer", "TextEncoder", "TokenizerOutput"]
 
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
-VOCABULARY: tuple[str, ...] = (PAD, BOS, EOS, "a", "and", "on", "background", *SIZES, *COLOURS, *SHAPES,
-                               *BACKGROUNDS)
+VOCABULARY: tuple[str, ...] = (PAD, BOS, EOS, "a", "and", "on", "background", *SIZES, *COLOURS, *SHAPES, *BACKGROUNDS)
 MAX_LENGTH = 24  # BOS + the 19 words of a three-object caption... + EOS, with room to spare
 
 
@@ -62,8 +61,9 @@ class SceneTokenizer:
         """[BOS] + word ids + [EOS]; ValueError for an unknown word or a caption that is too long."""
         ids = [self.bos_token_id] + [self._ids[w] for w in self.words(text)] + [self.eos_token_id]
         if len(ids) > self.model_max_length:
-            raise ValueError(f"the caption has {len(ids) - 2} words; the scenes model takes at most "
-                             f"{self.model_max_length - 2}")
+            raise ValueError(
+                f"the caption has {len(ids) - 2} words; the scenes model takes at most {self.model_max_length - 2}"
+            )
         return ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
@@ -82,8 +82,14 @@ class SceneTokenizer:
             out.append(w)
         return " ".join(out)
 
-    def __call__(self, texts: str | Sequence[str], padding: str | bool = "max_length", max_length: int | None = None,
-                 truncation: bool = False, return_tensors: str | None = None) -> TokenizerOutput:
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        padding: str | bool = "max_length",
+        max_length: int | None = None,
+        truncation: bool = False,
+        return_tensors: str | None = None,
+    ) -> TokenizerOutput:
         """Token ids of ``texts``, padded with PAD to ``max_length`` (default ``model_max_length``)."""
         if isinstance(texts, str):
             texts = [texts]
@@ -126,11 +132,22 @@ class _Block(nn.Module):
 class TextEncoder(nn.Module):
     """Token ids (B, L) -> hidden states (B, L, width): embeddings + causal pre-norm transformer + LayerNorm."""
 
-    def __init__(self, vocab_size: int = len(VOCABULARY), max_length: int = MAX_LENGTH, width: int = 64,
-                 layers: int = 2, heads: int = 4) -> None:
+    def __init__(
+        self,
+        vocab_size: int = len(VOCABULARY),
+        max_length: int = MAX_LENGTH,
+        width: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+    ) -> None:
         super().__init__()
-        self.config = {"vocab_size": vocab_size, "max_length": max_length, "width": width, "layers": layers,
-                       "heads": heads}
+        self.config = {
+            "vocab_size": vocab_size,
+            "max_length": max_length,
+            "width": width,
+            "layers": layers,
+            "heads": heads,
+        }
         self.token = nn.Embedding(vocab_size, width)
         self.position = nn.Parameter(torch.zeros(max_length, width))
         nn.init.normal_(self.token.weight, std=0.02)

@@ -12,8 +12,9 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,9 +58,14 @@ def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32) / 127.5 - 1.0
 
 
-def train_model(seed: int = 0, log: Log | None = _print, log_every: int = 100,
-                checkpoint: Callable[[nn.Module, int], None] | None = None, checkpoint_every: int = 500,
-                **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+def train_model(
+    seed: int = 0,
+    log: Log | None = _print,
+    log_every: int = 100,
+    checkpoint: Callable[[nn.Module, int], None] | None = None,
+    checkpoint_every: int = 500,
+    **overrides: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train the eps-prediction model; return the EMA model (eval mode) and a history.
 
     Loss: mean squared error of the noise prediction at uniform training timesteps, with captions

@@ -28,7 +28,8 @@ rule), ``sample_max_value`` below 1, ``trained_betas`` of another length than ``
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -63,8 +64,12 @@ class PairMemory:
         self._last_index: int | None = None  # grid index of the last step taken
 
     def _paired(self, z: torch.Tensor, i: int) -> bool:
-        return (self._prev_sample is not None and self._last_index == i - 1 and i >= 1
-                and self._prev_sample.shape == z.shape)
+        return (
+            self._prev_sample is not None
+            and self._last_index == i - 1
+            and i >= 1
+            and self._prev_sample.shape == z.shape
+        )
 
     def _remember(self, z: torch.Tensor, i: int) -> None:
         self._prev_sample, self._last_index = z, i
@@ -87,7 +92,8 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         self._solver = BDIA(gamma)  # validates gamma; gives the per-step values on a grid
         c = self.config
         zero_gamma = self._solver.gamma == 0.0 or (
-            isinstance(self._solver.gamma, tuple) and not any(self._solver.gamma))
+            isinstance(self._solver.gamma, tuple) and not any(self._solver.gamma)
+        )
         # gamma = 0 at every step is DDIM, which needs no pair: such a generating scheduler takes what
         # DDIMScheduler takes (any timestep, any sample_max_value, trained_betas of any length).
         self._ddim_only = zero_gamma and not inverse
@@ -109,8 +115,10 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
             raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {c.dynamic_thresholding_ratio}")
         if c.thresholding and c.sample_max_value < 1.0 and not self._ddim_only:
             # below 1 the threshold s = sample_max_value always rescales x0 (a stretch, not a clip)
-            raise ValueError(f"sample_max_value must be at least 1, got {c.sample_max_value} "
-                             "(smaller values are taken as DDIMScheduler takes them only with gamma=0)")
+            raise ValueError(
+                f"sample_max_value must be at least 1, got {c.sample_max_value} "
+                "(smaller values are taken as DDIMScheduler takes them only with gamma=0)"
+            )
         if c.clip_sample and not c.thresholding and c.clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range must be positive, got {c.clip_sample_range}")
         if inverse and (c.clip_sample or c.thresholding):
@@ -137,7 +145,8 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         n = int(num_inference_steps)
         if n > self.config.num_train_timesteps:
             raise ValueError(
-                f"num_inference_steps ({n}) cannot exceed num_train_timesteps ({self.config.num_train_timesteps})")
+                f"num_inference_steps ({n}) cannot exceed num_train_timesteps ({self.config.num_train_timesteps})"
+            )
         self.grid = self.schedule.grid(n, self.config.num_train_timesteps)
         self._gammas = self._solver.gammas(self.grid)
         self.num_inference_steps = n
@@ -147,8 +156,9 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         """DDIMScheduler's alpha_prod at training timestep t; the clean end for t < 0."""
         return float(self.alphas_cumprod[t]) if t >= 0 else float(self.final_alpha_cumprod)
 
-    def _predict(self, model_output: torch.Tensor, sample: torch.Tensor, t: int,
-                 use_clipped_model_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _predict(
+        self, model_output: torch.Tensor, sample: torch.Tensor, t: int, use_clipped_model_output: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) from the model output at (sample, t), as DDIMScheduler.step computes them."""
         abar = self._abar(t)
         if abar == 0.0 and self.config.prediction_type == "epsilon":
@@ -178,8 +188,14 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         s = s.clamp(min=1.0, max=self.config.sample_max_value).unsqueeze(1)
         return (flat.clamp(-s, s) / s).reshape(x0.shape)
 
-    def _moves(self, model_output: torch.Tensor, sample: torch.Tensor, i: int, backward: bool,
-               use_clipped_model_output: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _moves(
+        self,
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        i: int,
+        backward: bool,
+        use_clipped_model_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(x0, F = D_{i->i+1}(z_i), B = D_{i->i-1}(z_i) or None) from one model output at grid point i;
         the single definition both schedulers use, so an inverse step undoes a forward one exactly."""
         t = int(self.grid.timesteps[i])
@@ -237,7 +253,8 @@ _SCHEDULE_DOC = """
 
 
 class BDIAScheduler(PairMemory, _BDIASchedulerBase):
-    """BDIA-DDIM sampling (Zhang, Lewis & Kleijn, ECCV 2024) as a drop-in for diffusers' ``DDIMScheduler``.
+    (
+        """BDIA-DDIM sampling (Zhang, Lewis & Kleijn, ECCV 2024) as a drop-in for diffusers' ``DDIMScheduler``.
 
     Args:
         gamma: a number in [0, 1] (0.5 is the authors' text-to-image default at ~10 steps, 1.0 at ~40),
@@ -253,12 +270,15 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
             with "stride" DDIMScheduler's step from t lands on a noise level that is not the next
             timestep (linspace, N=10: 999 -> 899 while the model is next called at 888), so it solves
             the ODE on a grid that does not match the model's inputs; "next" keeps them matched.
-    """ + _SCHEDULE_DOC + """
+    """
+        + _SCHEDULE_DOC
+        + """
     ``step`` accepts DDIMScheduler's arguments; ``eta`` must be 0 (BDIA is deterministic), and
     ``generator`` / ``variance_noise`` then have no effect, as in DDIMScheduler.
     To regenerate an image inverted with :class:`BDIAInverseScheduler`, call
     :meth:`set_inverted_start` with its ``latents`` and pass ``latents=z_0`` to the pipeline.
     """
+    )
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["BDIAInverseScheduler"]
 
@@ -312,8 +332,10 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
             self._start = None
             return
         if self.config.clip_sample or self.config.thresholding:
-            raise ValueError("an inverted start is retraced exactly only without clipping x0: "
-                             "use clip_sample=False and thresholding=False, as BDIAInverseScheduler does")
+            raise ValueError(
+                "an inverted start is retraced exactly only without clipping x0: "
+                "use clip_sample=False and thresholding=False, as BDIAInverseScheduler does"
+            )
         z, z_next = latents
         if z.shape != z_next.shape:
             raise ValueError(f"the pair's latents differ in shape: {tuple(z.shape)} and {tuple(z_next.shape)}")
@@ -348,9 +370,17 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
         abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
         return (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
 
-    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
-             eta: float = 0.0, use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
-             variance_noise: torch.Tensor | None = None, return_dict: bool = True) -> DDIMSchedulerOutput | tuple:
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> DDIMSchedulerOutput | tuple:
         """One step from ``timestep`` (see ``step_pairing``); DDIMScheduler's signature, with ``eta = 0``."""
         if eta != 0:
             raise ValueError(
@@ -368,8 +398,10 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
                 self._reset()  # off the grid: the next grid step starts a new pair
             return self._output(_ddim_move(x0, eps, self._abar(prev_t)), x0, sample, return_dict)
         if hits.numel() == 0:
-            raise ValueError(f"timestep {t} is not on this scheduler's grid {self.grid!r}: BDIA's pair (gamma > 0) "
-                             "needs the timesteps of set_timesteps; only gamma=0 (DDIM) steps from other ones")
+            raise ValueError(
+                f"timestep {t} is not on this scheduler's grid {self.grid!r}: BDIA's pair (gamma > 0) "
+                "needs the timesteps of set_timesteps; only gamma=0 (DDIM) steps from other ones"
+            )
         i = int(hits[0])
         paired = self._paired(z, i) and self._gammas[i - 1] != 0
         x0, fwd, bwd = self._moves(out, z, i, paired, use_clipped_model_output)
@@ -381,7 +413,8 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
 
 
 class BDIAInverseScheduler(_BDIASchedulerBase):
-    """Exact BDIA inversion, a drop-in for diffusers' ``DDIMInverseScheduler`` in inversion loops
+    (
+        """Exact BDIA inversion, a drop-in for diffusers' ``DDIMInverseScheduler`` in inversion loops
 
         inverse.set_timesteps(N)
         for t in inverse.timesteps:
@@ -399,7 +432,9 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
 
     gamma must be positive at every step (default 1.0: time-symmetric, loses the fewest digits;
     the round trip amplifies rounding by prod 1/gamma_i). ``step_pairing`` must be "next".
-    """ + _SCHEDULE_DOC
+    """
+        + _SCHEDULE_DOC
+    )
 
     _compatibles = ["DDIMInverseScheduler", "BDIAScheduler"]
 
@@ -438,20 +473,24 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
         self._set_grid(num_inference_steps)
         zero = [k + 1 for k, g in enumerate(self._gammas) if g == 0]
         if zero:
-            raise ValueError(f"gamma is 0 at step(s) {zero}: BDIA with gamma = 0 is DDIM and cannot be inverted "
-                             "exactly; use gamma > 0 (e.g. 1.0)")
+            raise ValueError(
+                f"gamma is 0 at step(s) {zero}: BDIA with gamma = 0 is DDIM and cannot be inverted "
+                "exactly; use gamma > 0 (e.g. 1.0)"
+            )
         ts = self.grid.timesteps
         self.timesteps = torch.cat([ts[-1:], ts.flip(0)[:-1]]).to(device)
         self._reset()
 
-    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
-             return_dict: bool = True) -> DDIMSchedulerOutput | tuple:
+    def step(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
+    ) -> DDIMSchedulerOutput | tuple:
         """One inversion step toward noise; call k must get ``timesteps[k]``, model evaluated at ``sample``."""
         t = self._timestep(timestep)
         k, n = self._calls, self.grid.num_steps
         if k >= n or t != int(self.timesteps[k]):
-            expected = ("no more steps (call set_timesteps to start again)" if k >= n
-                        else f"timestep {int(self.timesteps[k])}")
+            expected = (
+                "no more steps (call set_timesteps to start again)" if k >= n else f"timestep {int(self.timesteps[k])}"
+            )
             raise ValueError(f"inversion call {k} got timestep {t}; expected {expected}, in the order of .timesteps")
         z, out = self._work(sample, model_output)
         if k == 0:  # z_{N-1} from x0 = z_N: a DDIM inversion step with eps from the model at (x0, t_{N-1})
@@ -466,8 +505,9 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
         self._next_sample, self._calls = z, k + 1
         result = self._output(z_prev, x0, sample, return_dict)
         prev = result.prev_sample if return_dict else result[0]
-        self.latents = _Pair(prev, sample.detach().clone(), n - k - 1,
-                             (self.grid.timesteps.tolist(), self._abars, self._gammas))
+        self.latents = _Pair(
+            prev, sample.detach().clone(), n - k - 1, (self.grid.timesteps.tolist(), self._abars, self._gammas)
+        )
         return result
 
 

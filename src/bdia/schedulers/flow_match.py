@@ -18,7 +18,8 @@ inversion of real images use the editor's flow backend (:mod:`bdia.editing.backe
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,9 +78,14 @@ class BDIAFlowScheduler(PairMemory, SchedulerMixin, ConfigMixin):
         self.timesteps = torch.full((1,), float(num_train_timesteps))
         self._reset()
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      sigmas: Sequence[float] | np.ndarray | None = None, mu: float | None = None,
-                      timesteps: Sequence[float] | None = None) -> None:
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: Sequence[float] | np.ndarray | None = None,
+        mu: float | None = None,
+        timesteps: Sequence[float] | None = None,
+    ) -> None:
         """Materialise the grid as FlowMatchEulerDiscreteScheduler.set_timesteps does; reset the BDIA pair."""
         if timesteps is not None:
             raise ValueError("custom timesteps are not supported by BDIAFlowScheduler; pass sigmas (and mu) instead")
@@ -113,8 +119,14 @@ class BDIAFlowScheduler(PairMemory, SchedulerMixin, ConfigMixin):
             raise ValueError(f"timestep {t:g} is not on this scheduler's grid {self.grid!r}")
         return int(hits[0])
 
-    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
-             return_dict: bool = True, **kwargs: Any) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
         """One step from ``timestep`` to the next grid point; plain Euler on the first step of a run."""
         i = self._index(timestep)
         work = torch.promote_types(sample.dtype, torch.float32)  # diffusers upcasts the sample to float32

@@ -21,16 +21,26 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 
 from ..models import model_dtype as _declared_dtype
 from ..schedule import Grid
 
-__all__ = ["Inversion", "Solution", "Solver", "ddim_transition", "transition_coefficients", "drive", "Evaluator",
-           "InversionPrecisionWarning", "NonFiniteError"]
+__all__ = [
+    "Inversion",
+    "Solution",
+    "Solver",
+    "ddim_transition",
+    "transition_coefficients",
+    "drive",
+    "Evaluator",
+    "InversionPrecisionWarning",
+    "NonFiniteError",
+]
 
 # callback(index, sigma, state): called after every move; index is the new grid position
 # (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple.
@@ -52,7 +62,9 @@ class NonFiniteError(FloatingPointError):
     """The model returned NaN or inf, or the state stopped being finite."""
 
 
-def move_coefficients(src: tuple[float, float], dst: tuple[float, float], velocity: bool = False) -> tuple[float, float]:
+def move_coefficients(
+    src: tuple[float, float], dst: tuple[float, float], velocity: bool = False
+) -> tuple[float, float]:
     """(a, b) of the DDIM move a z + b p between two (alpha, sigma) levels (docs/math.md sections 3 and 9).
 
     Holding eps (p = eps): a = alpha_dst / alpha_src, b = sigma_dst - a sigma_src. Holding the flow
@@ -67,8 +79,11 @@ def move_coefficients(src: tuple[float, float], dst: tuple[float, float], veloci
 
 def transition_coefficients(grid: Grid, i: int, j: int) -> tuple[float, float]:
     """(a, b) with D_{i->j}(z) = a z + b p, p the grid's held prediction (:func:`move_coefficients`)."""
-    return move_coefficients((float(grid.alphas[i]), float(grid.sigmas[i])),
-                             (float(grid.alphas[j]), float(grid.sigmas[j])), grid.prediction == "velocity")
+    return move_coefficients(
+        (float(grid.alphas[i]), float(grid.sigmas[i])),
+        (float(grid.alphas[j]), float(grid.sigmas[j])),
+        grid.prediction == "velocity",
+    )
 
 
 def ddim_transition(z: torch.Tensor, eps: torch.Tensor, grid: Grid, i: int, j: int) -> torch.Tensor:
@@ -125,8 +140,15 @@ class Evaluator:
     ``FINITE_CHECK_EVERY`` calls.
     """
 
-    def __init__(self, model: Callable, grid: Grid, state_dtype: torch.dtype, run_dtype: torch.dtype,
-                 check_finite: bool, phase: str):
+    def __init__(
+        self,
+        model: Callable,
+        grid: Grid,
+        state_dtype: torch.dtype,
+        run_dtype: torch.dtype,
+        check_finite: bool,
+        phase: str,
+    ):
         self.model, self.grid = model, grid
         self.state_dtype, self.run_dtype = state_dtype, run_dtype
         self.check_finite, self.phase = check_finite, phase
@@ -143,7 +165,10 @@ class Evaluator:
         return self._eval(z, self.grid.timesteps[i].to(z.device).expand(z.shape[0]), i)
 
     def at_lambda(self, z: torch.Tensor, lam: float, i: int) -> torch.Tensor:
-        """eps at state z (scaled for noise level ``lam``, see ``Grid.at``) between grid points; ``i`` names the step."""
+        """eps at state z (scaled for noise level ``lam``, see ``Grid.at``) between grid points.
+
+        ``i`` names the step.
+        """
         t = torch.tensor(self.grid.at(lam)[2], dtype=torch.float64)  # fractional model time
         return self._eval(z, t.to(z.device).expand(z.shape[0]), i)
 
@@ -153,12 +178,16 @@ class Evaluator:
         out = self.model(x, t)
         self.nfe += 1
         if x._version != version and x.data_ptr() == z.data_ptr():
-            raise RuntimeError(f"the model changed its input in place ({self._where(i)}); the solver's state is "
-                               "that tensor, so the result would be wrong: clone the input inside the model")
+            raise RuntimeError(
+                f"the model changed its input in place ({self._where(i)}); the solver's state is "
+                "that tensor, so the result would be wrong: clone the input inside the model"
+            )
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model returned {type(out).__name__}, expected a tensor ({self._where(i)})")
         if out.shape != z.shape:
-            raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(z.shape)} ({self._where(i)})")
+            raise ValueError(
+                f"the model returned shape {tuple(out.shape)} for input {tuple(z.shape)} ({self._where(i)})"
+            )
         if out.device != z.device:
             raise ValueError(f"the model returned a tensor on {out.device} for input on {z.device} ({self._where(i)})")
         if self.check_finite:
@@ -195,8 +224,9 @@ def _flag(x: torch.Tensor, i: int, bad: torch.Tensor | None, first: torch.Tensor
     return bad | now, torch.where(bad, first, torch.where(now, i, -1))
 
 
-def drive(solver: "Solver", ev: Evaluator, state: tuple, grid: Grid, direction: str,
-          callback: Callback | None = None) -> tuple:
+def drive(
+    solver: Solver, ev: Evaluator, state: tuple, grid: Grid, direction: str, callback: Callback | None = None
+) -> tuple:
     """The one sampling loop: ``step`` from position ``warmup`` to N, or ``unstep`` from N back to ``warmup``."""
     n = grid.num_steps
     lambdas = grid.lambdas.tolist()
@@ -256,8 +286,14 @@ class Solver(ABC):
             cls = bit_exact_twin(cls)
         return super().__new__(cls)
 
-    def __init__(self, *, state_dtype: torch.dtype = torch.float64, model_dtype: torch.dtype | None = None,
-                 check_finite: bool = True, bit_exact: bool = False):
+    def __init__(
+        self,
+        *,
+        state_dtype: torch.dtype = torch.float64,
+        model_dtype: torch.dtype | None = None,
+        check_finite: bool = True,
+        bit_exact: bool = False,
+    ):
         if state_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"state_dtype must be torch.float32 or torch.float64, got {state_dtype}")
         if model_dtype is not None and not (isinstance(model_dtype, torch.dtype) and model_dtype.is_floating_point):
@@ -318,8 +354,16 @@ class Solver(ABC):
         run_dtype = self.model_dtype or _declared_dtype(model) or input_dtype
         return Evaluator(model, grid, self.state_dtype, run_dtype, self.check_finite, phase)
 
-    def invert(self, model: Callable, x0: torch.Tensor, grid: Grid, *, callback: Callback | None = None,
-               backprop: str = "autograd", params: Sequence[torch.Tensor] | None = None) -> Inversion:
+    def invert(
+        self,
+        model: Callable,
+        x0: torch.Tensor,
+        grid: Grid,
+        *,
+        callback: Callback | None = None,
+        backprop: str = "autograd",
+        params: Sequence[torch.Tensor] | None = None,
+    ) -> Inversion:
         """Map a clean sample ``x0`` (B, ...) to latents at the noise end of ``grid``.
 
         ``backprop="reversible"`` (exact solvers): gradients by reversal in memory independent of N
@@ -334,9 +378,16 @@ class Solver(ABC):
         state = self._drive(ev, state, grid, "invert", callback, backprop, params)
         return Inversion(tuple(state), ev.nfe, self.config(), grid.fingerprint(), input_dtype=x0.dtype)
 
-    def solve(self, model: Callable, start: torch.Tensor | Inversion, grid: Grid, *,
-              callback: Callback | None = None, backprop: str = "autograd",
-              params: Sequence[torch.Tensor] | None = None) -> Solution:
+    def solve(
+        self,
+        model: Callable,
+        start: torch.Tensor | Inversion,
+        grid: Grid,
+        *,
+        callback: Callback | None = None,
+        backprop: str = "autograd",
+        params: Sequence[torch.Tensor] | None = None,
+    ) -> Solution:
         """Generate from noise ``start`` or regenerate from an :class:`Inversion`; returns state, sample and NFE.
 
         ``backprop`` and ``params`` as in :meth:`invert`.
@@ -357,9 +408,16 @@ class Solver(ABC):
         state = self._drive(ev, state, grid, "generate", callback, backprop, params)
         return Solution(state, self.output(state), ev.nfe)
 
-    def sample(self, model: Callable, start: torch.Tensor | Inversion, grid: Grid, *,
-               callback: Callback | None = None, backprop: str = "autograd",
-               params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        model: Callable,
+        start: torch.Tensor | Inversion,
+        grid: Grid,
+        *,
+        callback: Callback | None = None,
+        backprop: str = "autograd",
+        params: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Generate from plain noise ``start`` (B, ...), or regenerate from an :class:`Inversion`.
 
         Returns the clean end of the grid in ``state_dtype`` (use :meth:`solve` for the NFE too). With
@@ -370,8 +428,16 @@ class Solver(ABC):
         return self.solve(model, start, grid, callback=callback, backprop=backprop, params=params).x
 
     # ----- helpers ---------------------------------------------------------------------------------
-    def _drive(self, ev: Evaluator, state: tuple, grid: Grid, direction: str, callback: Callback | None,
-               backprop: str, params: Sequence[torch.Tensor] | None) -> tuple:
+    def _drive(
+        self,
+        ev: Evaluator,
+        state: tuple,
+        grid: Grid,
+        direction: str,
+        callback: Callback | None,
+        backprop: str,
+        params: Sequence[torch.Tensor] | None,
+    ) -> tuple:
         if backprop != "autograd":
             return BACKPROP_DRIVES[backprop](self, ev, state, grid, direction, callback, params)
         return drive(self, ev, state, grid, direction, callback)
@@ -412,8 +478,10 @@ def _check_backprop(backprop: str, params: Any) -> None:
     if backprop not in BACKPROP_MODES:
         raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {backprop!r}")
     if params is not None and backprop != "reversible":
-        raise ValueError("params= names the tensors a reversible gradient flows to; it needs backprop='reversible' "
-                         "(plain autograd follows every tensor by itself)")
+        raise ValueError(
+            "params= names the tensors a reversible gradient flows to; it needs backprop='reversible' "
+            "(plain autograd follows every tensor by itself)"
+        )
 
 
 def bit_exact_twin(cls: type) -> type:
@@ -422,8 +490,8 @@ def bit_exact_twin(cls: type) -> type:
         names = sorted(c.__name__ for c in BIT_EXACT_TWINS)
         raise ValueError(
             f"bit_exact=True exists for {names}; {cls.__name__} has no exact inverse step to make bit-exact"
-            if not getattr(cls, "exact_inversion", False) else
-            f"bit_exact=True exists for {names}, not yet for {cls.__name__}"
+            if not getattr(cls, "exact_inversion", False)
+            else f"bit_exact=True exists for {names}, not yet for {cls.__name__}"
         )
     return BIT_EXACT_TWINS[cls]
 
@@ -441,8 +509,9 @@ def log_amplification(factors: Sequence[float]) -> float:
     return -sum(math.log(f) for f in factors)
 
 
-def warn_amplified_rounding(what: str, factors: Sequence[float], num_steps: int, state_dtype: torch.dtype,
-                            fix: str, bound: str = "at least") -> None:
+def warn_amplified_rounding(
+    what: str, factors: Sequence[float], num_steps: int, state_dtype: torch.dtype, fix: str, bound: str = "at least"
+) -> None:
     """Warn (InversionPrecisionWarning) when prod(1/f) * eps(state dtype) exceeds AMPLIFIED_ROUNDING_WARN."""
     log_amp = log_amplification(factors)
     log_expected = log_amp + math.log(torch.finfo(state_dtype).eps)
@@ -463,7 +532,6 @@ def _exp10(log_value: float) -> str:
     if log_value < 700:
         return f"{math.exp(log_value):.3g}"
     return f"10^{log_value / math.log(10):.1f}"
-
 
 
 def amplification(factors: Sequence[float]) -> float:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, ClassVar, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -97,8 +98,15 @@ class BDIA(Solver):
     State: ClassVar[type] = BDIAState
     warmup: ClassVar[int] = 1
 
-    def __init__(self, gamma: float | Sequence[float] | str = 1.0, *, forward: str = "euler", backward: str = "euler",
-                 start: str = "ddim", **kwargs: Any):
+    def __init__(
+        self,
+        gamma: float | Sequence[float] | str = 1.0,
+        *,
+        forward: str = "euler",
+        backward: str = "euler",
+        start: str = "ddim",
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.gamma = _validate_gamma(gamma)
         self.start = start_name(start)
@@ -161,8 +169,14 @@ class BDIA(Solver):
             return
         zero = [i + 1 for i, g in enumerate(gammas) if g == 0]
         if zero:
-            hint = (" (O-BELM's gamma is 0 where the grid has a zero-length step, e.g. linspace spacing "
-                    "ending on timestep 0 with set_alpha_to_one=False)") if self.gamma == "belm" else ""
+            hint = (
+                (
+                    " (O-BELM's gamma is 0 where the grid has a zero-length step, e.g. linspace spacing "
+                    "ending on timestep 0 with set_alpha_to_one=False)"
+                )
+                if self.gamma == "belm"
+                else ""
+            )
             raise ValueError(
                 f"gamma is 0 at step(s) {zero}: BDIA with gamma = 0 is plain DDIM and cannot be inverted "
                 f"exactly{hint}; use gamma > 0 (e.g. 1.0) or bdia.DDIM() for approximate inversion"
@@ -211,7 +225,9 @@ def _validate_gamma(gamma: Any) -> float | tuple[float, ...] | str:
     try:
         values = tuple(float(g) for g in gamma)
     except TypeError:
-        raise TypeError(f"gamma must be a number, a sequence of numbers or 'belm', got {type(gamma).__name__}") from None
+        raise TypeError(
+            f"gamma must be a number, a sequence of numbers or 'belm', got {type(gamma).__name__}"
+        ) from None
     for k, g in enumerate(values):
         if not math.isfinite(g) or not 0.0 <= g <= 1.0:
             raise ValueError(f"gamma[{k}] = {g} must be in [0, 1], as a single gamma must (inversion divides by it)")

@@ -31,15 +31,27 @@ about a microsecond each: fine for the digits model (256 values per image), seco
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
 from ..schedule import Grid
-from .base import (BIT_EXACT_TWINS, bit_exact_twin, Evaluator, Inversion, InversionPrecisionWarning, NonFiniteError, Solution, _check_grid, _check_tensor,
-                   ddim_transition, transition_coefficients)
+from .base import (
+    BIT_EXACT_TWINS,
+    Evaluator,
+    Inversion,
+    InversionPrecisionWarning,
+    NonFiniteError,
+    Solution,
+    _check_grid,
+    _check_tensor,
+    bit_exact_twin,
+    ddim_transition,
+    transition_coefficients,
+)
 from .bdia import BDIA
 from .edict import EDICT
 
@@ -76,11 +88,16 @@ def reversible_scale(q: np.ndarray, buffer: np.ndarray, n: int, d: int) -> tuple
 def _refuse_grad(x: Any, name: str, backprop: str, reversible: bool) -> None:
     """The integer state carries no gradient: refuse an input that asks for one instead of dropping it."""
     if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
-        fix = ("pass backprop='reversible' (gradients through the exact trajectory)" if reversible else
-               "invert with the float solver (bit_exact=False), or differentiate the sampling with "
-               "backprop='reversible'")
-        raise ValueError(f"{name} requires grad, but the bit-exact solver's integer state carries no gradient "
-                         f"with backprop={backprop!r}; {fix}")
+        fix = (
+            "pass backprop='reversible' (gradients through the exact trajectory)"
+            if reversible
+            else "invert with the float solver (bit_exact=False), or differentiate the sampling with "
+            "backprop='reversible'"
+        )
+        raise ValueError(
+            f"{name} requires grad, but the bit-exact solver's integer state carries no gradient "
+            f"with backprop={backprop!r}; {fix}"
+        )
 
 
 def buffer_bits(state: tuple) -> float:
@@ -140,7 +157,9 @@ class _BitExact:
 
     def _setup(self, fraction_bits: int) -> None:
         if fraction_bits != FRACTION_BITS:  # a config written by another version of this module
-            raise ValueError(f"this bdia computes bit-exact states with {FRACTION_BITS} fraction bits, not {fraction_bits}")
+            raise ValueError(
+                f"this bdia computes bit-exact states with {FRACTION_BITS} fraction bits, not {fraction_bits}"
+            )
         if self.state_dtype != torch.float64:
             raise ValueError("bit-exact solvers keep integer state and float64 views; leave state_dtype at float64")
         self.fixed = FixedPoint(FRACTION_BITS)
@@ -178,14 +197,23 @@ class _BitExact:
         inv.metadata["bit_exact_state"] = exact
         return inv
 
-    def solve(self, model: Callable, start: torch.Tensor | Inversion, grid: Grid, *, callback: Any = None,
-              backprop: str = "autograd", params: Any = None) -> Solution:
+    def solve(
+        self,
+        model: Callable,
+        start: torch.Tensor | Inversion,
+        grid: Grid,
+        *,
+        callback: Any = None,
+        backprop: str = "autograd",
+        params: Any = None,
+    ) -> Solution:
         """As :meth:`Solver.solve`. ``backprop="reversible"``: bit-exact sampling whose gradient follows the
         exact trajectory, recovered by the integer inverse, through the float solver's steps
         (:mod:`bdia.solvers.reversible`): no rounding amplified whatever gamma and N are."""
         if backprop != "reversible":
-            _refuse_grad(start.latents[0] if isinstance(start, Inversion) else start, "start", backprop,
-                         reversible=True)
+            _refuse_grad(
+                start.latents[0] if isinstance(start, Inversion) else start, "start", backprop, reversible=True
+            )
             return super().solve(model, start, grid, callback=callback, backprop=backprop, params=params)
         from .reversible import reversible_bit_exact_drive
 

@@ -57,8 +57,14 @@ class EDICT(Solver):
         # Undoing the two mixings divides the chains' difference by between p and p^2 every step; on linear
         # models the round trip's loss measured (1/p)^1.4 (p = 0.5) to (1/p)^1.6 (p = 0.93) per step.
         if inverting:
-            warn_amplified_rounding("EDICT", [self.p**1.5] * grid.num_steps, grid.num_steps, self.state_dtype,
-                                    "p closer to 1 or fewer steps", bound="about")
+            warn_amplified_rounding(
+                "EDICT",
+                [self.p**1.5] * grid.num_steps,
+                grid.num_steps,
+                self.state_dtype,
+                "p closer to 1 or fewer steps",
+                bound="about",
+            )
 
     def _swapped(self, i: int) -> bool:
         return self.alternate and i % 2 == 1

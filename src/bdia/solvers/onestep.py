@@ -8,7 +8,8 @@ are written through the one DDIM transition: in (xbar, lambda) every such step i
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 

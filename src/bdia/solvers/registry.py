@@ -1,14 +1,15 @@
 """Solvers by name: the one factory that the editor, saved inversions, the demo and the benchmark use.
 
-    make_solver("bdia", gamma=0.5)                 # BDIA(0.5)
-    make_solver({"name": "edict", "p": 0.9})       # from Solver.config(), as inversions record it
-    make_solver("ddim", gamma=None)                # None means "not given": DDIM takes no gamma
+make_solver("bdia", gamma=0.5)                 # BDIA(0.5)
+make_solver({"name": "edict", "p": 0.9})       # from Solver.config(), as inversions record it
+make_solver("ddim", gamma=None)                # None means "not given": DDIM takes no gamma
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -30,8 +31,11 @@ def solver_parameters(name: str) -> tuple[str, ...]:
     """The parameters of solver ``name`` that define its map (``gamma``, ``p``, ...), from its signature."""
     cls = _solver_class(name)
     sig = inspect.signature(cls.__init__)
-    return tuple(k for k, v in sig.parameters.items()
-                 if k != "self" and k not in _COMMON and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL))
+    return tuple(
+        k
+        for k, v in sig.parameters.items()
+        if k != "self" and k not in _COMMON and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)
+    )
 
 
 def _solver_class(name: Any) -> type[Solver]:
@@ -41,8 +45,13 @@ def _solver_class(name: Any) -> type[Solver]:
     return SOLVERS[key]
 
 
-def make_solver(method: str | Solver | Mapping[str, Any] = "bdia", *, state_dtype: torch.dtype = torch.float64,
-                model_dtype: torch.dtype | None = None, **params: Any) -> Solver:
+def make_solver(
+    method: str | Solver | Mapping[str, Any] = "bdia",
+    *,
+    state_dtype: torch.dtype = torch.float64,
+    model_dtype: torch.dtype | None = None,
+    **params: Any,
+) -> Solver:
     """A solver from its name and parameters, or from ``Solver.config()`` (``{"name": ..., **params}``).
 
     Parameters given as None are left at the solver's default; a parameter the solver does not take

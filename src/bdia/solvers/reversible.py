@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -130,8 +131,16 @@ class _RememberingEvaluator(Evaluator):
 class _Run:
     """What the autograd function needs besides tensors (kept out of its inputs)."""
 
-    def __init__(self, solver, ev: Evaluator, grid: Grid, direction: str, callback, num_state: int,
-                 params: Sequence[torch.Tensor]):
+    def __init__(
+        self,
+        solver,
+        ev: Evaluator,
+        grid: Grid,
+        direction: str,
+        callback,
+        num_state: int,
+        params: Sequence[torch.Tensor],
+    ):
         self.solver, self.ev, self.grid, self.direction = solver, ev, grid, direction
         self.callback, self.num_state, self.params = callback, num_state, list(params)
 
@@ -158,10 +167,12 @@ class _ReversibleLoop(torch.autograd.Function):
     def backward(ctx, *cotangent: torch.Tensor):
         run = ctx.run
         solver, grid = run.solver, run.grid
-        forward_move, inverse_move = ((solver.step, solver.unstep) if run.direction == "generate"
-                                      else (solver.unstep, solver.step))
-        ev = _RememberingEvaluator(run.ev.model, grid, run.ev.state_dtype, run.ev.run_dtype,
-                                   run.ev.check_finite, "gradient")
+        forward_move, inverse_move = (
+            (solver.step, solver.unstep) if run.direction == "generate" else (solver.unstep, solver.step)
+        )
+        ev = _RememberingEvaluator(
+            run.ev.model, grid, run.ev.state_dtype, run.ev.run_dtype, run.ev.check_finite, "gradient"
+        )
         state = solver.State(*ctx.saved_tensors)
         cot = list(cotangent)
         param_grads: list[torch.Tensor | None] = [None] * len(run.params)
@@ -169,15 +180,16 @@ class _ReversibleLoop(torch.autograd.Function):
             with torch.enable_grad():
                 after = solver.State(*(t.detach().requires_grad_() for t in state))
                 before = inverse_move(ev, after, grid, i)  # reconstruct the state before step i
-                before = solver.State(*(t if any(t is a for a in after) else t.detach().requires_grad_()
-                                        for t in before))
+                before = solver.State(
+                    *(t if any(t is a for a in after) else t.detach().requires_grad_() for t in before)
+                )
                 again = forward_move(ev, before, grid, i)  # recompute step i, reusing the evaluations
                 pairs = [(o, g) for o, g in zip(again, cot) if o.requires_grad]
                 wrt = list(before) + run.params
                 grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
             ev.forget()
             cot = [torch.zeros_like(b) if g is None else g for g, b in zip(grads[: len(before)], before)]
-            for k, g in enumerate(grads[len(before):]):
+            for k, g in enumerate(grads[len(before) :]):
                 if g is not None:
                     param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
             state = solver.State(*(t.detach() for t in before))
@@ -255,29 +267,34 @@ class _BitExactLoop(torch.autograd.Function):
                 pairs = [(o, g) for o, g in zip(again, cot) if o.requires_grad]
                 leaves = [leaf for _, leaf in ev.links]
                 wrt = list(before) + run.params + leaves
-                grads = list(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
-                                                 allow_unused=True))
+                grads = list(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
             n, m = len(before), len(run.params)
-            for (field, _), g in zip(ev.links, grads[n + m:]):  # a reused evaluation's share of its field
+            for (field, _), g in zip(ev.links, grads[n + m :]):  # a reused evaluation's share of its field
                 if g is not None:
                     grads[field] = g if grads[field] is None else grads[field] + g
             cot = [torch.zeros_like(b) if g is None else g for g, b in zip(grads[:n], before)]
-            for k, g in enumerate(grads[n: n + m]):
+            for k, g in enumerate(grads[n : n + m]):
                 if g is not None:
                     param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
         return (None, None, *cot, *param_grads)
 
 
-def reversible_bit_exact_drive(solver, ev: Evaluator, exact_start: tuple, float_start: tuple, grid: Grid,
-                               callback: Callable | None, params: Iterable[torch.Tensor] | None) -> tuple:
+def reversible_bit_exact_drive(
+    solver,
+    ev: Evaluator,
+    exact_start: tuple,
+    float_start: tuple,
+    grid: Grid,
+    callback: Callable | None,
+    params: Iterable[torch.Tensor] | None,
+) -> tuple:
     """Bit-exact sampling from ``exact_start`` whose float views carry gradients to ``float_start`` (same values).
 
     Returns (the final exact state, its float views with gradients).
     """
     extra = differentiable_inputs(ev.model, params)
     run = _Run(solver, ev, grid, "generate", callback, len(float_start), extra)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in list(float_start) + extra)) \
-            or not run.positions():
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in list(float_start) + extra)) or not run.positions():
         final = drive(solver, ev, exact_start, grid, "generate", callback)
         return final, solver.views(final)
     holder: list[tuple] = []
@@ -293,8 +310,15 @@ def reversible_bit_exact_drive(solver, ev: Evaluator, exact_start: tuple, float_
     return holder[-1], views
 
 
-def reversible_drive(solver, ev: Evaluator, state: tuple, grid: Grid, direction: str,
-                     callback: Callable | None, params: Iterable[torch.Tensor] | None) -> tuple:
+def reversible_drive(
+    solver,
+    ev: Evaluator,
+    state: tuple,
+    grid: Grid,
+    direction: str,
+    callback: Callable | None,
+    params: Iterable[torch.Tensor] | None,
+) -> tuple:
     """:func:`~bdia.solvers.base.drive` whose gradient is computed by reversal (see the module docstring)."""
     if not solver.exact_inversion:
         raise ValueError(
@@ -302,8 +326,10 @@ def reversible_drive(solver, ev: Evaluator, state: tuple, grid: Grid, direction:
             "only approximates its step: use bdia.BDIA or bdia.EDICT, or backprop='autograd'"
         )
     if getattr(solver, "bit_exact", False):
-        raise ValueError("bit-exact solvers take reversible gradients through sample/solve only (their inversion "
-                         "keeps integer latents); invert with bit_exact=False to differentiate an inversion")
+        raise ValueError(
+            "bit-exact solvers take reversible gradients through sample/solve only (their inversion "
+            "keeps integer latents); invert with bit_exact=False to differentiate an inversion"
+        )
     if direction == "generate":
         # the backward pass reconstructs by inversion: refuse gamma = 0, warn where it amplifies rounding
         solver.check_grid(grid, inverting=True)

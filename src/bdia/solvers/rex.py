@@ -83,8 +83,9 @@ VARIABLES: dict[str, _Variables] = {
 }
 # On a flow (velocity) grid the ODE dz/dt = v has no linear part: the base runs in z itself against t,
 # with the model's velocity as the slope, whatever ``variables`` says (docs/math.md section 9).
-FLOW_VARIABLES = _Variables(lambda a, s: 1.0, lambda a, s: s, lambda u: u / (1.0 - u) if u < 1 else math.inf,
-                            lambda v, z, a, s: v)
+FLOW_VARIABLES = _Variables(
+    lambda a, s: 1.0, lambda a, s: s, lambda u: u / (1.0 - u) if u < 1 else math.inf, lambda v, z, a, s: v
+)
 
 
 class RexState(NamedTuple):
@@ -138,8 +139,16 @@ class Rex(Solver):
     exact_inversion: ClassVar[bool] = True
     State: ClassVar[type] = RexState
 
-    def __init__(self, base: str = "midpoint", zeta: float = 0.9, *, variables: str = "noise", start: str = "auto",
-                 coupling: str = "lawson", **kwargs: Any):
+    def __init__(
+        self,
+        base: str = "midpoint",
+        zeta: float = 0.9,
+        *,
+        variables: str = "noise",
+        start: str = "auto",
+        coupling: str = "lawson",
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         if base not in TABLEAUX:
             raise ValueError(f"unknown Rex base solver {base!r}; choose one of {sorted(TABLEAUX)}")
@@ -148,7 +157,9 @@ class Rex(Solver):
         if variables not in VARIABLES:
             raise ValueError(f"variables must be 'noise' or 'data', got {variables!r}")
         if coupling not in ("lawson", "state"):
-            raise ValueError(f"coupling must be 'lawson' (mix in the Lawson variable) or 'state' (mix in z), got {coupling!r}")
+            raise ValueError(
+                f"coupling must be 'lawson' (mix in the Lawson variable) or 'state' (mix in z), got {coupling!r}"
+            )
         self.coupling = coupling
         self.base, self.zeta, self.variables = base, float(zeta), variables
         self.start = start_name(start)
@@ -163,8 +174,13 @@ class Rex(Solver):
         return 2 * len(self._tableau.c)
 
     def params(self) -> dict[str, Any]:
-        return {"base": self.base, "zeta": self.zeta, "variables": self.variables, "start": self.start,
-                "coupling": self.coupling}
+        return {
+            "base": self.base,
+            "zeta": self.zeta,
+            "variables": self.variables,
+            "start": self.start,
+            "coupling": self.coupling,
+        }
 
     def check_grid(self, grid: Grid, inverting: bool) -> None:
         between = any(0.0 < c < 1.0 for c in self._tableau.c)  # (the start skips levels it cannot call)
@@ -183,11 +199,20 @@ class Rex(Solver):
         if i + 1 == grid.num_steps:
             return float(grid.alphas[i + 1] / grid.alphas[i])
         v = self._vars
-        return (v.scale(float(grid.alphas[i + 1]), float(grid.sigmas[i + 1]))
-                / v.scale(float(grid.alphas[i]), float(grid.sigmas[i])))
+        return v.scale(float(grid.alphas[i + 1]), float(grid.sigmas[i + 1])) / v.scale(
+            float(grid.alphas[i]), float(grid.sigmas[i])
+        )
 
-    def base_step(self, ev: Evaluator, z: torch.Tensor, grid: Grid, i: int, j: int,
-                  tableau: Tableau | None = None, variables: str | None = None) -> torch.Tensor:
+    def base_step(
+        self,
+        ev: Evaluator,
+        z: torch.Tensor,
+        grid: Grid,
+        i: int,
+        j: int,
+        tableau: Tableau | None = None,
+        variables: str | None = None,
+    ) -> torch.Tensor:
         """Phi_{i->j}(z): one explicit RK step from grid point i to j = i +- 1 in Lawson variables.
 
         Defaults to this solver's base and variables. A stage at grid point N (no model time) is

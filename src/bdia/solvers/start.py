@@ -33,7 +33,10 @@ _SUBSTEPS = re.compile(r"substeps:(\d+)")
 
 
 def parse_start(start: str) -> int:
-    """The code of a start name: ``"ddim"`` -> 1, ``"substeps:K"`` -> K (1..1000), ``"extrapolated"`` / ``"auto"`` -> their codes."""
+    """The code of a start name.
+
+    ``"ddim"`` -> 1, ``"substeps:K"`` -> K (1..1000), ``"extrapolated"`` / ``"auto"`` -> their codes.
+    """
     if isinstance(start, str):
         if start == "ddim":
             return 1
@@ -44,8 +47,10 @@ def parse_start(start: str) -> int:
         m = _SUBSTEPS.fullmatch(start)
         if m and 1 <= int(m.group(1)) <= 1000:
             return int(m.group(1))
-    raise ValueError(f"start must be 'ddim', 'auto', 'extrapolated' or 'substeps:K' with K in 1..1000 (e.g. 'substeps:4'), "
-                     f"got {start!r}")
+    raise ValueError(
+        f"start must be 'ddim', 'auto', 'extrapolated' or 'substeps:K' with K in 1..1000 (e.g. 'substeps:4'), "
+        f"got {start!r}"
+    )
 
 
 def start_name(start: str) -> str:
@@ -54,9 +59,13 @@ def start_name(start: str) -> str:
     return {EXTRAPOLATED: "extrapolated", AUTO: "auto", 1: "ddim"}.get(k, f"substeps:{k}")
 
 
-def lawson_euler(z: torch.Tensor, pred: torch.Tensor, src: tuple[float, float], dst: tuple[float, float],
-                 velocity: bool = False) -> torch.Tensor:
-    """The DDIM move between any two (alpha, sigma) levels, a z + b pred (:func:`~bdia.solvers.base.move_coefficients`)."""
+def lawson_euler(
+    z: torch.Tensor, pred: torch.Tensor, src: tuple[float, float], dst: tuple[float, float], velocity: bool = False
+) -> torch.Tensor:
+    """The DDIM move between any two (alpha, sigma) levels, a z + b pred.
+
+    See :func:`~bdia.solvers.base.move_coefficients`.
+    """
     a, b = move_coefficients(src, dst, velocity)
     return a * z + b * pred
 

@@ -20,16 +20,26 @@ import torch
 from ...runtime import choose_device, resolve_dtype
 from .base import FAMILY_NAMES, Backend
 
-__all__ = ["Backend", "FAMILY_NAMES", "ModelChoice", "backend_class", "backend_for_pipeline", "embedded_models",
-           "load_backend", "register_backend", "resolve_model_choice"]
+__all__ = [
+    "Backend",
+    "FAMILY_NAMES",
+    "ModelChoice",
+    "backend_class",
+    "backend_for_pipeline",
+    "embedded_models",
+    "load_backend",
+    "register_backend",
+    "resolve_model_choice",
+]
 
 # family -> (module, class). Embedded models ship with bdia: model id -> family.
 _BACKENDS: dict[str, tuple[str, str]] = {}
 _EMBEDDED: dict[str, str] = {}
 
 
-def register_backend(family: str, module: str, class_name: str, *, embedded_id: str | None = None,
-                     description: str | None = None) -> None:
+def register_backend(
+    family: str, module: str, class_name: str, *, embedded_id: str | None = None, description: str | None = None
+) -> None:
     """Make ``family`` loadable: ``module.class_name`` is its :class:`Backend`; ``embedded_id`` is the model id of a
     model that ships with bdia (no folder, no network)."""
     _BACKENDS[family] = (module, class_name)
@@ -75,9 +85,14 @@ class ModelChoice:
         return self.model in _EMBEDDED
 
 
-def resolve_model_choice(model: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
-                         device: str | torch.device | None = None, revision: str | None = None,
-                         cli_defaults: bool = False) -> ModelChoice:
+def resolve_model_choice(
+    model: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    cli_defaults: bool = False,
+) -> ModelChoice:
     """Resolve ``model`` once: its family (an embedded id, else the folder's ``model_index.json``), the device
     (default CUDA, else MPS, else the CPU) and the dtype.
 
@@ -104,12 +119,14 @@ def load_backend(choice: ModelChoice, *, progress: bool = True, **kwargs: Any) -
     ``from_pretrained``; an embedded model takes none."""
     cls = backend_class(choice.family)
     if choice.embedded and kwargs:
-        raise ValueError(f"{', '.join(sorted(kwargs))}: these apply to diffusers models; the {choice.model} model "
-                         "ships with bdia")
+        raise ValueError(
+            f"{', '.join(sorted(kwargs))}: these apply to diffusers models; the {choice.model} model ships with bdia"
+        )
     if choice.revision is not None:
         kwargs["revision"] = choice.revision
-    return cls.from_pretrained(choice.model, torch_dtype=choice.dtype, device=choice.device, progress=progress,
-                               **kwargs)
+    return cls.from_pretrained(
+        choice.model, torch_dtype=choice.dtype, device=choice.device, progress=progress, **kwargs
+    )
 
 
 def backend_for_pipeline(pipe: Any, **options: Any) -> Backend:

@@ -19,8 +19,13 @@ from ...schedule import Grid, Schedule
 __all__ = ["Backend", "FAMILY_NAMES"]
 
 # Backend.family -> how messages name it.
-FAMILY_NAMES = {"digits": "the embedded digits model", "scenes": "the embedded scenes model", "sd": "a Stable Diffusion pipeline",
-                "sd3": "a Stable Diffusion 3 pipeline", "flux": "a Flux pipeline"}
+FAMILY_NAMES = {
+    "digits": "the embedded digits model",
+    "scenes": "the embedded scenes model",
+    "sd": "a Stable Diffusion pipeline",
+    "sd3": "a Stable Diffusion 3 pipeline",
+    "flux": "a Flux pipeline",
+}
 
 
 class Backend(ABC):
@@ -80,8 +85,9 @@ class Backend(ABC):
     def decode(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
 
     @abstractmethod
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
-                   width: int) -> tuple[Any, Any]: ...
+    def conditions(
+        self, prompts: list[str], negatives: list[str] | None, height: int, width: int
+    ) -> tuple[Any, Any]: ...
 
     @abstractmethod
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]: ...
@@ -96,8 +102,9 @@ class Backend(ABC):
     @abstractmethod
     def check_record(self, record: dict[str, Any]) -> None: ...
 
-    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None,
-             kind: str = "diffusers") -> Grid:
+    def grid(
+        self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None, kind: str = "diffusers"
+    ) -> Grid:
         grid = make_grid(self.schedule, int(num_steps), kind)
         return grid if float(strength) == 1.0 else grid.truncated(strength)
 
@@ -109,8 +116,10 @@ class Backend(ABC):
         """Refuse an inversion made under another noise schedule or prediction type."""
         saved = Schedule.from_config(record)
         if not torch.equal(saved.alphas_cumprod, self.schedule.alphas_cumprod):
-            raise ValueError("this inversion was made with another noise schedule (betas) than this model's; "
-                             "load the model it was inverted with")
+            raise ValueError(
+                "this inversion was made with another noise schedule (betas) than this model's; "
+                "load the model it was inverted with"
+            )
         if saved.prediction_type != self.schedule.prediction_type:
             raise ValueError(
                 f"this inversion was made with a {saved.prediction_type!r}-prediction model and this "

@@ -45,7 +45,7 @@ def parse_class(prompt: Any) -> int | None:
         return parse_label(prompt)
     except ValueError:
         raise ValueError(
-            f"the digits model's prompt is a class label \"0\"..\"9\" (or \"\" for no class), got {prompt!r}; "
+            f'the digits model\'s prompt is a class label "0".."9" (or "" for no class), got {prompt!r}; '
             "text prompts need a Stable Diffusion model (--model PATH_OR_ID)"
         ) from None
 
@@ -70,8 +70,7 @@ class DigitsBackend(Backend):
         self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def load(cls, *, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None) -> "DigitsBackend":
+    def load(cls, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> DigitsBackend:
         """The shipped digits model on ``device`` (default: CUDA, else MPS, else CPU), float32 unless ``dtype``."""
         from ...digits import load_model
 
@@ -82,8 +81,14 @@ class DigitsBackend(Backend):
         return cls(model)
 
     @classmethod
-    def from_pretrained(cls, model: str = DIGITS_MODEL_ID, *, torch_dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, progress: bool = True) -> "DigitsBackend":
+    def from_pretrained(
+        cls,
+        model: str = DIGITS_MODEL_ID,
+        *,
+        torch_dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> DigitsBackend:
         """The registry's entry point (:func:`bdia.editing.backends.load_backend`): :meth:`load` under the model id."""
         if model != DIGITS_MODEL_ID:
             raise ValueError(f"the digits backend loads the embedded model {DIGITS_MODEL_ID!r}, not {model!r}")
@@ -112,8 +117,13 @@ class DigitsBackend(Backend):
         return self._fingerprint
 
     def record(self) -> dict[str, Any]:
-        return {"id": DIGITS_MODEL_ID, "revision": None, "class": _CLASS_NAME, "dtype": dtype_name(self.dtype),
-                "fingerprint": self.fingerprint()}
+        return {
+            "id": DIGITS_MODEL_ID,
+            "revision": None,
+            "class": _CLASS_NAME,
+            "dtype": dtype_name(self.dtype),
+            "fingerprint": self.fingerprint(),
+        }
 
     def check_record(self, record: dict[str, Any]) -> None:
         model_id, cls = record.get("id"), record.get("class")
@@ -124,18 +134,23 @@ class DigitsBackend(Backend):
             )
         saved = record.get("fingerprint", {})
         if saved.get("config") != self.fingerprint()["config"]:
-            raise ValueError("this inversion was made with a digits model of another architecture; "
-                             "reinstall the bdia version it was made with")
+            raise ValueError(
+                "this inversion was made with a digits model of another architecture; "
+                "reinstall the bdia version it was made with"
+            )
         if saved.get("weights_sha256") != self.fingerprint()["weights_sha256"]:
-            raise ValueError("this inversion was made with other digits weights than the ones shipped with this "
-                             "bdia; reconstruct it with the bdia version it was made with")
+            raise ValueError(
+                "this inversion was made with other digits weights than the ones shipped with this "
+                "bdia; reconstruct it with the bdia version it was made with"
+            )
 
     # ----- prompts: class labels --------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> None:
         parse_class(prompt)
 
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
-                   width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def conditions(
+        self, prompts: list[str], negatives: list[str] | None, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) class labels; the unconditional branch is the null class unless a negative class is given."""
         null = int(self.model.null_label)
 
@@ -160,8 +175,9 @@ class DigitsBackend(Backend):
         background (as ``bdia.digits.load_digits`` stores them).
         """
         if size is not None and tuple(size) != (self.size, self.size):
-            raise ValueError(f"the digits model takes {self.size}x{self.size} images only, "
-                             f"got size {size[0]}x{size[1]}")
+            raise ValueError(
+                f"the digits model takes {self.size}x{self.size} images only, got size {size[0]}x{size[1]}"
+            )
         from ...digits import to_model
 
         pixels = torch.stack([to_model(self._gray_uint8(im, k)) for k, im in enumerate(image_items(images))])
@@ -179,13 +195,15 @@ class DigitsBackend(Backend):
             if x.dim() == 2:
                 x = x[None]
             if x.dim() != 3 or x.shape[0] not in (1, 3):
-                raise ValueError(f"image {index}: a tensor image must have shape (1, H, W) or (3, H, W), "
-                                 f"got {tuple(x.shape)}")
+                raise ValueError(
+                    f"image {index}: a tensor image must have shape (1, H, W) or (3, H, W), got {tuple(x.shape)}"
+                )
             if x.dtype != torch.uint8:
                 x = x.float()
                 if not torch.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3:
-                    raise ValueError(f"image {index}: float tensor values must be in [0, 1] "
-                                     f"(got {x.min():.3g}..{x.max():.3g})")
+                    raise ValueError(
+                        f"image {index}: float tensor values must be in [0, 1] (got {x.min():.3g}..{x.max():.3g})"
+                    )
                 x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
             arr = x.permute(1, 2, 0).numpy()
             image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
@@ -209,8 +227,11 @@ class DigitsBackend(Backend):
         if notes:
             warnings.warn(f"image {index}: {', '.join(notes)} for the digits model", ImageSizeWarning, stacklevel=4)
         if arr.mean() > 127.5:
-            warnings.warn(f"image {index} is mostly light: the digits model knows light digits on a dark "
-                          "background (invert the image's colours if it is dark on light)", stacklevel=4)
+            warnings.warn(
+                f"image {index} is mostly light: the digits model knows light digits on a dark "
+                "background (invert the image's colours if it is dark on light)",
+                stacklevel=4,
+            )
         return torch.from_numpy(arr)[None]
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -28,18 +28,18 @@ from typing import Any
 import torch
 
 from ...flow import FlowSchedule, flux_sigmas
-from ...models import ClassifierFreeGuidance
-from ...schedule import Grid
-from .stable_diffusion import _plain_config, fingerprint_mismatch
-from .base import Backend
 from ...io.images import to_pixels
-from ...runtime import choose_device, resolve_dtype
 from ...io.saved import dtype_name
+from ...models import ClassifierFreeGuidance
+from ...runtime import choose_device, resolve_dtype
+from ...schedule import Grid
+from .base import Backend
+from .stable_diffusion import _plain_config, fingerprint_mismatch
 
-__all__ = ["FluxBackend", "SD3Backend", "flow_fingerprint_mismatch", "FluxTransformerModel",
-           "SD3TransformerModel"]
+__all__ = ["FluxBackend", "SD3Backend", "flow_fingerprint_mismatch", "FluxTransformerModel", "SD3TransformerModel"]
 
 _PROBE_SIZE = 64  # transformer weights sampled per probed parameter
+
 
 def flow_fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     """A sentence naming what differs between two flow fingerprints (family, then as
@@ -64,8 +64,14 @@ class _FlowBackend(Backend):
     default_sequence_length: int
     backend_options: tuple[str, ...] = ()  # from_pretrained keywords for the backend rather than diffusers
 
-    def __init__(self, pipe: Any, *, model_id: str | None = None, revision: str | None = None,
-                 max_sequence_length: int | None = None):
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        model_id: str | None = None,
+        revision: str | None = None,
+        max_sequence_length: int | None = None,
+    ):
         if type(pipe).__name__ != self.pipeline_class:
             raise ValueError(f"{type(self).__name__} drives a {self.pipeline_class}, got a {type(pipe).__name__}")
         self.pipe = pipe
@@ -76,10 +82,17 @@ class _FlowBackend(Backend):
         self.max_sequence_length = int(max_sequence_length or self.default_sequence_length)
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, revision: str | None = None,
-                        progress: bool = True, max_sequence_length: int | None = None,
-                        **kwargs: Any) -> "_FlowBackend":
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike,
+        *,
+        torch_dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        revision: str | None = None,
+        progress: bool = True,
+        max_sequence_length: int | None = None,
+        **kwargs: Any,
+    ) -> _FlowBackend:
         """Load with :func:`~bdia.io.loading.load_pipeline` (safetensors only unless
         ``allow_pickle=True``); components the folder lacks (SD3's ``text_encoder_3``) stay absent.
         The backend's own options (Flux: ``true_cfg_scale``) go to the backend, the rest to diffusers."""
@@ -92,8 +105,9 @@ class _FlowBackend(Backend):
             raise ValueError(f"{os.fspath(model)!r} holds a {type(pipe).__name__}, not a {cls.pipeline_class}")
         pipe = pipe.to(choose_device(device))
         pipe.set_progress_bar_config(disable=not progress)
-        return cls(pipe, model_id=resolve_model(model), revision=revision, max_sequence_length=max_sequence_length,
-                   **options)
+        return cls(
+            pipe, model_id=resolve_model(model), revision=revision, max_sequence_length=max_sequence_length, **options
+        )
 
     @property
     def device(self) -> torch.device:
@@ -119,8 +133,10 @@ class _FlowBackend(Backend):
 
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
         if height % self.factor or width % self.factor or height <= 0 or width <= 0:
-            raise ValueError(f"{self.family} needs height and width divisible by {self.factor}, got "
-                             f"{width}x{height}; resize or crop the image")
+            raise ValueError(
+                f"{self.family} needs height and width divisible by {self.factor}, got "
+                f"{width}x{height}; resize or crop the image"
+            )
         return height // self.vae_scale, width // self.vae_scale
 
     def image_seq_len(self, height: int, width: int) -> int:
@@ -132,11 +148,14 @@ class _FlowBackend(Backend):
         """Images (PIL, path, tensor in [0, 1], or a list) to a batch in [-1, 1], cropped to :attr:`factor`."""
         return to_pixels(images, self.factor, size).to(self.device)
 
-    def grid(self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None,
-             kind: str = "diffusers") -> Grid:
+    def grid(
+        self, num_steps: int, strength: float = 1.0, size: tuple[int, int] | None = None, kind: str = "diffusers"
+    ) -> Grid:
         if kind != "diffusers":
-            raise ValueError(f"grid kind {kind!r} is for discrete-time models; a flow model runs on its pipeline's "
-                             "own (shifted) grid: leave the grid at 'diffusers'")
+            raise ValueError(
+                f"grid kind {kind!r} is for discrete-time models; a flow model runs on its pipeline's "
+                "own (shifted) grid: leave the grid at 'diffusers'"
+            )
         width, height = size or self.default_size
         grid = self._grid(int(num_steps), height, width)
         return grid if float(strength) == 1.0 else grid.truncated(strength)
@@ -149,8 +168,10 @@ class _FlowBackend(Backend):
 
     def check_schedule(self, record: dict[str, Any]) -> None:
         if FlowSchedule.from_config(record) != self.schedule:
-            raise ValueError("this inversion was made with another flow schedule (shift, dynamic shifting) than this "
-                             "model's; load the model it was inverted with")
+            raise ValueError(
+                "this inversion was made with another flow schedule (shift, dynamic shifting) than this "
+                "model's; load the model it was inverted with"
+            )
 
     # ----- the model's identity ------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -163,23 +184,36 @@ class _FlowBackend(Backend):
         for name, p in (params[0], params[-1]):  # cheap: computed each time, so it follows a dtype change
             flat = p.detach().flatten()
             probe[name] = [float(v) for v in flat[:: max(1, flat.numel() // _PROBE_SIZE)][:_PROBE_SIZE].float().cpu()]
-        return {"family": self.family, "transformer_config": _plain_config(self.pipe.transformer.config),
-                "vae_config": _plain_config(self.pipe.vae.config), "transformer_probe": probe}
+        return {
+            "family": self.family,
+            "transformer_config": _plain_config(self.pipe.transformer.config),
+            "vae_config": _plain_config(self.pipe.vae.config),
+            "transformer_probe": probe,
+        }
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.model_id, "revision": self.revision, "class": type(self.pipe).__name__,
-                "dtype": dtype_name(self.dtype), "fingerprint": self.fingerprint(),
-                "max_sequence_length": self.max_sequence_length}
+        return {
+            "id": self.model_id,
+            "revision": self.revision,
+            "class": type(self.pipe).__name__,
+            "dtype": dtype_name(self.dtype),
+            "fingerprint": self.fingerprint(),
+            "max_sequence_length": self.max_sequence_length,
+        }
 
     def check_record(self, record: dict[str, Any]) -> None:
         mismatch = flow_fingerprint_mismatch(record.get("fingerprint", {}), self.fingerprint())
         if mismatch:
-            raise ValueError(f"this inversion was made with model {record.get('id')!r} ({record.get('class')}) and "
-                             f"{mismatch} in the loaded model {self.model_id!r}; load the model it was inverted with")
+            raise ValueError(
+                f"this inversion was made with model {record.get('id')!r} ({record.get('class')}) and "
+                f"{mismatch} in the loaded model {self.model_id!r}; load the model it was inverted with"
+            )
         if record.get("max_sequence_length", self.max_sequence_length) != self.max_sequence_length:
-            raise ValueError(f"this inversion encoded its prompts with {record['max_sequence_length']} T5 tokens, this "
-                             f"model with {self.max_sequence_length}; load it with max_sequence_length="
-                             f"{record['max_sequence_length']}")
+            raise ValueError(
+                f"this inversion encoded its prompts with {record['max_sequence_length']} T5 tokens, this "
+                f"model with {self.max_sequence_length}; load it with max_sequence_length="
+                f"{record['max_sequence_length']}"
+            )
 
     # ----- the VAE ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -234,16 +268,23 @@ class SD3Backend(_FlowBackend):
         mu = self.schedule.mu(self.image_seq_len(height, width)) if self.schedule.use_dynamic_shifting else None
         return self.schedule.grid(num_steps, mu=mu)
 
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
-                   width: int) -> tuple[dict, dict]:
+    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int, width: int) -> tuple[dict, dict]:
         """(cond, uncond): ``encoder_hidden_states`` and ``pooled_projections`` from the pipeline's encode_prompt."""
         with torch.no_grad():
             c, u, pooled_c, pooled_u = self.pipe.encode_prompt(
-                prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=True, negative_prompt=None if negatives is None else list(negatives),
-                max_sequence_length=self.max_sequence_length)
-        return ({"encoder_hidden_states": c, "pooled_projections": pooled_c},
-                {"encoder_hidden_states": u, "pooled_projections": pooled_u})
+                prompt=list(prompts),
+                prompt_2=None,
+                prompt_3=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=True,
+                negative_prompt=None if negatives is None else list(negatives),
+                max_sequence_length=self.max_sequence_length,
+            )
+        return (
+            {"encoder_hidden_states": c, "pooled_projections": pooled_c},
+            {"encoder_hidden_states": u, "pooled_projections": pooled_u},
+        )
 
     def guided(self, cond: dict, uncond: dict | None, scale: float) -> Any:
         """``model(x, t) -> v`` under ``cond``, guided by ``uncond`` when scale != 1 (as SD3's pipeline)."""
@@ -287,11 +328,13 @@ class FluxBackend(_FlowBackend):
         return self._vae_decode(self.pipe._unpack_latents(latents.float(), height, width, self.vae_scale))
 
     def _grid(self, num_steps: int, height: int, width: int) -> Grid:
-        return self.schedule.grid(num_steps, sigmas=flux_sigmas(num_steps),
-                                  mu=self.schedule.mu(self.image_seq_len(height, width)))
+        return self.schedule.grid(
+            num_steps, sigmas=flux_sigmas(num_steps), mu=self.schedule.mu(self.image_seq_len(height, width))
+        )
 
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
-                   width: int) -> tuple[dict, dict | None]:
+    def conditions(
+        self, prompts: list[str], negatives: list[str] | None, height: int, width: int
+    ) -> tuple[dict, dict | None]:
         """(cond, uncond): T5 ``encoder_hidden_states``, CLIP ``pooled_projections`` and the latent size the
         image ids come from; uncond only for a negative prompt."""
         out = []
@@ -301,10 +344,19 @@ class FluxBackend(_FlowBackend):
                 continue
             with torch.no_grad():
                 embeds, pooled, _ = self.pipe.encode_prompt(
-                    prompt=list(texts), prompt_2=None, device=self.device, num_images_per_prompt=1,
-                    max_sequence_length=self.max_sequence_length)
-            out.append({"encoder_hidden_states": embeds, "pooled_projections": pooled,
-                        "latent_size": self._latent_hw(height, width)})
+                    prompt=list(texts),
+                    prompt_2=None,
+                    device=self.device,
+                    num_images_per_prompt=1,
+                    max_sequence_length=self.max_sequence_length,
+                )
+            out.append(
+                {
+                    "encoder_hidden_states": embeds,
+                    "pooled_projections": pooled,
+                    "latent_size": self._latent_hw(height, width),
+                }
+            )
         return out[0], out[1]
 
     def guided(self, cond: dict, uncond: dict | None, scale: float) -> Any:
@@ -321,8 +373,10 @@ class FluxBackend(_FlowBackend):
     def check_record(self, record: dict[str, Any]) -> None:
         super().check_record(record)
         if float(record.get("true_cfg_scale", 1.0)) != self.true_cfg_scale:
-            raise ValueError(f"this inversion was made with true_cfg_scale {record['true_cfg_scale']}, this model "
-                             f"runs {self.true_cfg_scale}; set FluxBackend.true_cfg_scale to match")
+            raise ValueError(
+                f"this inversion was made with true_cfg_scale {record['true_cfg_scale']}, this model "
+                f"runs {self.true_cfg_scale}; set FluxBackend.true_cfg_scale to match"
+            )
 
 
 class SD3TransformerModel(torch.nn.Module):
@@ -343,9 +397,13 @@ class SD3TransformerModel(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         dt = self.transformer.dtype
         with torch.no_grad():
-            out = self.transformer(hidden_states=x.to(dt), timestep=t.float(),
-                                   encoder_hidden_states=cond["encoder_hidden_states"].to(dt),
-                                   pooled_projections=cond["pooled_projections"].to(dt), return_dict=False)[0]
+            out = self.transformer(
+                hidden_states=x.to(dt),
+                timestep=t.float(),
+                encoder_hidden_states=cond["encoder_hidden_states"].to(dt),
+                pooled_projections=cond["pooled_projections"].to(dt),
+                return_dict=False,
+            )[0]
         return out.float()
 
 
@@ -369,8 +427,9 @@ class FluxTransformerModel(torch.nn.Module):
     def img_ids(self, latent_size: tuple[int, int]) -> torch.Tensor:
         h, w = (int(v) for v in latent_size)
         if (h, w) not in self._img_ids:
-            self._img_ids[h, w] = self.pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.transformer.device,
-                                                                      self.transformer.dtype)
+            self._img_ids[h, w] = self.pipe._prepare_latent_image_ids(
+                1, h // 2, w // 2, self.transformer.device, self.transformer.dtype
+            )
         return self._img_ids[h, w]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
@@ -381,7 +440,14 @@ class FluxTransformerModel(torch.nn.Module):
             guidance = torch.full((x.shape[0],), self.guidance_scale, device=x.device, dtype=torch.float32)
         txt_ids = torch.zeros(text.shape[1], 3, device=x.device, dtype=dt)
         with torch.no_grad():
-            out = self.transformer(hidden_states=x.to(dt), timestep=t.to(dt) / 1000, guidance=guidance,
-                                   pooled_projections=cond["pooled_projections"].to(dt), encoder_hidden_states=text,
-                                   txt_ids=txt_ids, img_ids=self.img_ids(cond["latent_size"]), return_dict=False)[0]
+            out = self.transformer(
+                hidden_states=x.to(dt),
+                timestep=t.to(dt) / 1000,
+                guidance=guidance,
+                pooled_projections=cond["pooled_projections"].to(dt),
+                encoder_hidden_states=text,
+                txt_ids=txt_ids,
+                img_ids=self.img_ids(cond["latent_size"]),
+                return_dict=False,
+            )[0]
         return out.float()

@@ -51,8 +51,7 @@ class ScenesBackend(Backend):
         self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def load(cls, *, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None) -> "ScenesBackend":
+    def load(cls, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> ScenesBackend:
         """The shipped scenes model on ``device`` (default: CUDA, else MPS, else CPU), float32 unless ``dtype``."""
         from ...scenes import load_model
 
@@ -63,8 +62,14 @@ class ScenesBackend(Backend):
         return cls(model)
 
     @classmethod
-    def from_pretrained(cls, model: str = SCENES_MODEL_ID, *, torch_dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, progress: bool = True) -> "ScenesBackend":
+    def from_pretrained(
+        cls,
+        model: str = SCENES_MODEL_ID,
+        *,
+        torch_dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> ScenesBackend:
         """The registry's entry point (:func:`bdia.editing.backends.load_backend`): :meth:`load` under the model id."""
         if model != SCENES_MODEL_ID:
             raise ValueError(f"the scenes backend loads the embedded model {SCENES_MODEL_ID!r}, not {model!r}")
@@ -102,28 +107,40 @@ class ScenesBackend(Backend):
         return self._fingerprint
 
     def record(self) -> dict[str, Any]:
-        return {"id": SCENES_MODEL_ID, "revision": None, "class": _CLASS_NAME, "dtype": dtype_name(self.dtype),
-                "fingerprint": self.fingerprint()}
+        return {
+            "id": SCENES_MODEL_ID,
+            "revision": None,
+            "class": _CLASS_NAME,
+            "dtype": dtype_name(self.dtype),
+            "fingerprint": self.fingerprint(),
+        }
 
     def check_record(self, record: dict[str, Any]) -> None:
         model_id, cls = record.get("id"), record.get("class")
         if model_id != SCENES_MODEL_ID or cls != _CLASS_NAME:
-            raise ValueError(f"this inversion was made with model {model_id!r} ({cls}), not the embedded scenes "
-                             f"model; load the model it was inverted with (--model {model_id})")
+            raise ValueError(
+                f"this inversion was made with model {model_id!r} ({cls}), not the embedded scenes "
+                f"model; load the model it was inverted with (--model {model_id})"
+            )
         saved = record.get("fingerprint", {})
         if saved.get("config") != self.fingerprint()["config"]:
-            raise ValueError("this inversion was made with a scenes model of another architecture; "
-                             "reinstall the bdia version it was made with")
+            raise ValueError(
+                "this inversion was made with a scenes model of another architecture; "
+                "reinstall the bdia version it was made with"
+            )
         if saved.get("weights_sha256") != self.fingerprint()["weights_sha256"]:
-            raise ValueError("this inversion was made with other scenes weights than the ones shipped with this "
-                             "bdia; reconstruct it with the bdia version it was made with")
+            raise ValueError(
+                "this inversion was made with other scenes weights than the ones shipped with this "
+                "bdia; reconstruct it with the bdia version it was made with"
+            )
 
     # ----- prompts: captions ------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> None:
         self.model.tokenizer.encode(prompt)
 
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
-                   width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def conditions(
+        self, prompts: list[str], negatives: list[str] | None, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) text states; the unconditional branch is the caption "" unless negatives are given."""
         with torch.no_grad():
             cond = self.model.encode_text(list(prompts))
@@ -143,8 +160,9 @@ class ScenesBackend(Backend):
         and resized to 32x32, with a warning.
         """
         if size is not None and tuple(size) != (self.size, self.size):
-            raise ValueError(f"the scenes model takes {self.size}x{self.size} images only, "
-                             f"got size {size[0]}x{size[1]}")
+            raise ValueError(
+                f"the scenes model takes {self.size}x{self.size} images only, got size {size[0]}x{size[1]}"
+            )
         from ...scenes import to_model
 
         pixels = torch.stack([to_model(self._rgb_uint8(im, k)) for k, im in enumerate(image_items(images))])
@@ -164,13 +182,15 @@ class ScenesBackend(Backend):
             if x.dim() == 2:
                 x = x[None]
             if x.dim() != 3 or x.shape[0] not in (1, 3):
-                raise ValueError(f"image {index}: a tensor image must have shape (1, H, W) or (3, H, W), "
-                                 f"got {tuple(x.shape)}")
+                raise ValueError(
+                    f"image {index}: a tensor image must have shape (1, H, W) or (3, H, W), got {tuple(x.shape)}"
+                )
             if x.dtype != torch.uint8:
                 x = x.float()
                 if not torch.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3:
-                    raise ValueError(f"image {index}: float tensor values must be in [0, 1] "
-                                     f"(got {x.min():.3g}..{x.max():.3g})")
+                    raise ValueError(
+                        f"image {index}: float tensor values must be in [0, 1] (got {x.min():.3g}..{x.max():.3g})"
+                    )
                 x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
             arr = x.permute(1, 2, 0).numpy()
             image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)

@@ -15,20 +15,28 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
+from ...io.images import to_pixels
+from ...io.saved import dtype_name
 from ...models import to_eps
+from ...runtime import choose_device, prompt_list, resolve_dtype
 from ...schedule import Schedule
 from ...solvers import NonFiniteError
 from .base import Backend
-from ...io.images import to_pixels
-from ...runtime import choose_device, prompt_list, resolve_dtype
-from ...io.saved import dtype_name
 
-__all__ = ["StableDiffusionBackend", "UNetModel", "check_pipeline", "encode_prompts", "fingerprint_mismatch", "is_sdxl",
-           "pipeline_fingerprint"]
+__all__ = [
+    "StableDiffusionBackend",
+    "UNetModel",
+    "check_pipeline",
+    "encode_prompts",
+    "fingerprint_mismatch",
+    "is_sdxl",
+    "pipeline_fingerprint",
+]
 
 
 def is_sdxl(pipe: Any) -> bool:
@@ -81,14 +89,23 @@ class UNetModel(torch.nn.Module):
         if "text_embeds" in cond:
             added = {"text_embeds": cond["text_embeds"].to(dt), "time_ids": cond["time_ids"].to(dt)}
         out = self.unet(
-            x.to(dt), t, encoder_hidden_states=cond["encoder_hidden_states"].to(dt),
-            added_cond_kwargs=added, return_dict=False,
+            x.to(dt),
+            t,
+            encoder_hidden_states=cond["encoder_hidden_states"].to(dt),
+            added_cond_kwargs=added,
+            return_dict=False,
         )[0]
         return out.float()
 
 
-def encode_prompts(pipe: Any, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None,
-                   batch: int, height: int, width: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def encode_prompts(
+    pipe: Any,
+    prompt: str | Sequence[str],
+    negative_prompt: str | Sequence[str] | None,
+    batch: int,
+    height: int,
+    width: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(cond, uncond) dicts for ``UNetModel`` with batch ``batch`` (one prompt, or one per image).
 
     ``negative_prompt`` None means the pipeline's default unconditional branch ("" for SD; zeros
@@ -101,21 +118,28 @@ def encode_prompts(pipe: Any, prompt: str | Sequence[str], negative_prompt: str 
     with torch.no_grad():
         if is_sdxl(pipe):
             c, u, pooled_c, pooled_u = pipe.encode_prompt(
-                prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                prompts,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=True,
                 negative_prompt=negatives,
             )
             if pipe.text_encoder_2 is None:
                 proj_dim = int(pooled_c.shape[-1])
             else:
                 proj_dim = pipe.text_encoder_2.config.projection_dim
-            ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=c.dtype,
-                                         text_encoder_projection_dim=proj_dim)
+            ids = pipe._get_add_time_ids(
+                (height, width), (0, 0), (height, width), dtype=c.dtype, text_encoder_projection_dim=proj_dim
+            )
             ids = ids.to(device).repeat(batch, 1)
             cond = {"encoder_hidden_states": c, "text_embeds": pooled_c, "time_ids": ids}
             uncond = {"encoder_hidden_states": u, "text_embeds": pooled_u, "time_ids": ids}
         else:
             c, u = pipe.encode_prompt(
-                prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                prompts,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=True,
                 negative_prompt=negatives,
             )
             cond, uncond = {"encoder_hidden_states": c}, {"encoder_hidden_states": u}
@@ -155,8 +179,9 @@ def pipeline_fingerprint(pipe: Any) -> dict[str, Any]:
     }
 
 
-def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any], network: str = "unet",
-                         what: str = "UNet") -> str | None:
+def fingerprint_mismatch(
+    saved: dict[str, Any], current: dict[str, Any], network: str = "unet", what: str = "UNet"
+) -> str | None:
     """A sentence naming what differs between two fingerprints, or None when they match.
 
     Compares the ``{network}_config`` and ``vae_config`` architectures (keys both sides have: a key on
@@ -188,8 +213,9 @@ class StableDiffusionBackend(Backend):
 
     family = "sd"
 
-    def __init__(self, pipe: Any, *, model_id: str | None = None, revision: str | None = None,
-                 **schedule_overrides: Any):
+    def __init__(
+        self, pipe: Any, *, model_id: str | None = None, revision: str | None = None, **schedule_overrides: Any
+    ):
         check_pipeline(pipe)
         self.pipe = pipe
         self.schedule = Schedule.from_config(dict(pipe.scheduler.config), **schedule_overrides)
@@ -204,9 +230,16 @@ class StableDiffusionBackend(Backend):
         self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, *, torch_dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, revision: str | None = None,
-                        progress: bool = True, **kwargs: Any) -> "StableDiffusionBackend":
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike,
+        *,
+        torch_dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        revision: str | None = None,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> StableDiffusionBackend:
         """Load a pipeline from a local folder or a hub id (hub ids download on the user's machine) with
         :func:`~bdia.io.loading.load_pipeline`: safetensors weights only unless ``allow_pickle=True``;
         other keywords (``variant``, ...) go to diffusers."""
@@ -259,14 +292,14 @@ class StableDiffusionBackend(Backend):
             raise NonFiniteError(f"the VAE decoder returned NaN or inf in {vae.dtype}; use torch_dtype=float32")
         return pixels.clamp(-1.0, 1.0)
 
-    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int,
-                   width: int) -> tuple[dict, dict]:
+    def conditions(self, prompts: list[str], negatives: list[str] | None, height: int, width: int) -> tuple[dict, dict]:
         return encode_prompts(self.pipe, prompts, negatives, len(prompts), height, width)
 
     def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         if height % self.vae_factor or width % self.vae_factor or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be multiples of the VAE factor {self.vae_factor}, "
-                             f"got {width}x{height}")
+            raise ValueError(
+                f"height and width must be multiples of the VAE factor {self.vae_factor}, got {width}x{height}"
+            )
         return (batch, self.pipe.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -275,8 +308,13 @@ class StableDiffusionBackend(Backend):
         return self._fingerprint
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.model_id, "revision": self.revision, "class": type(self.pipe).__name__,
-                "dtype": dtype_name(self.dtype), "fingerprint": self.fingerprint()}
+        return {
+            "id": self.model_id,
+            "revision": self.revision,
+            "class": type(self.pipe).__name__,
+            "dtype": dtype_name(self.dtype),
+            "fingerprint": self.fingerprint(),
+        }
 
     def check_record(self, record: dict[str, Any]) -> None:
         saved = record.get("fingerprint", {})
