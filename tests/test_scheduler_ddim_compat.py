@@ -97,8 +97,13 @@ def test_step_signature_is_ddim_schedulers():
     ours.set_timesteps(5)
     out = ours.step(eps, t, x, eta=0.0, generator=torch.Generator(), variance_noise=torch.ones_like(x))
     torch.testing.assert_close(out.prev_sample, expected[0], rtol=1e-6, atol=1e-6)  # no noise at eta = 0
-    with pytest.raises(ValueError, match="eta=0.5: BDIA is deterministic"):
-        ours.step(eps, t, x, 0.5)
+    noisy = ddim.step(eps, t, x, 0.5, variance_noise=torch.ones_like(x)).prev_sample
+    ours.set_timesteps(5)
+    torch.testing.assert_close(ours.step(eps, t, x, 0.5, variance_noise=torch.ones_like(x)).prev_sample, noisy)
+    paired = BDIAScheduler.from_config(SD_SCHEDULER, gamma=1.0)
+    paired.set_timesteps(5)
+    with pytest.raises(ValueError, match=r"eta=0.5: BDIA's pair \(gamma > 0\) is deterministic"):
+        paired.step(eps, t, x, 0.5)
     with pytest.raises(ValueError, match="not a training timestep"):
         ours.step(eps, 3.5, x)
 

@@ -202,14 +202,27 @@ def test_off_grid_step_is_ddim_stride_rule(make):
 
 @pytest.mark.parametrize("time_step, eta", [(1, 0.0), (10, 0.5), (49, 1.0)])
 def test_eta(make, tmp_path, time_step, eta):
-    if eta > 0 and _cls(make) is BDIAScheduler:
-        # BDIA is deterministic; DDIMScheduler's stochastic steps are refused, not approximated
-        sched = make(**_config())
-        sched.set_timesteps(STEPS)
-        with pytest.raises(ValueError, match=f"eta={eta}: BDIA is deterministic"):
-            sched.step(0.1 * _sample(), time_step, _sample(), eta)
-        return
+    # gamma = 0 is DDIMScheduler, stochastic steps included: the same generator gives the same noise
     _check(make, tmp_path, time_step=time_step, eta=eta)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_eta_with_variance_noise_follows_ddim_and_bdia_pair_refuses_it(eta):
+    config, sample, noise = _config(), _sample(), _noise_deter()
+    ddim, ours = DDIMScheduler(**config), BDIAScheduler(gamma=0.0, **config)
+    for s in (ddim, ours):
+        s.set_timesteps(STEPS)
+    for t in ddim.timesteps[:3]:  # consecutive grid steps: the noised step breaks no pair at gamma = 0
+        expected = ddim.step(0.1 * sample, t, sample, eta, variance_noise=noise).prev_sample
+        got = ours.step(0.1 * sample, t, sample, eta, variance_noise=noise).prev_sample
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        sample = expected
+    with pytest.raises(ValueError, match="generator or variance_noise"):
+        ours.step(0.1 * sample, ours.timesteps[0], sample, eta, generator=torch.Generator(), variance_noise=noise)
+    bdia_pair = BDIAScheduler(gamma=1.0, **config)
+    bdia_pair.set_timesteps(STEPS)
+    with pytest.raises(ValueError, match=rf"eta={eta}: BDIA's pair \(gamma > 0\) is deterministic"):
+        bdia_pair.step(0.1 * sample, bdia_pair.timesteps[0], sample, eta)
 
 
 @pytest.mark.parametrize("t, prev", [(0, 0), (420, 400), (980, 960), (487, 486), (999, 998), (10, -10)])

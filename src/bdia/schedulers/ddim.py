@@ -35,6 +35,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
 from ..schedule import Schedule
 from ..solvers import BDIA
@@ -273,8 +274,8 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
     """
         + _SCHEDULE_DOC
         + """
-    ``step`` accepts DDIMScheduler's arguments; ``eta`` must be 0 (BDIA is deterministic), and
-    ``generator`` / ``variance_noise`` then have no effect, as in DDIMScheduler.
+    ``step`` accepts DDIMScheduler's arguments; ``eta`` must be 0 unless gamma = 0 (BDIA's pair is
+    deterministic); at ``eta = 0`` ``generator`` / ``variance_noise`` have no effect, as in DDIMScheduler.
     To regenerate an image inverted with :class:`BDIAInverseScheduler`, call
     :meth:`set_inverted_start` with its ``latents`` and pass ``latents=z_0`` to the pipeline.
     """
@@ -364,8 +365,8 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
         return z_next.to(z)
 
     def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
-        """DDIMScheduler's variance of its step timestep -> prev_timestep (the noise eta > 0 scales);
-        BDIA adds no noise, this is DDIMScheduler's API, computed as it does (float32)."""
+        """DDIMScheduler's variance of its step timestep -> prev_timestep (the noise eta > 0 scales, gamma = 0
+        only), computed as it does."""
         abar = self.alphas_cumprod[timestep]
         abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
         return (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
@@ -381,22 +382,37 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> DDIMSchedulerOutput | tuple:
-        """One step from ``timestep`` (see ``step_pairing``); DDIMScheduler's signature, with ``eta = 0``."""
-        if eta != 0:
+        """One step from ``timestep`` (see ``step_pairing``); DDIMScheduler's signature.
+
+        ``eta > 0`` (DDIM's stochastic sampling) needs gamma = 0, where this scheduler is DDIMScheduler;
+        BDIA's pair (gamma > 0) is deterministic.
+        """
+        if eta != 0 and not self._ddim_only:
             raise ValueError(
-                f"eta={eta}: BDIA is deterministic and takes no noise; use eta=0, "
-                "or DDIMScheduler for stochastic sampling"
+                f"eta={eta}: BDIA's pair (gamma > 0) is deterministic and takes no noise; use eta=0, "
+                "or gamma=0 (DDIM) for stochastic sampling"
             )
+        if eta != 0 and variance_noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise to step, not both")
         t = self._timestep(timestep)
         z, out = self._work(sample, model_output)
         hits = (self.grid.timesteps == t).nonzero().flatten()
-        if self.config.step_pairing == "stride" or (hits.numel() == 0 and self._ddim_only):
+        if self.config.step_pairing == "stride" or (self._ddim_only and (hits.numel() == 0 or eta != 0)):
             # DDIMScheduler's rule from any timestep; only gamma = 0 gets here, which needs no pair
             x0, eps = self._predict(out, z, t, use_clipped_model_output)
             prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
-            if hits.numel() == 0:
-                self._reset()  # off the grid: the next grid step starts a new pair
-            return self._output(_ddim_move(x0, eps, self._abar(prev_t)), x0, sample, return_dict)
+            if hits.numel() == 0 or eta != 0:
+                self._reset()  # off the grid or noised: the next grid step starts a new pair
+            if eta == 0:
+                return self._output(_ddim_move(x0, eps, self._abar(prev_t)), x0, sample, return_dict)
+            abar_prev = self._abar(prev_t)
+            std = eta * float(self._get_variance(t, prev_t)) ** 0.5
+            prev = math.sqrt(abar_prev) * x0 + math.sqrt(max(1.0 - abar_prev - std**2, 0.0)) * eps
+            if variance_noise is None:
+                variance_noise = randn_tensor(
+                    model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+                )
+            return self._output(prev + std * variance_noise.to(prev), x0, sample, return_dict)
         if hits.numel() == 0:
             raise ValueError(
                 f"timestep {t} is not on this scheduler's grid {self.grid!r}: BDIA's pair (gamma > 0) "
