@@ -8,15 +8,10 @@ They need the ``diffusers`` extra; names load on first use, so ``import bdia.sch
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _EXPORTS = {"BDIAScheduler": ".ddim", "BDIAInverseScheduler": ".ddim", "BDIAFlowScheduler": ".flow_match"}
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
