@@ -18,11 +18,15 @@ _EXPORTS = {
         "Summary",
         "find_inputs",
         "plan_batches",
+        "iter_inversions",
+        "split_inversion",
+        "stack_inversions",
         "invert_files",
         "reconstruct_files",
         "edit_files",
         "read_manifest",
         "file_sha256",
+        "MANIFEST",
     )
 }
 
