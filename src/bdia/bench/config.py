@@ -72,6 +72,12 @@ class BenchConfig:
     editing_steps: int = 20
     editing_strengths: tuple[float, ...] = (0.6, 1.0)
     editing_guidances: tuple[float, ...] = (1.0, 3.0)
+    # Editing with ground truth on the scenes model: held-out edit pairs, every method x control.
+    scene_editing_methods: tuple[str, ...] = ("ddim", "edict", "bdia-1", "belm", "rex")
+    scene_editing_pairs: int = 2  # per edit kind (six kinds)
+    scene_editing_steps: tuple[int, ...] = (10, 20)
+    scene_editing_guidance: float = 3.0
+    scene_editing_controls: tuple[str, ...] = ("swap",)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -101,6 +107,8 @@ class BenchConfig:
             editing_steps=25,
             editing_strengths=(0.5, 0.75, 1.0),
             editing_guidances=(1.0, 2.0, 4.0),
+            scene_editing_pairs=5,
+            scene_editing_steps=(20, 50),
         )
         return replace(base, **overrides)
 

@@ -32,7 +32,18 @@ from .config import BenchConfig
 from .measures import finite_or_none
 from .report import render
 
-WORKLOADS: tuple[str, ...] = ("analytic", "digits", "unet", "edm", "rex", "flow", "editing", "reversible", "throughput")
+WORKLOADS: tuple[str, ...] = (
+    "analytic",
+    "digits",
+    "unet",
+    "edm",
+    "rex",
+    "flow",
+    "editing",
+    "scene_editing",
+    "reversible",
+    "throughput",
+)
 
 REQUIRED = {"matplotlib": "the plots", "scipy": "the exact ODE references"}  # module -> what needs it
 
