@@ -391,6 +391,7 @@ def test_eval_pie_end_to_end(tmp_path, networks, capsys):
     report = json.loads((out / "results.json").read_text())
     assert report["images"] == 6 and report["failed"] == 0 and report["skipped"] == {}
     assert report["settings"]["method"] == "bdia" and report["settings"]["steps"] == 3
+    assert report["versions"]["torchmetrics"] and report["rules"]["mask"]
     for m in METRICS:
         values = [float(r[m]) for r in rows]
         assert all(math.isfinite(v) for v in values), m
@@ -419,7 +420,8 @@ def test_eval_pie_end_to_end(tmp_path, networks, capsys):
     assert run_cli("eval", "pie", data, "--steps", 3, "-o", data / "inside", "-q") == 2
     assert "input folder" in capsys.readouterr().err
     # Other methods, one image each, pixel metrics only.
-    for method in (["--method", "ddim"], ["--method", "bdia", "--gamma", "belm"], ["--method", "nulltext"]):
+    others = (["--method", "ddim"], ["--method", "bdia", "--gamma", "belm"], ["--method", "edict"], ["--method", "rex"])
+    for method in (*others, ["--method", "nulltext"]):
         target = tmp_path / f"out-{method[-1]}"
         code = run_cli("eval", "pie", data, "--steps", 3, "--limit", 1, "-o", target, "-q", "--device", "cpu", *method)
         assert code == 0, capsys.readouterr().err
@@ -428,3 +430,9 @@ def test_eval_pie_end_to_end(tmp_path, networks, capsys):
         assert math.isfinite(r["summary"]["psnr_unedit_part"]["mean"])
     assert run_cli("eval", "pie", data, "--method", "ddim", "--gamma", "0.5", "-o", tmp_path / "x") == 2
     assert "--gamma applies" in capsys.readouterr().err
+    # Two entries naming one image would write one output file twice: refused before any work.
+    doubled = {**mapping, "999999999999": mapping[key]}
+    (data / pie.MAPPING).write_text(json.dumps(doubled))
+    assert run_cli("eval", "pie", data, "--steps", 3, "-o", tmp_path / "y", "-q", "--device", "cpu") == 2
+    assert "share the image_path" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

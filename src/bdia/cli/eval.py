@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..grids import GRID_KINDS
 from .common import (
     REX_BASES,
     add_model_args,
@@ -70,6 +71,12 @@ def register(subparsers: Any) -> None:
     g.add_argument("--p", type=edict_p_type, default=None, help="EDICT mixing weight (default 0.93)")
     g.add_argument("--base", default=None, choices=REX_BASES, help="Rex's Runge-Kutta base (default midpoint)")
     g.add_argument("--zeta", type=zeta_type, default=None, help="Rex's coupling in (0, 1] (default 0.9)")
+    g.add_argument(
+        "--grid",
+        default=None,
+        choices=GRID_KINDS,
+        help="grid of noise levels (default diffusers: the scheduler's own spacing; see bdia invert --help)",
+    )
     g.add_argument("--steps", type=steps_type, default=50, help="steps (default 50)")
     g.add_argument("--strength", type=strength_type, default=1.0, help="fraction of the grid to invert (default 1)")
     g.add_argument("--guidance", type=guidance_type, default=None, help="edit guidance (default: the model's)")
@@ -84,7 +91,7 @@ def register(subparsers: Any) -> None:
     m.add_argument("--clip", metavar="PATH", help="CLIP ViT-L/14 as a transformers CLIPModel+CLIPProcessor folder")
     m.add_argument("--lpips", metavar="PATH", help="torchvision's squeezenet1_1 checkpoint (.pth) for LPIPS")
     add_model_args(q, DEFAULT_EVAL_MODEL)
-    q.set_defaults(func=cmd_pie, grid=None, default_gamma=1.0)
+    q.set_defaults(func=cmd_pie, default_gamma=1.0)
 
 
 def edit_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,7 +107,7 @@ def _settings(args: argparse.Namespace):
         for flag in ("gamma", "p", "base", "zeta"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag} does not apply to --method nulltext")
-        solver: dict[str, Any] = {}
+        solver: dict[str, Any] = {"grid": args.grid} if args.grid is not None else {}
     else:
         solver = solver_options(args)
     label = args.method

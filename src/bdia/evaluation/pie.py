@@ -359,6 +359,25 @@ def _read_rgb(path: Path) -> np.ndarray:
     return np.asarray(read_image(path).convert("RGB"))
 
 
+def _check_nulltext(editor: Any) -> None:
+    """Refuse, before any work, a backend whose guided model null-text inversion cannot optimise."""
+    import torch
+
+    from ..models import ClassifierFreeGuidance
+
+    backend = editor.backend
+    if backend.family in ("sd3", "flux"):
+        raise ValueError("null-text inversion runs DDIM on eps models; this flow-matching model has none")
+    w, h = backend.default_size
+    cond, uncond = backend.conditions([""], None, h, w)
+    guided = backend.guided(cond, uncond, 1.0)
+    if not isinstance(guided, ClassifierFreeGuidance) or not isinstance(guided.uncond, torch.Tensor):
+        raise ValueError(
+            "null-text inversion optimises the unconditional text embedding; this model's conditions are not one "
+            "tensor (e.g. SDXL's added conditions): use another method"
+        )
+
+
 def _nulltext_edit(editor: Any, path: Path, item: PieItem, settings: PieSettings, guidance: float) -> tuple[Any, dict]:
     """Null-text inversion (DDIM, per-step optimised null embeddings) and its DDIM edit, through the backend."""
     from ..nulltext import null_text_invert
@@ -370,10 +389,6 @@ def _nulltext_edit(editor: Any, path: Path, item: PieItem, settings: PieSettings
     start = time.perf_counter()
     cond, uncond = backend.conditions([item.source_prompt], None, h, w)
     guided = backend.guided(cond, uncond, guidance)
-    if not hasattr(guided, "with_cond"):
-        raise ValueError(
-            f"null-text inversion needs classifier-free guidance over text embeddings; {backend.family} has none"
-        )
     inv = null_text_invert(guided, backend.encode(pixels).to(editor.state_dtype), grid, state_dtype=editor.state_dtype)
     target, _ = backend.conditions([item.target_prompt], None, h, w)
     x = inv.sample(guided.with_cond(target), grid)
@@ -454,6 +469,19 @@ RULES = {
 }
 
 
+def _versions() -> dict[str, str | None]:
+    """The packages whose versions change the numbers (torchmetrics' SSIM border rule, for one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in ("bdia", "torch", "torchmetrics", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def run_pie(
     editor: Any,
     data_dir: str | os.PathLike,
@@ -480,9 +508,19 @@ def run_pie(
             editor.validate_prompt([item.source_prompt, item.target_prompt])
         except ValueError as e:
             raise ValueError(f"entry {item.key!r}: {e}") from None
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.image_path in seen:
+            raise ValueError(
+                f"entries {seen[item.image_path]!r} and {item.key!r} share the image_path {item.image_path!r}: "
+                "their edited images would be written to one file"
+            )
+        seen[item.image_path] = item.key
     out = check_output_dir(out_dir, overwrite)
     check_folders([root], [], out)
     inv_g, edit_g = settings.resolved(editor.default_guidance)
+    if settings.method == "nulltext":
+        _check_nulltext(editor)
     metrics = metrics if metrics is not None else PieMetrics()
     for metric, why in metrics.skipped.items():
         log(f"note: {metric} {why}")
@@ -505,6 +543,7 @@ def run_pie(
         "metrics": list(METRICS),
         "skipped": metrics.skipped,
         "rules": RULES,
+        "versions": _versions(),
     }
     try:
         for n, item in enumerate(items, 1):
