@@ -436,3 +436,31 @@ def test_eval_pie_end_to_end(tmp_path, networks, capsys):
     assert run_cli("eval", "pie", data, "--steps", 3, "-o", tmp_path / "y", "-q", "--device", "cpu") == 2
     assert "share the image_path" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_an_unchanged_prompt_gives_back_the_source_with_an_exact_method(tmp_path):
+    """Editing under the original prompt is a reconstruction: BDIA returns the source's 8-bit pixels, so the
+    unedited part has infinite PSNR (kept in the mean, left out of finite_mean); DDIM inversion does not."""
+    from PIL import Image
+
+    from bdia.editing import load_editor
+
+    data = pie.make_scenes_pie(tmp_path / "data", 1)
+    mapping = json.loads((data / pie.MAPPING).read_text())
+    entry = next(iter(mapping.values()))
+    entry["editing_prompt"] = entry["original_prompt"]
+    (data / pie.MAPPING).write_text(json.dumps(mapping))
+    editor = load_editor("scenes", device="cpu", progress=False)
+    report = pie.run_pie(editor, data, tmp_path / "bdia", pie.PieSettings(method="bdia", steps=4), log=lambda s: None)
+    written = np.asarray(Image.open(tmp_path / "bdia" / pie.IMAGES / entry["image_path"]))
+    np.testing.assert_array_equal(written, np.asarray(Image.open(data / pie.IMAGES / entry["image_path"])))
+    s = report["summary"]["psnr_unedit_part"]
+    assert s["mean"] == math.inf and s["infinite"] == 1 and math.isnan(s["finite_mean"])
+    assert report["summary"]["mse_unedit_part"]["mean"] == 0
+    saved = json.loads((tmp_path / "bdia" / "results.json").read_text())
+    assert (
+        saved["summary"]["psnr_unedit_part"]["mean"] == "inf"
+        and saved["summary"]["psnr_unedit_part"]["finite_mean"] is None
+    )
+    ddim = pie.run_pie(editor, data, tmp_path / "ddim", pie.PieSettings(method="ddim", steps=4), log=lambda s: None)
+    assert math.isfinite(ddim["summary"]["psnr_unedit_part"]["mean"])
