@@ -287,6 +287,25 @@ def test_lpips_matches_torchmetrics_when_torchvision_is_there(networks):
     torch.testing.assert_close(ours(a, b), reference(a, b).reshape(-1))
 
 
+def test_lpips_matches_torchmetrics_lpips_module(networks, monkeypatch):
+    """Our LPIPS against torchmetrics' own module (scaling, unit normalisation, learned layers, averaging), both
+    on the same random SqueezeNet: torchmetrics gets the backbone layout from here instead of torchvision."""
+    import torchmetrics.functional.image.lpips as tm_lpips
+
+    monkeypatch.setattr(tm_lpips, "_get_tv_model_features", lambda net, pretrained=False: squeezenet1_1_features())
+    reference = tm_lpips._LPIPS(pretrained=True, net="squeeze", pnet_rand=True)
+    features = {k.removeprefix("features."): v for k, v in torch.load(networks["lpips"]).items() if "features." in k}
+    for s in reference.net.slices:
+        for name, layer in s.named_children():
+            layer.load_state_dict({k.split(".", 1)[1]: v for k, v in features.items() if k.split(".")[0] == name})
+    ours = Lpips(networks["lpips"])
+    torch.manual_seed(3)
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    expected = reference(a, b).reshape(-1)
+    assert bool((expected > 0).all())
+    torch.testing.assert_close(ours(a, b), expected)
+
+
 def test_network_metrics_plumbing(networks):
     from transformers import CLIPModel, CLIPProcessor, ViTModel
 
