@@ -105,7 +105,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     _torchmetrics()
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {a.shape[-1]}x{a.shape[-2]}")
-    return float(structural_similarity_index_measure(a, b, data_range=1.0))
+    value = structural_similarity_index_measure(a, b, data_range=1.0)
+    return float(value if isinstance(value, torch.Tensor) else value[0])
 
 
 # ----- LPIPS (SqueezeNet) ---------------------------------------------------------------------------------
@@ -127,17 +128,20 @@ def squeezenet1_1_features() -> torch.nn.Sequential:
     """SqueezeNet 1.1's feature layers, laid out (indices, names, shapes) as torchvision's ``features``, so a
     torchvision checkpoint's ``features.*`` tensors load into it. Defined here because torchmetrics builds
     it through torchvision, which is not always installable beside a given torch build."""
-    pool = dict(kernel_size=3, stride=2, ceil_mode=True)
+
+    def pool() -> torch.nn.MaxPool2d:
+        return torch.nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+
     return torch.nn.Sequential(
         torch.nn.Conv2d(3, 64, kernel_size=3, stride=2),
         torch.nn.ReLU(),
-        torch.nn.MaxPool2d(**pool),
+        pool(),
         _Fire(64, 16, 64, 64),
         _Fire(128, 16, 64, 64),
-        torch.nn.MaxPool2d(**pool),
+        pool(),
         _Fire(128, 32, 128, 128),
         _Fire(256, 32, 128, 128),
-        torch.nn.MaxPool2d(**pool),
+        pool(),
         _Fire(256, 48, 192, 192),
         _Fire(384, 48, 192, 192),
         _Fire(384, 64, 256, 256),
@@ -185,8 +189,10 @@ class Lpips(torch.nn.Module):
         if linear is None:
             linear = Path(_torchmetrics().__file__).parent / "functional" / "image" / "lpips_models" / "squeeze.pth"
         lin = _load_state(linear, "LPIPS linear layers")
-        for k, conv in enumerate(self.lins):
-            conv.weight.data.copy_(lin[f"lin{k}.model.1.weight"])
+        with torch.no_grad():
+            for k, conv in enumerate(self.lins):
+                if isinstance(conv, torch.nn.Conv2d):
+                    conv.weight.copy_(lin[f"lin{k}.model.1.weight"])
         self.eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -194,13 +200,14 @@ class Lpips(torch.nn.Module):
         """The distance of (B, 3, H, W) images in [-1, 1], one value per image."""
         fa, fb = (self.scale_input(x) for x in (a, b))
         total = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
+        lins: list[torch.nn.Module] = list(self.lins)
         k = 0
         for i, layer in enumerate(self.features):
             fa, fb = layer(fa), layer(fb)
             if i in _LPIPS_TAPS:
                 na = fa / torch.sqrt(1e-8 + (fa**2).sum(1, keepdim=True))
                 nb = fb / torch.sqrt(1e-8 + (fb**2).sum(1, keepdim=True))
-                total = total + self.lins[k]((na - nb) ** 2).mean((1, 2, 3))
+                total = total + lins[k]((na - nb) ** 2).mean((1, 2, 3))
                 k += 1
         return total
 
@@ -261,7 +268,8 @@ class DinoStructure:
         from transformers import ViTModel
 
         self.model = ViTModel.from_pretrained(os.fspath(path), add_pooling_layer=False)
-        self.model = self.model.to(device).eval().requires_grad_(False)
+        torch.nn.Module.to(self.model, device)
+        self.model.eval().requires_grad_(False)
         self.device = torch.device(device)
         self.mean = torch.tensor([0.485, 0.456, 0.406], device=device)[:, None, None]
         self.std = torch.tensor([0.229, 0.224, 0.225], device=device)[:, None, None]
@@ -318,7 +326,8 @@ class ClipSimilarity:
         _torchmetrics()
         model = _ClipEmbeddings(CLIPModel.from_pretrained(os.fspath(path)).eval().requires_grad_(False))
         processor = CLIPProcessor.from_pretrained(os.fspath(path))
-        self.metric = CLIPScore(model_name_or_path=lambda: (model, processor)).to(device)
+        # CLIPScore takes a callable giving (model, processor); the adapter stands in for the CLIPModel.
+        self.metric = CLIPScore(model_name_or_path=lambda: (model, processor)).to(device)  # type: ignore[arg-type,return-value]
         self.device = torch.device(device)
 
     @torch.no_grad()
