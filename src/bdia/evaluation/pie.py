@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +250,7 @@ def _scene_words(pair: Any) -> tuple[str, str]:
 
 
 def _scene_instruction(pair: Any) -> str:
-    (old, new) = (" ".join(pair.changed_words[0]), " ".join(pair.changed_words[1]))
+    old, new = (" ".join(words) for words in pair.changed_words)
     if pair.kind == "add":
         return f"add a {new}"
     if pair.kind == "remove":
@@ -533,7 +533,7 @@ def run_pie(
         "data_dir": os.fspath(root),
         "model": editor.backend.record().get("id"),
         "settings": {
-            **{k: v for k, v in asdict(settings).items() if k not in ("solver", "edit_options")},
+            **{k: getattr(settings, k) for k in ("method", "label", "steps", "strength")},
             "solver": {
                 k: (v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in settings.solver.items()
             },
