@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "bdia.cli.edit",
     "bdia.cli.generate",
     "bdia.cli.bench",
+    "bdia.cli.eval",
 ]
 
 
