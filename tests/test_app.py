@@ -31,6 +31,8 @@ from bdia.io.saved import save_inversion  # noqa: E402
 from bdia.scenes import held_out_edit_pairs  # noqa: E402
 
 STEPS = 12  # enough for an exact round trip and a visible edit, quick on a busy CPU
+SCREENSHOT = os.environ.get("BDIA_APP_SCREENSHOT")  # the screenshot shows the app's default 50 steps
+SERVED_STEPS = 50 if SCREENSHOT else STEPS
 CHROMIUM = [shutil.which("chromium"), shutil.which("chromium-browser")]
 CHROMEDRIVER = shutil.which("chromedriver") or (
     "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
@@ -136,7 +138,9 @@ def app_url():
     pytest.importorskip("gradio")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "-m", "bdia.cli", "app", "--model", "scenes", "--port", str(_free_port())]
-    proc = subprocess.Popen(cmd + ["--steps", str(STEPS)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        cmd + ["--steps", str(SERVED_STEPS)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
     lines: list[str] = []
     found = threading.Event()
 
@@ -180,7 +184,7 @@ def test_client_api_inverts_edits_and_refuses_bad_input(app_url, scene_png, pair
     source, rec, _, report, summary, guidance, inv_file, _, _ = client.predict(
         handle_file(scene_png), pair.source_caption, api_name="/invert"
     )
-    assert "**0 mismatching** of 3072" in report and f"{STEPS} steps" in summary and guidance == 1.0
+    assert "**0 mismatching** of 3072" in report and f"{SERVED_STEPS} steps" in summary and guidance == 1.0
     assert np.array_equal(pixels(rec), pair.source_image) and np.array_equal(pixels(source), pair.source_image)
     edited, edit_report, edit_file = client.predict(pair.target_caption, 3.0, api_name="/edit")
     assert "guidance 3" in edit_report and not np.array_equal(pixels(edited), pair.source_image)
@@ -282,9 +286,9 @@ def test_browser_inverts_edits_and_downloads(app_url, scene_png, pair, tmp_path)
         wait.until(lambda d: "edited to" in text("#edit-report"))
         edited = _image_at(driver, "#edit-view")
         assert edited.shape == pair.source_image.shape and not np.array_equal(edited, pair.source_image)
-        if os.environ.get("BDIA_APP_SCREENSHOT"):
+        if SCREENSHOT:
             time.sleep(1)  # let the last image finish painting
-            driver.save_screenshot(os.environ["BDIA_APP_SCREENSHOT"])
+            driver.save_screenshot(SCREENSHOT)
 
         driver.find_element("css selector", "#download-inversion").click()
         saved = _wait_file(downloads, ".safetensors")
