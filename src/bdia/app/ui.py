@@ -180,7 +180,9 @@ def build_app(
                 invert_button = gr.Button("Invert", variant="primary", elem_id="invert")
                 with gr.Accordion("Inversion settings", open=False):
                     method = gr.Dropdown(list(METHODS), value="bdia", label="Method", elem_id="method")
-                    steps = gr.Slider(2, max(200, int(steps)), value=int(steps), step=1, label="Steps", elem_id="steps")
+                    num_steps = gr.Slider(
+                        2, max(200, int(steps)), value=int(steps), step=1, label="Steps", elem_id="steps"
+                    )
                     guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="Guidance", elem_id="guidance")
                     strength = gr.Slider(0.1, 1.0, value=1.0, step=0.05, label="Strength", elem_id="strength")
                     grid = gr.Dropdown(list(GRID_KINDS), value="diffusers", label="Grid", elem_id="grid")
@@ -233,14 +235,14 @@ def build_app(
         ]
         invert_button.click(
             invert,
-            [cache, image, source_prompt, method, steps, guidance, strength, grid],
+            [cache, image, source_prompt, method, num_steps, guidance, strength, grid],
             shown,
             api_name="invert",
         )
         saved.upload(load, [cache, saved], shown, api_name="load_inversion")
         edited = [cache, edit_view, edit_report, edit_file]
         edit_button.click(edit, [cache, target, edit_guidance], edited, api_name="edit")
-        target.submit(edit, [cache, target, edit_guidance], edited, api_name=False)
+        target.submit(edit, [cache, target, edit_guidance], edited, api_visibility="private")  # Enter = Edit
     return app
 
 

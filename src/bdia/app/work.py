@@ -235,7 +235,7 @@ class Workbench:
                 grid=grid,
                 progress=True,
             )
-            entry = self._entry(key, inv, self.editor.backend.load_images(image, inv.image_size))
+            entry = self._entry(key, inv, self.editor.backend.load_images(image, inv.image_size), image)
         if folder is not None:
             entry.file = self._save(inv, folder)
         return cache.put(entry)
@@ -258,19 +258,27 @@ class Workbench:
         entry.file = Path(path)
         return cache.put(entry)
 
-    def _entry(self, key: str, inv: ImageInversion, source_pixels: Any) -> Entry:
-        """Reconstruct ``inv`` and measure it against the inverted latents (what exact inversion guarantees)."""
+    def _entry(self, key: str, inv: ImageInversion, source_pixels: Any, image: Any = None) -> Entry:
+        """Reconstruct ``inv`` and measure it against the inverted latents (what exact inversion guarantees);
+        with a lossy codec (a VAE) also against ``image``, beside the codec's own round trip."""
         rec = self.editor.reconstruct(inv, progress=True)
         image = rec.images[0]
         total = int(np.asarray(image).size)
         identical = rec.info.get("identical")
-        mismatches = None if identical is None else int(round((1.0 - identical) * total))
-        if mismatches is None:
+        if identical is None:
+            mismatches = None
             report = "the file holds no clean latents, so the reconstruction's error cannot be measured"
         else:
+            mismatches = int(round((1.0 - float(identical)) * total))
             report = (
                 f"**{mismatches} mismatching** of {total} 8-bit values ({100 * identical:.2f}% identical), "
                 f"latent error {rec.latent_error:.1e}"
+            )
+        if image is not None and self.editor.backend.lossy_codec:
+            errors = self.editor.pixel_errors(image, rec, inv)
+            report += (
+                f"; against your image: mean error {errors['reconstruction']:.4f}, the VAE's own round trip "
+                f"{errors['vae_roundtrip']:.4f} (no inversion can beat it)"
             )
         seconds = inv.info.get("seconds")
         timing = f"inversion {seconds:.1f} s, " if isinstance(seconds, (int, float)) else ""
@@ -382,20 +390,16 @@ def _message(e: BaseException, name: str | None = None) -> str:
     return text
 
 
-class _user_errors:
+@contextlib.contextmanager
+def _user_errors(name: str | None = None) -> Iterator[None]:
     """What bad input raises (ValueError, TypeError, OSError, Pillow's errors, non-finite latents) as a
-    :class:`UserError`."""
-
-    def __init__(self, name: str | None = None):
-        self.name = name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
-        if error is None or isinstance(error, UserError):
-            return False
-        pil = type(error).__module__.split(".")[0] == "PIL"
-        if isinstance(error, (ValueError, TypeError, OSError, NonFiniteError)) or pil:
-            raise UserError(_message(error, self.name)) from None
-        return False
+    :class:`UserError`; ``name`` replaces the server's temporary path of an uploaded file in the message."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        pil = type(e).__module__.split(".")[0] == "PIL"
+        if isinstance(e, (ValueError, TypeError, OSError, NonFiniteError)) or pil:
+            raise UserError(_message(e, name)) from None
+        raise

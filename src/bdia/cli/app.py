@@ -31,6 +31,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_app(args: argparse.Namespace) -> int:
     import os
+    import signal
     import sys
     import tempfile
     from importlib.util import find_spec
@@ -52,6 +53,10 @@ def cmd_app(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing is sent anywhere
     from ..app import ui
 
+    def stop(signum: int, frame: Any) -> None:  # a terminated server cleans up like an interrupted one
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     # One torch thread for the tiny embedded models (per-op overhead dominates, as in the other commands).
     with torch_threads(1 if embedded else None), tempfile.TemporaryDirectory(prefix="bdia-app-") as workdir:
         editor = load_editor(model, dtype=args.dtype, device=args.device, revision=args.revision, **pickle_option(args))
