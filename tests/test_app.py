@@ -281,6 +281,9 @@ def test_browser_inverts_edits_and_downloads(app_url, scene_png, pair, tmp_path)
         assert "0 mismatching of 3072" in text("#report")
         assert np.array_equal(_image_at(driver, "#recon-view"), pair.source_image)
 
+        driver.find_element("css selector", "#edit").click()  # no target prompt yet: a message, not a traceback
+        wait.until(lambda d: "enter a target prompt" in text("body"))
+        assert "Traceback" not in text("body")
         driver.find_element("css selector", "#target-prompt textarea").send_keys(pair.target_caption)
         driver.find_element("css selector", "#edit").click()
         wait.until(lambda d: "edited to" in text("#edit-report"))
