@@ -60,10 +60,11 @@ def _readable(image: gr.Image) -> gr.Image:
             return decode(payload)
         except Exception as e:
             name = getattr(payload, "orig_name", None) or "the uploaded file"
-            raise gr.Error(
-                f"{name} is not an image file the app can read ({type(e).__name__}); upload a PNG, JPEG or WebP",
-                print_exception=False,
-            ) from None
+            if type(e).__name__ == "DecompressionBombError":
+                message = f"{name} has too many pixels to open safely; resize it first"
+            else:
+                message = f"{name} is not an image file the app can read ({type(e).__name__}); upload a PNG or JPEG"
+            raise gr.Error(message, print_exception=False) from None
 
     image.preprocess = preprocess  # type: ignore[method-assign]
     return image

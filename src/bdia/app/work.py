@@ -185,15 +185,20 @@ class Workbench:
         """An uploaded image file as a PIL image, refused (UserError) when missing, not an image or too large."""
         if path is None or str(path) == "":
             raise UserError("upload an image or pick a sample first")
+        from PIL import Image
+
+        side = int(self.max_pixels**0.5)
         try:
-            image = read_image(path)
+            with Image.open(path) as header:  # the size from the header, before decoding any pixels
+                w, h = header.size
+        except Exception:  # not an image, or beyond Pillow's own bomb limit: read_image names the problem
+            w = h = 0
+        if w * h > self.max_pixels:
+            raise UserError(f"the image is {w}x{h} pixels; the app takes up to {side}x{side}: resize it first")
+        try:
+            return read_image(path)
         except (ValueError, OSError) as e:
             raise UserError(f"that file is not an image bdia can read: {_message(e, Path(path).name)}") from None
-        w, h = image.size
-        if w * h > self.max_pixels:
-            side = int(self.max_pixels**0.5)
-            raise UserError(f"the image is {w}x{h} pixels; the app takes up to {side}x{side}: resize it first")
-        return image
 
     def invert(
         self,
