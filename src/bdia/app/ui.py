@@ -234,16 +234,27 @@ def build_app(
             edit_file,
             edit_report,
         ]
+        # One model in memory: every event that runs it shares one queue slot (a per-event limit would let an
+        # invert and an edit of two users run at once).
+        invert_inputs = [cache, image, source_prompt, method, num_steps, guidance, strength, grid]
         invert_button.click(
-            invert,
-            [cache, image, source_prompt, method, num_steps, guidance, strength, grid],
-            shown,
-            api_name="invert",
+            invert, invert_inputs, shown, api_name="invert", concurrency_id="model", concurrency_limit=1
         )
-        saved.upload(load, [cache, saved], shown, api_name="load_inversion")
+        saved.upload(
+            load, [cache, saved], shown, api_name="load_inversion", concurrency_id="model", concurrency_limit=1
+        )
         edited = [cache, edit_view, edit_report, edit_file]
-        edit_button.click(edit, [cache, target, edit_guidance], edited, api_name="edit")
-        target.submit(edit, [cache, target, edit_guidance], edited, api_visibility="private")  # Enter = Edit
+        edit_button.click(
+            edit, [cache, target, edit_guidance], edited, api_name="edit", concurrency_id="model", concurrency_limit=1
+        )
+        target.submit(
+            edit,
+            [cache, target, edit_guidance],
+            edited,
+            api_visibility="private",
+            concurrency_id="model",
+            concurrency_limit=1,
+        )  # Enter = Edit
     return app
 
 
