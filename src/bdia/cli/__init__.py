@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "bdia.cli.reconstruct",
     "bdia.cli.edit",
     "bdia.cli.generate",
+    "bdia.cli.app",
     "bdia.cli.bench",
     "bdia.cli.eval",
 ]

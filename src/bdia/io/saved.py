@@ -3,7 +3,7 @@
 An :class:`ImageInversion` is the core :class:`bdia.Inversion` (latents, solver, grid, NFE) plus what
 it takes to reconstruct or edit it with a pipeline: the prompts and guidance it was inverted under,
 the step count and strength that rebuild the grid, the schedule config, the model it came from and
-its family ("digits", "sd", "sd3", "flux": flow families have a FlowSchedule and velocity grids), the
+its family ("digits", "scenes", "sd", "sd3", "flux": flow families have a FlowSchedule and velocity grids), the
 image size, and the clean VAE latents (for the round-trip error).
 
 File format: safetensors tensors ``latent.0``, ``latent.1`` ... (noisiest first) and ``clean``;
@@ -74,7 +74,7 @@ class ImageInversion:
     state_dtype: torch.dtype = torch.float64
     clean: torch.Tensor | None = None  # the scaled VAE latents that were inverted
     info: dict[str, Any] = field(default_factory=dict)  # timings and other figures (not checked)
-    family: str | None = None  # the model family: "digits", "sd", "sd3", "flux" (None: a file from before families)
+    family: str | None = None  # one of FAMILIES (None: a file from before families)
     grid_kind: str = "diffusers"  # how the grid was made (bdia.grids.make_grid's kinds; flow models: "diffusers")
 
     @property
@@ -229,7 +229,7 @@ _FIELDS = {
     "latent_shape",
 }
 _OPTIONAL_FIELDS = {"info", "family", "grid_kind"}  # absent from files written before they existed
-FAMILIES = ("digits", "sd", "sd3", "flux")
+FAMILIES = ("digits", "scenes", "sd", "sd3", "flux")
 FLOW_FAMILIES = ("sd3", "flux")  # flow-matching models: velocity grids from a FlowSchedule
 
 
