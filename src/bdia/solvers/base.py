@@ -44,7 +44,7 @@ __all__ = [
 
 # callback(index, sigma, state): called after every move; index is the new grid position
 # (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple.
-Callback = Callable[[int, float, tuple], None]
+Callback = Callable[[int, float, Any], None]
 
 # The NamedTuple a solver's moves carry (BDIAState, EDICTState, ...): ``Solver[StateT]`` ties a solver to it.
 StateT = TypeVar("StateT", bound=tuple[Any, ...])
