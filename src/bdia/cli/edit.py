@@ -131,10 +131,3 @@ def _edit(editor: Any, inv: Any, args: argparse.Namespace, paths: Sequence[Path]
     res = editor.edit(inv, args.prompt, guidance_scale=args.guidance, progress=not args.quiet, **negative)
     save_images(res.images, paths, args.overwrite)
     return res
-
-
-def _edit(editor: Any, inv: Any, args: argparse.Namespace, paths: Sequence[Path]) -> Any:
-    negative = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
-    res = editor.edit(inv, args.prompt, guidance_scale=args.guidance, progress=not args.quiet, **negative)
-    save_images(res.images, paths, args.overwrite)
-    return res
