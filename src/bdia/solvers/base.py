@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 # callback(index, sigma, state): called after every move; index is the new grid position
-# (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple.
+# (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple
+# (typed Any: a callback written for one solver annotates that solver's state, e.g. DDIMState).
 Callback = Callable[[int, float, Any], None]
 
 # The NamedTuple a solver's moves carry (BDIAState, EDICTState, ...): ``Solver[StateT]`` ties a solver to it.
