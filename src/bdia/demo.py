@@ -34,11 +34,11 @@ def _pick(seed: int, num_images: int):
         want = int(classes[k % NUM_CLASSES])
         idx = next(int(i) for i in order if int(test.labels[i]) == want and int(i) not in chosen)
         chosen.append(idx)
-    idx = torch.tensor(chosen)
-    source = test.labels[idx]
+    picked = torch.tensor(chosen)
+    source = test.labels[picked]
     shift = torch.randint(1, NUM_CLASSES, (num_images,), generator=gen)
     target = (source + shift) % NUM_CLASSES
-    return test.images[idx], source, target, idx
+    return test.images[picked], source, target, picked
 
 
 def _strip(images) -> Any:

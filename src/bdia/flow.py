@@ -189,6 +189,7 @@ class FlowSchedule:
                 raise ValueError(f"{len(s)} sigmas given for num_steps={num_steps}; give one per step")
         # the same expressions as diffusers, on the same dtype (float64 from linspace, float32 when given)
         if self.use_dynamic_shifting:
+            assert mu is not None  # refused above
             if self.time_shift_type == "exponential":
                 s = math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
             else:
@@ -215,14 +216,15 @@ class FlowSchedule:
 # ----- approximate flow inversions: the baselines ----------------------------------------------------------
 
 VelocityModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Velocity = Callable[[torch.Tensor, float], torch.Tensor]  # v(x, t), t in [0, 1]: what the steps below call
 
 
-def _euler(v: VelocityModel, x: torch.Tensor, t: float, dt: float, cache: dict) -> torch.Tensor:
+def _euler(v: Velocity, x: torch.Tensor, t: float, dt: float, cache: dict) -> torch.Tensor:
     """x + dt v(x, t): the plain Euler step (inversion when dt > 0)."""
     return x + dt * v(x, t)
 
 
-def _rf_solver(v: VelocityModel, x: torch.Tensor, t: float, dt: float, cache: dict) -> torch.Tensor:
+def _rf_solver(v: Velocity, x: torch.Tensor, t: float, dt: float, cache: dict) -> torch.Tensor:
     """RF-Solver (Wang et al. 2024, eq. 8): second-order Taylor step, dv/dt by a half-step difference."""
     v0 = v(x, t)
     v_mid = v(x + 0.5 * dt * v0, t + 0.5 * dt)
@@ -230,7 +232,7 @@ def _rf_solver(v: VelocityModel, x: torch.Tensor, t: float, dt: float, cache: di
     return x + dt * v0 + 0.5 * dt**2 * dv
 
 
-def _fireflow(v: VelocityModel, x: torch.Tensor, t: float, dt: float, cache: dict) -> torch.Tensor:
+def _fireflow(v: Velocity, x: torch.Tensor, t: float, dt: float, cache: dict) -> torch.Tensor:
     """FireFlow (Deng et al. 2024, Alg. 1): midpoint step starting from the previous step's midpoint velocity."""
     v0 = cache["v_mid"] if "v_mid" in cache else v(x, t)  # one evaluation on the first step only
     cache["v_mid"] = v(x + 0.5 * dt * v0, t + 0.5 * dt)

@@ -27,6 +27,7 @@ import torch
 from .models import ClassifierFreeGuidance, _expand, model_dtype
 from .schedule import Grid
 from .solvers import DDIM, ddim_transition
+from .solvers.ddim import DDIMState
 
 __all__ = ["NullTextInversion", "null_text_invert"]
 
@@ -118,7 +119,7 @@ def null_text_invert(
     pivot: list[torch.Tensor] = [torch.empty(0)] * (n + 1)
     pivot[n] = x0.detach().to(state_dtype)
 
-    def keep(index: int, sigma: float, state: tuple) -> None:
+    def keep(index: int, sigma: float, state: DDIMState) -> None:
         pivot[index] = state.z.detach()
 
     with torch.no_grad():

@@ -64,7 +64,7 @@ def classifier_objective(
     def objective(x: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(classifier(x.to(dtype)), dim=1)
         loss = -logp.gather(1, labels.to(x.device).expand(x.shape[0])[:, None])[:, 0].to(x.dtype)
-        if proximity > 0:
+        if proximity > 0 and reference is not None:  # (proximity > 0 without a reference is refused above)
             loss = loss + proximity * (x - reference.to(x)).flatten(1).pow(2).mean(1)
         return loss
 
@@ -112,6 +112,7 @@ def optimize(
         opt.zero_grad()
         loss.backward()
         opt.step()
+    assert best is not None  # the first iteration sets it
     _, x, best_delta = best
     latents = tuple(z.detach() + best_delta for z in start.latents)
     return OptimizeResult(x, replace(start, latents=latents), losses, nfe, time.perf_counter() - t0)

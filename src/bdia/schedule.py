@@ -296,7 +296,8 @@ class Grid:
         abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         lam_range = (0.0, math.inf)
         if isinstance(time_of, Schedule):
-            time_of, lam_range = time_of.time_of, time_of.lambda_range
+            lam_range = time_of.lambda_range
+            time_of = time_of.time_of
         return cls(
             timesteps=torch.as_tensor(timesteps),
             alphas=abar.sqrt(),

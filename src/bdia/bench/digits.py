@@ -16,6 +16,7 @@ import torch
 
 from ..schedule import Grid, Schedule
 from ..solvers import Heun
+from ..solvers.ddim import DDIMState
 from .common import measure_method
 from .config import BenchConfig
 from .methods import get_methods
@@ -38,7 +39,7 @@ def references(eps, fine: Grid, grids: dict[int, Grid], x0: torch.Tensor, gen: t
     def keep(into: dict[int, torch.Tensor]):
         """A callback that stores the state wherever the fine run passes a coarse grid's first point."""
 
-        def callback(index: int, sigma: float, state: tuple) -> None:
+        def callback(index: int, sigma: float, state: DDIMState) -> None:
             for n, g in grids.items():
                 if index < len(fine_t) and int(g.timesteps[0]) == fine_t[index]:
                     into[n] = state.z.clone()

@@ -82,7 +82,7 @@ def sampling_error(cfg: BenchConfig, log=print) -> dict[str, Any]:
         rows: dict[str, Any] = {}
         for m in get_methods(cfg.edm_methods):
             solver = m.make()
-            by_budget = []
+            by_budget: list[dict[str, Any]] = []
             for budget in cfg.edm_budgets:
                 grid = _grid(kind, steps_for(budget, solver.nfe_per_step), schedule)
                 sol = solver.solve(model, z0, grid)
@@ -163,7 +163,7 @@ def digits_fd(cfg: BenchConfig, log=print) -> dict[str, Any]:
     with torch.no_grad():
         for m in get_methods(cfg.edm_digits_methods):
             solver = m.make()
-            by_budget = []
+            by_budget: list[dict[str, Any]] = []
             for budget in cfg.edm_digits_budgets:
                 sol = solver.solve(eps, noise, karras_grid_for(model.schedule, steps_for(budget, solver.nfe_per_step)))
                 images = to_uint8(sol.x.float())
@@ -220,7 +220,7 @@ def _heun_diagnosis(
         f"Karras rho 7 capped at sigma_max 80, guidance {g:g}": (karras_grid_for(model.schedule, n, sigma_max=80.0), g),
         f"the schedule's own (diffusers) grid, guidance {g:g}": (model.schedule.grid(n), g),
     }
-    out = {"steps": n, "variants": {}}
+    out: dict[str, Any] = {"steps": n, "variants": {}}
     with torch.no_grad():
         for name, (grid, guidance) in variants.items():
             x = Heun().sample(eps_model(model, labels, guidance), noise, grid)

@@ -103,6 +103,7 @@ def _measure(
             inverted, row["nfe_invert"], row["nfe_sample"] = inv.noise, inv.nfe, sample.nfe
             rec_x, out = rec.x, sample.x
         else:
+            assert m.integrator is not None  # a method has a solver or an integrator
             down = grid_of(n).sigmas.tolist()  # the same t values, terminal 0 included
             inverted, row["nfe_invert"] = integrate_flow(model, x0, down[::-1], m.integrator)
             rec_x, _ = integrate_flow(model, inverted, down, m.integrator)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -59,7 +59,7 @@ class ZeroModel:
 
 
 def interleaved_times(
-    tasks: dict[str, Callable[[], Any]], repeats: int, cpu: dict[str, list[float]] | None = None
+    tasks: Mapping[str, Callable[[], Any]], repeats: int, cpu: dict[str, list[float]] | None = None
 ) -> dict[str, list[float]]:
     """Wall time of each task, run in turn ``repeats`` times (A B C, C B A, ...), so slow phases of a
     shared machine hit every task alike. Returns the times per task; take medians. When ``cpu`` is

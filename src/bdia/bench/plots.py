@@ -30,7 +30,7 @@ def error_vs_nfe(workload: dict[str, Any], title: str, path: Path, overwrite: bo
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    colors = {}
+    colors: dict[str, str] = {}
     for key, res in workload["results"].items():
         method, dtype = key.split("/")
         color = colors.setdefault(method, f"C{len(colors)}")

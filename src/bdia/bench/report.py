@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, cast
 
 TIMING_NOTE = (
     "(timing: varies from run to run and machine to machine; every other number is deterministic for the seed)"
@@ -144,7 +144,7 @@ def reference_tables(wl: dict[str, Any], dtypes: list[str]) -> str:
 
 def _fidelity_vs_ddim(wl: dict[str, Any], dtype: str = "float64") -> tuple[str, list[tuple[str, int, float]]]:
     """Where BDIA-family inverted noise is further from the reference's than DDIM inversion's."""
-    worse = []
+    worse: list[tuple[str, int, float]] = []
     ddim = wl["results"].get(f"ddim/{dtype}")
     if ddim is None:
         return "", worse
@@ -276,7 +276,7 @@ def targets(results: dict[str, Any]) -> str:
             )
         n = 50 if 50 in wl["steps"] else max(wl["steps"])
         here = sorted(
-            (_row(wl, key.split("/")[0], "float64", n)["fidelity"]["max"], res["label"])
+            (cast(dict, _row(wl, key.split("/")[0], "float64", n))["fidelity"]["max"], res["label"])
             for key, res in wl["results"].items()
             if key.endswith("/float64")
         )

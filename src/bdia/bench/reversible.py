@@ -62,7 +62,10 @@ TIME_TARGET = 2.2  # gradient time over one forward sampling pass
 
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
-        return int(re.search(field + r":\s+(\d+)", f.read()).group(1)) / 1024
+        match = re.search(field + r":\s+(\d+)", f.read())
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field} line")
+    return int(match.group(1)) / 1024
 
 
 def peak_memory_mb(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -133,6 +133,7 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
     all_steps = sorted({n for steps in plan.values() for n in steps})
     results: dict[str, Any] = {}
     for kind in kinds:
+        assert model.schedule is not None  # build_model's mixture is on a VP schedule
         grids = {n: make_grid(model.schedule, n, kind) for n in all_steps}
         log(f"  rex: {kind} grids, reference ODE solutions for {len(grids)} grids")
         ref_noise, noise, ref_sample = references(model, grids, x0, torch.Generator().manual_seed(cfg.seed + 12))
@@ -333,13 +334,16 @@ def plots(results: dict[str, Any], out_dir: Path, overwrite: bool) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
 
     from ..io.files import atomic_path
 
     names = []
     for kind in results["grids"]:
         fig, axes = plt.subplots(1, 2, figsize=(16, 5.5))
-        colors = plt.get_cmap("tab20").colors
+        cmap = plt.get_cmap("tab20")
+        assert isinstance(cmap, ListedColormap)  # tab20 is a list of 20 colours
+        colors: Any = cmap.colors  # matplotlib types it as any ArrayLike; here a list of RGB tuples
         for idx, r in enumerate(v for v in results["results"].values() if v["grid"] == kind):
             style = dict(color=colors[idx % 20], linestyle="-" if r["exact"] else ":", marker="o^sv"[idx % 4])
             for ax, (measure, nfe_key) in zip(axes, (("fidelity", "nfe_invert"), ("accuracy", "nfe_sample"))):

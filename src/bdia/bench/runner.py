@@ -81,6 +81,7 @@ def check_requirements() -> None:
 def run_workloads(cfg: BenchConfig, log: Callable = print) -> dict[str, Any]:
     out: dict[str, Any] = {}
     seconds: dict[str, float] = {}
+    assert cfg.workloads is not None  # run() resolves None to every workload first
     for name in cfg.workloads:
         log(f"[{name}]")
         t0 = time.perf_counter()

@@ -70,7 +70,7 @@ def unet_config(width: float) -> dict[str, Any]:
 
 
 def build_unet(width: float, seed: int):
-    from diffusers import UNet2DConditionModel
+    from diffusers.models import UNet2DConditionModel
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -192,7 +192,11 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
         tasks: dict[str, Callable[[], Any]] = {"forward": lambda: [guided(x0, t_fwd) for _ in range(3)]}
         for key in TIMED:
             solver = METHODS[key].make(torch.float64)
-            tasks[key] = lambda s=solver, k=key: results.__setitem__(k, _round_trip(s, guided, x0, grid))
+
+            def store(s: Any = solver, k: str = key) -> None:
+                results[k] = _round_trip(s, guided, x0, grid)
+
+            tasks[key] = store
         cpu: dict[str, list[float]] = {}
         times = interleaved_times(tasks, cfg.unet_repeats, cpu)
     forward = median(times.pop("forward")) / 3

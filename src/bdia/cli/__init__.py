@@ -34,7 +34,7 @@ COMMAND_MODULES: list[str] = [
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes as one line, like every other bad input (``--help`` shows the usage)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -203,7 +203,7 @@ def find_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], kind: s
                 items.append(
                     Item(
                         os.fspath(q),
-                        f"{p.name}:{k + 1}" if problem else name,
+                        f"{p.name}:{k + 1}" if problem else cast(str, name),  # named above when no problem
                         prompt,
                         problem and f"refused: {problem}",
                     )
@@ -320,8 +320,10 @@ def stack_inversions(invs: Sequence[ImageInversion]) -> ImageInversion:
         first,
         inversion=Inversion(latents, core.nfe, core.solver, core.grid, core.input_dtype, dict(core.metadata)),
         prompt=[p for inv in invs for p in inv.prompt],
-        negative_prompt=None if first.negative_prompt is None else [p for inv in invs for p in inv.negative_prompt],
-        clean=None if any(c is None for c in cleans) else torch.cat(cleans),
+        negative_prompt=None
+        if first.negative_prompt is None
+        else [p for inv in invs for p in inv.negative_prompt or ()],
+        clean=None if any(c is None for c in cleans) else torch.cat([c for c in cleans if c is not None]),
         info={},
     )
 
@@ -715,7 +717,7 @@ def _differences(r: dict[str, Any], settings: Any, source_sha: str) -> list[str]
     """What differs between a record and this run for one input: the settings and the source's content."""
     if "settings" not in r:
         return ["settings (not recorded: written by an older bdia)"]
-    old = r.get("settings") if isinstance(r.get("settings"), dict) else {}
+    old = r["settings"] if isinstance(r.get("settings"), dict) else {}
     diff = [
         f"{k} {old.get(k)!r:.60} then, {settings.get(k)!r:.60} now"
         for k in sorted(set(old) | set(settings))

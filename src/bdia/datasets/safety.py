@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 __all__ = ["LOCK", "OutputLock", "check_folders", "inside", "name_problem", "read_list_rows", "record_problem"]
@@ -176,6 +177,7 @@ class OutputLock:
         )
 
     def acquire(self) -> None:
+        fcntl: ModuleType | None
         try:
             import fcntl
         except ImportError:  # no flock (Windows): an exclusive create, a dead pid's file taken over

@@ -48,7 +48,7 @@ UNET_FILE = "digits_unet.safetensors"
 CLASSIFIER_FILE = "digits_classifier.safetensors"
 
 
-def _read(path: Path | None, default: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read(path: str | Path | None, default: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     p = Path(path) if path is not None else WEIGHTS_DIR / default
     if not p.is_file():
         raise FileNotFoundError(

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .classifier import DigitsClassifier
 from .data import NUM_CLASSES, load_digits, to_model, to_uint8
+from .unet import DigitsUNet
 
 __all__ = ["frechet_distance", "generate", "evaluate_sampler", "reference_fd", "features"]
 
@@ -35,14 +37,14 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def features(classifier: torch.nn.Module, images_uint8: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def features(classifier: DigitsClassifier, images_uint8: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
     x = to_model(images_uint8)
     return torch.cat([classifier.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
 
 
 @torch.no_grad()
 def generate(
-    model: torch.nn.Module,
+    model: DigitsUNet,
     solver: Any,
     steps: int,
     labels: torch.Tensor,
@@ -64,7 +66,7 @@ def generate(
     return torch.cat(out)
 
 
-def reference_fd(classifier: torch.nn.Module | None = None) -> float:
+def reference_fd(classifier: DigitsClassifier | None = None) -> float:
     """FD between the training and held-out splits: what a perfect generator of the data scores, roughly."""
     from . import load_classifier
 
@@ -79,8 +81,8 @@ def evaluate_sampler(
     guidance: float = 2.0,
     num_per_class: int = 50,
     seed: int = 0,
-    model: torch.nn.Module | None = None,
-    classifier: torch.nn.Module | None = None,
+    model: DigitsUNet | None = None,
+    classifier: DigitsClassifier | None = None,
 ) -> dict[str, Any]:
     """Generate ``num_per_class`` digits of each class with ``solver`` and score them.
 

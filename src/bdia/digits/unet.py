@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..schedule import Schedule
 
 __all__ = ["DigitsUNet", "timestep_embedding"]
 
@@ -26,6 +29,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def _zero(conv: nn.Conv2d) -> None:
+    """Zero a conv's weight and bias: its block starts as the identity, the output as zero."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int = 8) -> None:
         super().__init__()
@@ -35,8 +45,7 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(groups, c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        _zero(self.conv2)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
@@ -50,6 +59,8 @@ class DigitsUNet(nn.Module):
 
     ``labels == null_label`` (= ``num_classes``) asks for the unconditional prediction.
     """
+
+    schedule: Schedule  # its noise schedule, set by bdia.digits.load_model
 
     def __init__(
         self,
@@ -93,8 +104,7 @@ class DigitsUNet(nn.Module):
                 c = channels[i - 1]
         self.norm_out = nn.GroupNorm(8, c)
         self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        _zero(self.conv_out)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)

@@ -60,7 +60,8 @@ class _Progress:
     """A tqdm bar driven by the solvers' ``callback(index, sigma, state)``, one tick a move; silent when disabled."""
 
     def __init__(self, enabled: bool, desc: str, total: int):
-        self.enabled, self.desc, self.total, self.bar = enabled, desc, total, None
+        self.enabled, self.desc, self.total = enabled, desc, total
+        self.bar: Any = None  # a tqdm bar (an optional, untyped extra), made on the first tick
 
     def __call__(self, index: int, sigma: float, state: tuple) -> None:
         if not self.enabled:
@@ -203,12 +204,12 @@ class Editor:
         solver = make_solver(method, state_dtype=self.state_dtype, gamma=gamma, p=p)
         pixels = self.backend.load_images(image, as_size(size))
         batch, _, height, width = pixels.shape
-        grid_kind, grid = grid, self.backend.grid(num_steps, strength, (width, height), grid)
+        grid_kind, run_grid = grid, self.backend.grid(num_steps, strength, (width, height), grid)
         prompts, negatives, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
         start = time.perf_counter()
         clean = self.backend.encode(pixels)
         model = self.backend.guided(cond, uncond, guidance_scale)
-        core = self._run(solver, model, clean.to(self.state_dtype), grid, progress, "inversion")
+        core = self._run(solver, model, clean.to(self.state_dtype), run_grid, progress, "inversion")
         return ImageInversion(
             inversion=core,
             prompt=prompts,
@@ -307,7 +308,7 @@ class Editor:
                 "images, or one prompt per image"
             )
         height, width = int(height or default_h), int(width or default_w)
-        grid = self.backend.grid(num_steps, 1.0, (width, height), grid)
+        run_grid = self.backend.grid(num_steps, 1.0, (width, height), grid)
         batch = num_images if isinstance(prompt, str) else len(prompt)
         shape = self.backend.latent_shape(batch, height, width)
         _, _, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
@@ -316,7 +317,7 @@ class Editor:
         noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
         start = time.perf_counter()
         model = self.backend.guided(cond, uncond, guidance_scale)
-        out = self._run(solver, model, noise.to(self.device, self.state_dtype), grid, progress, "sampling")
+        out = self._run(solver, model, noise.to(self.device, self.state_dtype), run_grid, progress, "sampling")
         images = self.backend.to_images(self.backend.decode(out.x, (width, height)))
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
 

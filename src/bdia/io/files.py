@@ -109,7 +109,7 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     """Delete temporaries of ``target`` whose writing process is gone; return what was removed."""
     target = Path(target)
     prefix = _temp_prefix(target)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(target.parent))
     except OSError:

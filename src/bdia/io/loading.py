@@ -16,6 +16,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -82,7 +83,7 @@ def model_index(model: str | os.PathLike, revision: str | None = None) -> dict[s
 def model_family(model: str | os.PathLike, revision: str | None = None) -> str:
     """The editor backend a pipeline needs, from its ``model_index.json``'s class: "sd3"
     (StableDiffusion3Pipeline), "flux" (FluxPipeline), else "sd" (Stable Diffusion 1.x/2.x/XL)."""
-    return FLOW_FAMILIES.get(model_index(model, revision).get("_class_name"), "sd")
+    return FLOW_FAMILIES.get(model_index(model, revision).get("_class_name", ""), "sd")
 
 
 def absent_components(model: str | os.PathLike, revision: str | None = None) -> dict[str, None]:
@@ -126,6 +127,7 @@ def quiet_loading(progress: bool) -> Iterator[None]:
     from diffusers.utils import logging as dlog
 
     was_enabled = dlog.is_progress_bar_enabled()
+    tlog: ModuleType | None
     try:
         from transformers.utils import logging as tlog
     except ImportError:  # pragma: no cover - transformers is required by SD pipelines

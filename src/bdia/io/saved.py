@@ -410,10 +410,10 @@ def _check_grid(grid: Any, num_steps: int, strength: float, prediction: str = "e
             f"grid.{key} must be a list of finite numbers",
         )
     try:
-        g = Grid(
-            *(torch.tensor(grid[key], dtype=torch.float64) for key in ("timesteps", "alphas", "sigmas")),
-            prediction=prediction,
+        timesteps, alphas, sigmas = (
+            torch.tensor(grid[key], dtype=torch.float64) for key in ("timesteps", "alphas", "sigmas")
         )
+        g = Grid(timesteps, alphas, sigmas, prediction=prediction)
     except ValueError as e:
         raise _HeaderError(f"its grid is not valid ({e})") from None
     steps = num_steps if strength == 1.0 else int(round(strength * num_steps))

@@ -70,7 +70,7 @@ class ScenesModel(nn.Module):
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
-        from diffusers import UNet2DConditionModel
+        from diffusers.models import UNet2DConditionModel
 
         unknown = set(config) - set(DEFAULT_CONFIG)
         if unknown:
@@ -89,6 +89,7 @@ class ScenesModel(nn.Module):
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
         """(B, max_length) token ids on the model's device."""
         ids = self.tokenizer(list(captions), padding="max_length", return_tensors="pt").input_ids
+        assert isinstance(ids, torch.Tensor)  # return_tensors="pt"
         return ids.to(next(self.parameters()).device)
 
     def encode_text(self, captions: Sequence[str] | torch.Tensor) -> torch.Tensor:

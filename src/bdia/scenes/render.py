@@ -239,7 +239,8 @@ def is_held_out_caption(text: str) -> bool:
 
 def training_scenes(n: int, start: int = 0) -> list[Scene]:
     """``n`` training scenes: seeds ``start``, ``start + 1``... skipping held-out captions."""
-    out, seed = [], start
+    out: list[Scene] = []
+    seed = start
     while len(out) < n:
         if seed >= HELD_OUT_SEED_START:
             raise ValueError("training seeds ran into the held-out seed range")
@@ -252,7 +253,8 @@ def training_scenes(n: int, start: int = 0) -> list[Scene]:
 
 def held_out_scenes(n: int, unseen_only: bool = False) -> list[Scene]:
     """``n`` held-out scenes from seeds HELD_OUT_SEED_START, ...; ``unseen_only``: only held-out captions."""
-    out, seed = [], HELD_OUT_SEED_START
+    out: list[Scene] = []
+    seed = HELD_OUT_SEED_START
     while len(out) < n:
         s = scene_from_seed(seed)
         if not unseen_only or is_held_out_caption(caption(s)):
@@ -304,7 +306,7 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> EditPair:
         words: tuple[tuple[str, ...], tuple[str, ...]] = ((scene.background,), (new_bg,))
     elif kind in ("colour", "shape", "size"):
         order = [int(i) for i in rng.permutation(len(objs))]
-        target = None
+        found: Scene | None = None
         for i in order:
             o = objs[i]
             if kind == "colour":
@@ -317,13 +319,14 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> EditPair:
             h = new.half
             fits = h <= new.x <= scene.size - h and h <= new.y <= scene.size - h
             if fits and not any(_too_close(new, r) for r in rest):
-                target = replace(scene, objects=tuple(rest + [new]))
+                found = replace(scene, objects=tuple(rest + [new]))
                 changed_objs = [o, new]
                 attr = {"colour": "colour", "shape": "shape", "size": "size"}[kind]
                 words = ((getattr(o, attr),), (getattr(new, attr),))
                 break
-        if target is None:
+        if found is None:
             raise ValueError(f"no object of this scene can change {kind} without touching another or the border")
+        target = found
     elif kind == "add":
         if len(objs) >= MAX_OBJECTS:
             raise ValueError(f"the scene already has {len(objs)} objects (at most {MAX_OBJECTS})")

@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME, KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..schedule import Schedule
+from ..schedule import Grid, Schedule
 from ..solvers import BDIA
 from ..solvers.bdia import bdia_step, bdia_unstep
 
@@ -52,6 +52,27 @@ def _ddim_move(x0: torch.Tensor, eps: torch.Tensor, abar_to: float) -> torch.Ten
     return math.sqrt(abar_to) * x0 + math.sqrt(1.0 - abar_to) * eps
 
 
+if TYPE_CHECKING:
+
+    class _FrozenConfig(dict[str, Any]):
+        """diffusers' FrozenDict, the type ``ConfigMixin.config`` really returns: every entry is an attribute too."""
+
+        def __getattr__(self, name: str) -> Any: ...
+
+
+class DiffusersScheduler(SchedulerMixin, ConfigMixin):
+    """The two diffusers mixins every scheduler here is built on, with their types reconciled."""
+
+    # diffusers types ConfigMixin's placeholder ``config_name = None`` as None, so the str that SchedulerMixin
+    # (listed first, so this very value) gives it reads as a conflict; this is SchedulerMixin's value.
+    config_name: str = SCHEDULER_CONFIG_NAME  # type: ignore[assignment]
+
+    if TYPE_CHECKING:
+
+        @property
+        def config(self) -> _FrozenConfig: ...
+
+
 class PairMemory:
     """The BDIA pair a generating scheduler keeps across ``step`` calls, and diffusers' begin index.
 
@@ -59,6 +80,8 @@ class PairMemory:
     same shape (its z_{i-1} is remembered); anything else (a new run, img2img's start, another batch)
     starts a new pair with the plain forward move.
     """
+
+    _begin_index: int | None  # set by each scheduler's __init__
 
     def _reset(self) -> None:
         self._prev_sample: torch.Tensor | None = None  # z_{i-1}, the sample the previous step was given
@@ -72,6 +95,10 @@ class PairMemory:
             and self._prev_sample.shape == z.shape
         )
 
+    def _partner(self, z: torch.Tensor, i: int) -> torch.Tensor | None:
+        """z_{i-1} when the step at grid point i on ``z`` pairs with the previous one, else None."""
+        return self._prev_sample if self._paired(z, i) else None
+
     def _remember(self, z: torch.Tensor, i: int) -> None:
         self._prev_sample, self._last_index = z, i
 
@@ -84,7 +111,7 @@ class PairMemory:
         return self._begin_index
 
 
-class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
+class _BDIASchedulerBase(DiffusersScheduler):
     """What both schedulers share: the config, the grid, and one evaluation's (x0, eps, F, B)."""
 
     order = 1
@@ -130,6 +157,7 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         # DDIMScheduler's float32 table, bit for bit. Schedule floors a zero-SNR abar at 2**-24 so that
         # its eps-only moves stay finite; DDIMScheduler keeps the exact 0, which v- and x0-prediction
         # models handle (x0 = -v there), so the exact value is used except for eps-prediction below.
+        assert self.schedule.betas is not None  # Schedule.from_config keeps them
         self.betas = self.schedule.betas
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = self.schedule.alphas_cumprod.float()
@@ -138,7 +166,7 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
         self.final_alpha_cumprod = torch.tensor(self.schedule.final_alphas_cumprod, dtype=torch.float32)
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
-        self.grid = None
+        self.grid: Grid | None = None
         self._gammas: list[float] = []
         self._abars: list[float] = []  # abar at the N grid points and the clean terminal point
 
@@ -148,10 +176,17 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"num_inference_steps ({n}) cannot exceed num_train_timesteps ({self.config.num_train_timesteps})"
             )
-        self.grid = self.schedule.grid(n, self.config.num_train_timesteps)
-        self._gammas = self._solver.gammas(self.grid)
+        self.grid = grid = self.schedule.grid(n, self.config.num_train_timesteps)
+        self._gammas = self._solver.gammas(grid)
         self.num_inference_steps = n
-        self._abars = [self._abar(int(t)) for t in self.grid.timesteps] + [float(self.final_alpha_cumprod)]
+        self._abars = [self._abar(int(t)) for t in grid.timesteps] + [float(self.final_alpha_cumprod)]
+
+    @property
+    def _grid(self) -> Grid:
+        """The grid of ``set_timesteps``; a step before it is refused."""
+        if self.grid is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        return self.grid
 
     def _abar(self, t: int) -> float:
         """DDIMScheduler's alpha_prod at training timestep t; the clean end for t < 0."""
@@ -199,7 +234,7 @@ class _BDIASchedulerBase(SchedulerMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(x0, F = D_{i->i+1}(z_i), B = D_{i->i-1}(z_i) or None) from one model output at grid point i;
         the single definition both schedulers use, so an inverse step undoes a forward one exactly."""
-        t = int(self.grid.timesteps[i])
+        t = int(self._grid.timesteps[i])
         x0, eps = self._predict(model_output, sample, t, use_clipped_model_output)
         fwd = _ddim_move(x0, eps, self._abars[i + 1])
         bwd = _ddim_move(x0, eps, self._abars[i - 1]) if backward else None
@@ -313,7 +348,7 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Materialise the N-step grid (DDIMScheduler's timesteps) and reset the BDIA pair."""
         self._set_grid(num_inference_steps)
-        self.timesteps = self.grid.timesteps.to(device)
+        self.timesteps = self._grid.timesteps.to(device)
         self._begin_index = None
         self._reset()
 
@@ -348,7 +383,7 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
         if self._start is None or self._prev_sample is not None:
             return None
         index, z_start, z_next, grid = self._start
-        here = (self.grid.timesteps.tolist(), self._abars, self._gammas)
+        here = (self._grid.timesteps.tolist(), self._abars, self._gammas)
         if grid is not None and grid != here:
             raise ValueError(
                 f"the inverted start was made on timesteps {grid[0]} with gammas {grid[2]}, but this run uses "
@@ -396,7 +431,7 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
             raise ValueError("pass either generator or variance_noise to step, not both")
         t = self._timestep(timestep)
         z, out = self._work(sample, model_output)
-        hits = (self.grid.timesteps == t).nonzero().flatten()
+        hits = (self._grid.timesteps == t).nonzero().flatten()
         if self.config.step_pairing == "stride" or (self._ddim_only and (hits.numel() == 0 or eta != 0)):
             # DDIMScheduler's rule from any timestep; only gamma = 0 gets here, which needs no pair
             x0, eps = self._predict(out, z, t, use_clipped_model_output)
@@ -419,11 +454,11 @@ class BDIAScheduler(PairMemory, _BDIASchedulerBase):
                 "needs the timesteps of set_timesteps; only gamma=0 (DDIM) steps from other ones"
             )
         i = int(hits[0])
-        paired = self._paired(z, i) and self._gammas[i - 1] != 0
-        x0, fwd, bwd = self._moves(out, z, i, paired, use_clipped_model_output)
+        z_prev = self._partner(z, i) if self._gammas[i - 1] != 0 else None
+        x0, fwd, bwd = self._moves(out, z, i, z_prev is not None, use_clipped_model_output)
         z_next = self._started_pair(z, i)
         if z_next is None:
-            z_next = bdia_step(self._prev_sample.to(z), fwd, bwd, self._gammas[i - 1]) if paired else fwd
+            z_next = fwd if z_prev is None or bwd is None else bdia_step(z_prev.to(z), fwd, bwd, self._gammas[i - 1])
         self._remember(z, i)
         return self._output(z_next, x0, sample, return_dict)
 
@@ -493,7 +528,7 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
                 f"gamma is 0 at step(s) {zero}: BDIA with gamma = 0 is DDIM and cannot be inverted "
                 "exactly; use gamma > 0 (e.g. 1.0)"
             )
-        ts = self.grid.timesteps
+        ts = self._grid.timesteps
         self.timesteps = torch.cat([ts[-1:], ts.flip(0)[:-1]]).to(device)
         self._reset()
 
@@ -502,7 +537,7 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
     ) -> DDIMSchedulerOutput | tuple:
         """One inversion step toward noise; call k must get ``timesteps[k]``, model evaluated at ``sample``."""
         t = self._timestep(timestep)
-        k, n = self._calls, self.grid.num_steps
+        k, n = self._calls, self._grid.num_steps
         if k >= n or t != int(self.timesteps[k]):
             expected = (
                 "no more steps (call set_timesteps to start again)" if k >= n else f"timestep {int(self.timesteps[k])}"
@@ -517,12 +552,13 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
         else:  # z_{i-1} from (z_{i+1}, z_i), i = N - k
             i = n - k
             x0, fwd, bwd = self._moves(out, z, i, backward=True)
+            assert self._next_sample is not None and bwd is not None  # call k > 0 follows call k - 1
             z_prev = bdia_unstep(self._next_sample.to(z), fwd, bwd, self._gammas[i - 1])
         self._next_sample, self._calls = z, k + 1
         result = self._output(z_prev, x0, sample, return_dict)
         prev = result.prev_sample if return_dict else result[0]
         self.latents = _Pair(
-            prev, sample.detach().clone(), n - k - 1, (self.grid.timesteps.tolist(), self._abars, self._gammas)
+            prev, sample.detach().clone(), n - k - 1, (self._grid.timesteps.tolist(), self._abars, self._gammas)
         )
         return result
 
@@ -530,6 +566,9 @@ class BDIAInverseScheduler(_BDIASchedulerBase):
 class _Pair(tuple):
     """(z_i, z_{i+1}) with its grid index i and the (timesteps, abars, gammas) it was made on, so that
     regenerating on another grid or with other gammas is refused."""
+
+    start_index: int
+    grid: tuple[list[float], list[float], list[float]]
 
     def __new__(cls, z: torch.Tensor, z_next: torch.Tensor, index: int, grid: tuple):
         pair = super().__new__(cls, (z, z_next))

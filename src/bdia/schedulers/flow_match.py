@@ -23,20 +23,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..flow import FlowSchedule
+from ..schedule import Grid
 from ..solvers import BDIA
 from ..solvers.base import ddim_transition
 from ..solvers.bdia import bdia_step
-from .ddim import PairMemory
+from .ddim import DiffusersScheduler, PairMemory
 
 __all__ = ["BDIAFlowScheduler"]
 
 
-class BDIAFlowScheduler(PairMemory, SchedulerMixin, ConfigMixin):
+class BDIAFlowScheduler(PairMemory, DiffusersScheduler):
     """BDIA over flow matching's Euler step with FlowMatchEulerDiscreteScheduler's conventions.
 
     The schedule arguments are FlowMatchEulerDiscreteScheduler's, with its defaults; ``gamma`` is a
@@ -71,7 +71,7 @@ class BDIAFlowScheduler(PairMemory, SchedulerMixin, ConfigMixin):
         self._solver = BDIA(gamma)  # validates gamma; gives the per-step values on a grid
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
-        self.grid = None
+        self.grid: Grid | None = None
         self._gammas: list[float] = []
         self._begin_index: int | None = None
         self.sigmas = torch.ones(1)
@@ -89,11 +89,11 @@ class BDIAFlowScheduler(PairMemory, SchedulerMixin, ConfigMixin):
         """Materialise the grid as FlowMatchEulerDiscreteScheduler.set_timesteps does; reset the BDIA pair."""
         if timesteps is not None:
             raise ValueError("custom timesteps are not supported by BDIAFlowScheduler; pass sigmas (and mu) instead")
-        self.grid = self.schedule.grid(num_inference_steps, sigmas=sigmas, mu=mu)
-        self._gammas = self._solver.gammas(self.grid)
-        self.num_inference_steps = self.grid.num_steps
-        self.timesteps = self.grid.timesteps.to(device)
-        self.sigmas = self.grid.sigmas.to(torch.float32)
+        self.grid = grid = self.schedule.grid(num_inference_steps, sigmas=sigmas, mu=mu)
+        self._gammas = self._solver.gammas(grid)
+        self.num_inference_steps = grid.num_steps
+        self.timesteps = grid.timesteps.to(device)
+        self.sigmas = grid.sigmas.to(torch.float32)
         self._begin_index = None
         self._reset()
 
@@ -129,17 +129,20 @@ class BDIAFlowScheduler(PairMemory, SchedulerMixin, ConfigMixin):
     ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
         """One step from ``timestep`` to the next grid point; plain Euler on the first step of a run."""
         i = self._index(timestep)
+        assert self.grid is not None  # _index refuses a step before set_timesteps
         work = torch.promote_types(sample.dtype, torch.float32)  # diffusers upcasts the sample to float32
         z, v = sample.to(work), model_output.to(work)
         z_next = ddim_transition(z, v, self.grid, i, i + 1)  # F: Euler forward
-        if self._paired(z, i):
+        z_prev = self._partner(z, i)
+        if z_prev is not None:
             z_back = ddim_transition(z, v, self.grid, i, i - 1)  # B: Euler back, same v
-            z_next = bdia_step(self._prev_sample, z_next, z_back, self._gammas[i - 1])
+            z_next = bdia_step(z_prev, z_next, z_back, self._gammas[i - 1])
         self._remember(z, i)
         prev = z_next.to(model_output.dtype)
         if not return_dict:
             return (prev,)
-        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev)
+        # diffusers annotates the field with the legacy torch.FloatTensor; it holds any floating tensor
+        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -23,7 +23,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -43,8 +43,12 @@ __all__ = [
 ]
 
 # callback(index, sigma, state): called after every move; index is the new grid position
-# (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple.
-Callback = Callable[[int, float, tuple], None]
+# (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple
+# (typed Any: a callback written for one solver annotates that solver's state, e.g. DDIMState).
+Callback = Callable[[int, float, Any], None]
+
+# The NamedTuple a solver's moves carry (BDIAState, EDICTState, ...): ``Solver[StateT]`` ties a solver to it.
+StateT = TypeVar("StateT", bound=tuple[Any, ...])
 
 # Finiteness is accumulated on the device and read back every this many model evaluations (and at the
 # end), so a GPU is not stalled by a host sync per step.
@@ -127,7 +131,7 @@ class Inversion:
 class Solution:
     """What :meth:`Solver.solve` returns: the final state, the clean sample it holds, and the NFE spent."""
 
-    state: tuple
+    state: tuple[Any, ...]
     x: torch.Tensor
     nfe: int
 
@@ -204,29 +208,37 @@ class Evaluator:
 
     def raise_if_not_finite(self) -> None:
         """The one host sync: raise NonFiniteError naming the first grid point that went bad."""
-        if self._bad is not None and bool(self._bad):
+        if self._bad is not None and self._first_bad is not None and bool(self._bad):
             i = int(self._first_bad)
             raise NonFiniteError(
                 f"the model returned NaN or inf at the {self._where(i)}; check the model's dtype "
                 "(float16 overflows easily) and that the input is in the model's range"
             )
-        if self._state_bad is not None and bool(self._state_bad):
+        if self._state_bad is not None and self._first_state_bad is not None and bool(self._state_bad):
             raise NonFiniteError(
                 f"the solver state became NaN or inf at grid point {int(self._first_state_bad)} during {self.phase}; "
                 "inversion amplifies errors by 1/gamma per step: use gamma closer to 1, fewer steps or float64 state"
             )
 
 
-def _flag(x: torch.Tensor, i: int, bad: torch.Tensor | None, first: torch.Tensor | None):
+def _flag(
+    x: torch.Tensor, i: int, bad: torch.Tensor | None, first: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bad, first) folded with x at grid point i; the two are None together (nothing seen yet)."""
     now = ~torch.isfinite(x).all()
-    if bad is None:
+    if bad is None or first is None:
         return now, torch.where(now, i, -1)
     return bad | now, torch.where(bad, first, torch.where(now, i, -1))
 
 
 def drive(
-    solver: Solver, ev: Evaluator, state: tuple, grid: Grid, direction: str, callback: Callback | None = None
-) -> tuple:
+    solver: Solver[StateT],
+    ev: Evaluator,
+    state: StateT,
+    grid: Grid,
+    direction: str,
+    callback: Callback | None = None,
+) -> StateT:
     """The one sampling loop: ``step`` from position ``warmup`` to N, or ``unstep`` from N back to ``warmup``."""
     n = grid.num_steps
     lambdas = grid.lambdas.tolist()
@@ -266,17 +278,21 @@ def _check_grid(grid: Any) -> Grid:
 # Specialisations register themselves here, so that this driver imports none of them:
 # bitexact.py adds the fixed-point twin of each exact method, reversible.py the "reversible" backprop drive.
 BIT_EXACT_TWINS: dict[type, type] = {}
-BACKPROP_DRIVES: dict[str, Callable[..., tuple]] = {}
+BACKPROP_DRIVES: dict[str, Callable[..., Any]] = {}  # each returns the final state, of the solver's StateT
 BACKPROP_MODES = ("autograd", "reversible")
 
 
-class Solver(ABC):
-    """Base class of the samplers: the step protocol (see the module docstring) and the public API."""
+class Solver(ABC, Generic[StateT]):
+    """Base class of the samplers: the step protocol (see the module docstring) and the public API.
+
+    Generic in the NamedTuple ``StateT`` its moves carry; ``State`` is that class (typed ``type[Any]``:
+    a NamedTuple's constructor takes its own fields, which no signature over ``StateT`` can state).
+    """
 
     name: ClassVar[str]
     nfe_per_step: ClassVar[int]
     exact_inversion: ClassVar[bool]
-    State: ClassVar[type]  # the NamedTuple of this solver's state
+    State: ClassVar[type[Any]]  # the NamedTuple of this solver's state
     warmup: ClassVar[int] = 0  # positions that ``init`` covers (BDIA: its first plain step)
     bit_exact: ClassVar[bool] = False  # integer fixed-point state (bdia.solvers.bitexact)
 
@@ -325,23 +341,23 @@ class Solver(ABC):
 
     # ----- the step protocol -------------------------------------------------------------------------
     @abstractmethod
-    def init(self, ev: Evaluator, noise: torch.Tensor, grid: Grid) -> tuple:
+    def init(self, ev: Evaluator, noise: torch.Tensor, grid: Grid) -> StateT:
         """The state at position ``warmup`` from plain noise at position 0."""
 
     @abstractmethod
-    def init_inverse(self, ev: Evaluator, x0: torch.Tensor, grid: Grid) -> tuple:
+    def init_inverse(self, ev: Evaluator, x0: torch.Tensor, grid: Grid) -> StateT:
         """The state at position N from a clean sample."""
 
     @abstractmethod
-    def step(self, ev: Evaluator, state: tuple, grid: Grid, i: int) -> tuple:
+    def step(self, ev: Evaluator, state: StateT, grid: Grid, i: int) -> StateT:
         """Position i -> i + 1."""
 
     @abstractmethod
-    def unstep(self, ev: Evaluator, state: tuple, grid: Grid, i: int) -> tuple:
+    def unstep(self, ev: Evaluator, state: StateT, grid: Grid, i: int) -> StateT:
         """Position i + 1 -> i: the inverse of :meth:`step` (exact when ``exact_inversion``)."""
 
     @abstractmethod
-    def output(self, state: tuple) -> torch.Tensor:
+    def output(self, state: StateT) -> torch.Tensor:
         """The clean sample a state at position N holds."""
 
     # ----- public API ------------------------------------------------------------------------------
@@ -431,18 +447,18 @@ class Solver(ABC):
     def _drive(
         self,
         ev: Evaluator,
-        state: tuple,
+        state: StateT,
         grid: Grid,
         direction: str,
         callback: Callback | None,
         backprop: str,
         params: Sequence[torch.Tensor] | None,
-    ) -> tuple:
+    ) -> StateT:
         if backprop != "autograd":
             return BACKPROP_DRIVES[backprop](self, ev, state, grid, direction, callback, params)
         return drive(self, ev, state, grid, direction, callback)
 
-    def _check_inversion(self, inv: Inversion, grid: Grid) -> tuple:
+    def _check_inversion(self, inv: Inversion, grid: Grid) -> StateT:
         mine = self.config()
         if inv.solver != mine:
             raise ValueError(
@@ -497,8 +513,8 @@ def bit_exact_twin(cls: type) -> type:
 
 
 def _short(ts: Sequence[float]) -> str:
-    ts = [f"{t:g}" for t in ts]
-    return "[" + ", ".join(ts if len(ts) <= 4 else ts[:2] + ["...", ts[-1]]) + "]"
+    text = [f"{t:g}" for t in ts]
+    return "[" + ", ".join(text if len(text) <= 4 else text[:2] + ["...", text[-1]]) + "]"
 
 
 def log_amplification(factors: Sequence[float]) -> float:

@@ -62,7 +62,7 @@ class BDIAState(NamedTuple):
     z: torch.Tensor  # z_i, the state's grid position i
 
 
-class BDIA(Solver):
+class BDIA(Solver[BDIAState]):
     """BDIA over a one-step solver: ``forward="euler"`` is BDIA-DDIM, ``forward="heun"`` BDIA-EDM.
 
     Args:
@@ -116,7 +116,7 @@ class BDIA(Solver):
         self._gamma_cache: tuple[Grid, list[float]] | None = None
 
     @property
-    def order(self) -> int:  # type: ignore[override]
+    def order(self) -> int:
         """The order on every grid: the forward integrator's when gamma = 0, else 1 (see :meth:`order_on`)."""
         return self._integrator.order if self.gamma == 0.0 else 1
 
@@ -148,18 +148,18 @@ class BDIA(Solver):
         """gamma_i for the BDIA steps i = 1..N-1 of ``grid``."""
         if self._gamma_cache is not None and self._gamma_cache[0] is grid:
             return self._gamma_cache[1]
-        n = grid.num_steps
-        if self.gamma == "belm":
+        n, gamma = grid.num_steps, self.gamma
+        if isinstance(gamma, str):  # "belm", the one name _validate_gamma lets through
             gammas = belm_gammas(grid)
-        elif isinstance(self.gamma, float):
-            gammas = [self.gamma] * (n - 1)
-        elif len(self.gamma) != n - 1:
+        elif isinstance(gamma, float):
+            gammas = [gamma] * (n - 1)
+        elif len(gamma) != n - 1:
             raise ValueError(
-                f"gamma has {len(self.gamma)} values but a {n}-step grid has {n - 1} BDIA steps (i = 1..{n - 1}); "
+                f"gamma has {len(gamma)} values but a {n}-step grid has {n - 1} BDIA steps (i = 1..{n - 1}); "
                 f"give {n - 1} values"
             )
         else:
-            gammas = list(self.gamma)
+            gammas = list(gamma)
         self._gamma_cache = (grid, gammas)
         return gammas
 

@@ -1,3 +1,8 @@
+# The fixed-point twins subclass the float method they round (so that BDIA(bit_exact=True) is a BDIA, built by
+# Solver.__new__, with its parameters and checks) but carry an integer state with a buffer: their moves take and
+# return BitExactBDIAState / BitExactEDICTState where the float class has BDIAState / EDICTState. That narrowing is
+# the design (drive() only hands a solver the states its own init made), so mypy's override check is off here.
+# mypy: disable-error-code="override"
 """Bit-exact BDIA and EDICT: integer fixed-point state with an information buffer (docs/math.md section 11).
 
 ``bdia.BDIA(gamma, bit_exact=True)`` and ``bdia.EDICT(p, bit_exact=True)`` keep every latent as an
@@ -46,6 +51,7 @@ from .base import (
     InversionPrecisionWarning,
     NonFiniteError,
     Solution,
+    Solver,
     _check_grid,
     _check_tensor,
     bit_exact_twin,
@@ -100,9 +106,9 @@ def _refuse_grad(x: Any, name: str, backprop: str, reversible: bool) -> None:
         )
 
 
-def buffer_bits(state: tuple) -> float:
-    """Mean size in bits of the information buffer per element."""
-    return float(np.mean(np.frompyfunc(int.bit_length, 1, 1)(state.buffer).astype(np.float64)))
+def buffer_bits(state: Any) -> float:
+    """Mean size in bits of the information buffer per element of a bit-exact state (``Solution.state``)."""
+    return float(np.mean(np.asarray(np.frompyfunc(int.bit_length, 1, 1)(state.buffer)).astype(np.float64)))
 
 
 class FixedPoint:
@@ -147,13 +153,16 @@ class _ClippedEvaluator(Evaluator):
         return super().__call__(z.clamp(-MODEL_INPUT_LIMIT, MODEL_INPUT_LIMIT), i)
 
 
-class _BitExact:
-    """What the fixed-point twins share: float64 views, the exact state carried by the Inversion."""
+class _BitExact(Solver[Any]):
+    """What the fixed-point twins share: float64 views, the exact state carried by the Inversion.
+
+    A Solver mixin, listed before the float method it rounds (``class BitExactBDIA(_BitExact, BDIA)``).
+    """
 
     bit_exact: ClassVar[bool] = True
     float_fields: ClassVar[int] = 2  # the state's leading fields are integer latents; then buffer, residual
     output_field: ClassVar[int]  # the latent that holds the sample
-    float_class: ClassVar[type]  # the float solver whose map this one rounds (its step gives the gradients)
+    float_class: ClassVar[type[Solver[Any]]]  # the float solver whose map this rounds (its step gives the gradients)
 
     def _setup(self, fraction_bits: int) -> None:
         if fraction_bits != FRACTION_BITS:  # a config written by another version of this module
@@ -181,11 +190,11 @@ class _BitExact:
         # finiteness is checked where outputs are rounded to integers, once per value
         return _ClippedEvaluator(ev.model, grid, ev.state_dtype, ev.run_dtype, False, phase)
 
-    def views(self, state: tuple) -> tuple[torch.Tensor, ...]:
+    def views(self, state: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
         """The float64 values of the integer latents."""
         return tuple(self.fixed.to_float(q) for q in state[: self.float_fields])
 
-    def output(self, state: tuple) -> torch.Tensor:
+    def output(self, state: Any) -> torch.Tensor:  # a BitExactBDIAState or BitExactEDICTState
         return self.fixed.to_float(state[self.output_field]) + state.residual
 
     def invert(self, model: Callable, x0: torch.Tensor, grid: Grid, **kwargs: Any) -> Inversion:

@@ -16,7 +16,7 @@ class DDIMState(NamedTuple):
     z: torch.Tensor  # z_i at the state's grid position
 
 
-class DDIM(Solver):
+class DDIM(Solver[DDIMState]):
     """Deterministic DDIM: z_{i+1} = D_{i->i+1}(z_i) with eps at (z_i, tau_i); N NFE, first order.
 
     ``invert`` is the usual approximate DDIM inversion (diffusers' DDIMInverseScheduler): the grid

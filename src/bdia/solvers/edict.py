@@ -27,7 +27,7 @@ class EDICTState(NamedTuple):
     y: torch.Tensor
 
 
-class EDICT(Solver):
+class EDICT(Solver[EDICTState]):
     """EDICT with mixing weight ``p`` in (0, 1] (default 0.93, the authors'); state ``EDICTState(x, y)``.
 
     ``sample`` returns chain x. Generation from noise starts both chains at the noise.
@@ -42,11 +42,11 @@ class EDICT(Solver):
         super().__init__(**kwargs)
         if not isinstance(p, numbers.Real) or isinstance(p, bool) or not math.isfinite(p) or not 0.0 < p <= 1.0:
             raise ValueError(f"EDICT mixing p must be in (0, 1] (the authors use 0.93), got {p!r}")
-        self.p = float(p)
-        self.alternate = bool(alternate)
+        self.p: float = float(p)
+        self.alternate: bool = bool(alternate)
 
     @property
-    def order(self) -> int:  # type: ignore[override]
+    def order(self) -> int:
         """First order: each chain takes a DDIM step with the other chain's prediction (see :meth:`order_on`)."""
         return 1
 

@@ -59,9 +59,9 @@ def make_solver(
     silently ignored. A Solver instance is returned as it is (then no parameters may be given).
     """
     if isinstance(method, Solver):
-        given = sorted(k for k, v in params.items() if v is not None)
-        if given:
-            raise ValueError(f"parameters {given} were given with a ready-made solver {method!r}; set them on it")
+        named = sorted(k for k, v in params.items() if v is not None)
+        if named:
+            raise ValueError(f"parameters {named} were given with a ready-made solver {method!r}; set them on it")
         return method
     if isinstance(method, Mapping):
         config = dict(method)

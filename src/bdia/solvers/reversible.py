@@ -64,7 +64,12 @@ def differentiable_inputs(model: Any, params: Iterable[torch.Tensor] | None = No
 
 def _unique(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     seen: set[int] = set()
-    return [t for t in tensors if not (id(t) in seen or seen.add(id(t)))]
+    out = []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
 
 
 def _walk(obj: Any, found: list[torch.Tensor], seen: set[int], depth: int) -> None:

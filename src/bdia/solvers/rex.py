@@ -93,7 +93,7 @@ class RexState(NamedTuple):
     zhat: torch.Tensor  # the auxiliary chain (yhat)
 
 
-class Rex(Solver):
+class Rex(Solver[RexState]):
     """Rex: McCallum-Foster reversible coupling of an explicit Runge-Kutta base in Lawson variables.
 
     Args:
@@ -160,13 +160,16 @@ class Rex(Solver):
             raise ValueError(
                 f"coupling must be 'lawson' (mix in the Lawson variable) or 'state' (mix in z), got {coupling!r}"
             )
-        self.coupling = coupling
-        self.base, self.zeta, self.variables = base, float(zeta), variables
-        self.start = start_name(start)
-        self._tableau, self._vars = TABLEAUX[base], VARIABLES[variables]
+        self.coupling: str = coupling
+        self.base: str = base
+        self.zeta: float = float(zeta)
+        self.variables: str = variables
+        self.start: str = start_name(start)
+        self._tableau: Tableau = TABLEAUX[base]
+        self._vars: _Variables = VARIABLES[variables]
 
     @property
-    def order(self) -> int:  # type: ignore[override]
+    def order(self) -> int:
         return self._tableau.order
 
     @property

@@ -7,7 +7,8 @@ One module per family beside this one (``digits``, ``stable_diffusion``, ``flow`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 
@@ -66,6 +67,8 @@ class Backend(ABC):
     default_guidance = 7.5
     schedule: Schedule
     eps_model: Any  # model(x, t, cond) -> eps
+    # each family's loader, a classmethod: (model, *, torch_dtype, device, progress, **family_keywords) -> backend
+    from_pretrained: ClassVar[Callable[..., Backend]]
 
     @property
     @abstractmethod

@@ -23,7 +23,7 @@ docs/math.md sections 7 and 9. A backend wraps a loaded ``StableDiffusion3Pipeli
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -35,6 +35,9 @@ from ...runtime import choose_device, resolve_dtype
 from ...schedule import Grid
 from .base import Backend
 from .stable_diffusion import _plain_config, fingerprint_mismatch
+
+if TYPE_CHECKING:
+    from diffusers.models.modeling_utils import ModelMixin
 
 __all__ = ["FluxBackend", "SD3Backend", "flow_fingerprint_mismatch", "FluxTransformerModel", "SD3TransformerModel"]
 
@@ -63,6 +66,8 @@ class _FlowBackend(Backend):
     pipeline_class: str
     default_sequence_length: int
     backend_options: tuple[str, ...] = ()  # from_pretrained keywords for the backend rather than diffusers
+    # a flow schedule, not Backend's VP Schedule: this class overrides every Backend method that reads it
+    schedule: FlowSchedule  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -337,7 +342,7 @@ class FluxBackend(_FlowBackend):
     ) -> tuple[dict, dict | None]:
         """(cond, uncond): T5 ``encoder_hidden_states``, CLIP ``pooled_projections`` and the latent size the
         image ids come from; uncond only for a negative prompt."""
-        out = []
+        out: list[dict[str, Any] | None] = []
         for texts in (prompts, negatives):
             if texts is None:
                 out.append(None)
@@ -357,7 +362,7 @@ class FluxBackend(_FlowBackend):
                     "latent_size": self._latent_hw(height, width),
                 }
             )
-        return out[0], out[1]
+        return cast(dict, out[0]), out[1]  # the prompts are always given
 
     def guided(self, cond: dict, uncond: dict | None, scale: float) -> Any:
         """``model(x, t) -> v`` with ``scale`` as the guidance embedding; true CFG over ``uncond`` only with
@@ -386,7 +391,7 @@ class SD3TransformerModel(torch.nn.Module):
     solver's arithmetic are not done in half precision.
     """
 
-    def __init__(self, transformer: torch.nn.Module):
+    def __init__(self, transformer: ModelMixin):
         super().__init__()
         self.transformer = transformer
 

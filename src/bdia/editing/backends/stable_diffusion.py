@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from ...runtime import choose_device, prompt_list, resolve_dtype
 from ...schedule import Schedule
 from ...solvers import NonFiniteError
 from .base import Backend
+
+if TYPE_CHECKING:
+    from diffusers.models.modeling_utils import ModelMixin
 
 __all__ = [
     "StableDiffusionBackend",
@@ -75,7 +78,7 @@ class UNetModel(torch.nn.Module):
     ``bdia.to_eps`` for the eps contract.
     """
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: ModelMixin):
         super().__init__()
         self.unet = unet
 
