@@ -71,7 +71,7 @@ def _masked_mse(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.T
     return d.sum(dim=(1, 2, 3)) / (keep.sum(dim=(1, 2, 3)) * a.shape[1]).clamp_min(1)
 
 
-def measure(edit: torch.Tensor, pairs: list, reconstruction: torch.Tensor, classifier: Any) -> dict[str, list]:
+def measure(edit: torch.Tensor, pairs: list, reconstruction: torch.Tensor, classifier: Any) -> dict[str, Any]:
     """The per-edit measures (see the module) of uint8 ``edit`` images against their ``pairs``."""
     from ..scenes.quality import score
 
