@@ -266,7 +266,7 @@ def test_update_replaces_one_workload_and_keeps_the_others(tmp_path, monkeypatch
     monkeypatch.setattr(
         runner,
         "run_workloads",
-        lambda cfg, log: {
+        lambda cfg, log, **kwargs: {
             "workloads": {"editing": {**first["workloads"]["editing"], "seconds": -1.0}},
             "seconds": {"editing": 0.5},
         },
