@@ -229,7 +229,7 @@ _FIELDS = {
     "latent_shape",
 }
 _OPTIONAL_FIELDS = {"info", "family", "grid_kind"}  # absent from files written before they existed
-FAMILIES = ("digits", "sd", "sd3", "flux")
+FAMILIES = ("digits", "scenes", "sd", "sd3", "flux")
 FLOW_FAMILIES = ("sd3", "flux")  # flow-matching models: velocity grids from a FlowSchedule
 
 
