@@ -176,11 +176,30 @@ def running(args: argparse.Namespace, model: str) -> Iterator[None]:
             raise
 
 
+# What each kind of model needs beyond torch and numpy: (the extra that installs it, import names).
+# Every image command reads or writes images (Pillow) and safetensors files.
+_EMBEDDED_NEEDS = {
+    DEFAULT_MODEL: ("demo", ("safetensors", "PIL")),
+    "scenes": ("diffusers", ("safetensors", "PIL", "diffusers")),  # its network is diffusers' UNet2DConditionModel
+}
+_PIPELINE_NEEDS = ("diffusers", ("safetensors", "PIL", "diffusers", "transformers"))
+
+
+def require_model(model: str) -> None:
+    """Refuse, before anything loads, to run ``model`` without its optional packages: one line naming the
+    extra to install (``pip install "bdia[demo]"`` for the digits model, ``bdia[diffusers]`` otherwise)."""
+    from ..runtime import require
+
+    extra, modules = _EMBEDDED_NEEDS.get(model, _PIPELINE_NEEDS)
+    require(extra, *modules)
+
+
 def check_common(args: argparse.Namespace) -> str:
     """Checks every command shares, before any model is loaded; returns the model name."""
     from ..runtime import choose_device
 
     model = args.model or DEFAULT_MODEL
+    require_model(model)  # for reconstruct/edit of a saved inversion: the base needs; its own model's when read
     choose_device(args.device)
     if model == DEFAULT_MODEL and (args.revision is not None or args.allow_pickle):
         flag = "--revision" if args.revision is not None else "--allow-pickle"
@@ -263,6 +282,7 @@ def editor_for_inversion(inv: Any, args: argparse.Namespace):
     model = args.model or inv.model.get("id")
     if not model:
         raise ValueError("the inversion does not record its model; pass --model")
+    require_model(model)
     own = model == inv.model.get("id")  # the inversion's dtype and revision apply to its own model only
     dtype = args.dtype or (inv.model.get("dtype") if own else None)
     revision = args.revision or (inv.model.get("revision") if own and model != DEFAULT_MODEL else None)

@@ -30,7 +30,7 @@ from ..datasets.batch import (
 from ..editing.editor import (
     load_editor,  # the package's one editor loader, used here and by callers of this module
 )
-from .common import DEFAULT_MODEL, check_common, running
+from .common import DEFAULT_MODEL, check_common, require_model, running
 
 __all__ = [
     "add_batch_arguments",
@@ -109,6 +109,7 @@ def editor_for(args: argparse.Namespace, command: str) -> Any:
     model = args.model or record.get("id")
     if not model:
         raise ValueError("the inversions do not record their model; pass --model")
+    require_model(model)
     own = model == record.get("id")  # the inversions' dtype and revision apply to their own model only
     return load_editor(
         model,
