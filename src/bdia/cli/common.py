@@ -143,6 +143,13 @@ def add_output_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-o", "--output", required=True, help=what)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the warnings and log messages of the libraries bdia uses (diffusers, transformers, "
+        "huggingface_hub, accelerate)",
+    )
 
 
 # ----- helpers ----------------------------------------------------------------------------------------------
@@ -153,7 +160,11 @@ def running(args: argparse.Namespace, model: str) -> Iterator[None]:
     from ..runtime import torch_threads
     from ..solvers import NonFiniteError
 
+    verbose = getattr(args, "verbose", False)
+
     def show(message, category, filename, lineno, file=None, line=None):
+        if not verbose and _third_party(filename):
+            return  # their deprecation notices are theirs to fix, not the user's (shown with --verbose)
         print(f"bdia: warning: {message}", file=sys.stderr)
 
     from ..runtime import choose_device
@@ -161,7 +172,7 @@ def running(args: argparse.Namespace, model: str) -> Iterator[None]:
     # "auto" is float16 for Stable Diffusion on CUDA only: hint at float32 only where it is not already.
     auto_half = model != DEFAULT_MODEL and choose_device(args.device).type == "cuda"
     low = args.dtype in ("float16", "bfloat16") or (args.dtype in (None, "auto") and auto_half)
-    with torch_threads(1 if model == DEFAULT_MODEL else None), warnings.catch_warnings():
+    with torch_threads(1 if model == DEFAULT_MODEL else None), warnings.catch_warnings(), _library_logs(verbose):
         warnings.showwarning = show
         try:
             yield
@@ -192,6 +203,31 @@ def require_model(model: str) -> None:
 
     extra, modules = _EMBEDDED_NEEDS.get(model, _PIPELINE_NEEDS)
     require(extra, *modules)
+
+
+THIRD_PARTY = ("diffusers", "transformers", "huggingface_hub", "accelerate")
+
+
+def _third_party(filename: str) -> bool:
+    parts = Path(filename).parts
+    return any(name in parts for name in THIRD_PARTY)
+
+
+@contextlib.contextmanager
+def _library_logs(verbose: bool) -> Iterator[None]:
+    """The libraries' own loggers at ERROR unless ``verbose`` (they print warnings through logging too)."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in THIRD_PARTY]
+    levels = [lg.level for lg in loggers]
+    if not verbose:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def check_common(args: argparse.Namespace) -> str:
