@@ -14,7 +14,7 @@ A workload is a module of this package that defines
 results.json is rewritten (atomically) after every workload, so a failure loses only the workload that
 failed: ``--update --only`` reruns the rest into the same folder, ``--render`` writes the report.
 
-:data:`WORKLOADS` lists them in report order; adding a workload is adding its module's name there.
+:data:`WORKLOADS` (in :mod:`.config`) lists them in report order; adding a workload is adding its module's name there.
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from types import ModuleType
 from typing import Any
 
 from ..io.files import check_writable, write_text
-from .config import BenchConfig
+from .config import WORKLOADS, BenchConfig
 from .measures import finite_or_none
 from .report import render
 from .requires import missing_note
-
-WORKLOADS: tuple[str, ...] = ("analytic", "digits", "unet", "edm", "rex", "flow", "editing", "reversible", "throughput")
 
 REQUIRED = {"matplotlib": "the plots", "scipy": "the exact ODE references"}  # module -> what needs it
 

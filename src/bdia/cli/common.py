@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..grids import GRID_KINDS
 from ..io.files import atomic_path, check_writable
 
 
@@ -28,6 +27,8 @@ class CommandError(ValueError):
 
 
 METHODS = ("bdia", "edict", "rex", "ddim")
+# bdia.grids.GRID_KINDS, written out so that parsing imports no torch (tests/test_cli_startup.py checks they agree)
+GRID_KINDS = ("diffusers", "leading", "trailing", "linspace", "karras", "logsnr")
 DEFAULT_MODEL = "digits"  # the embedded digits model (bdia.editing.backends.digits); needs no diffusers
 REX_BASES = ("euler", "midpoint", "heun", "ralston", "rk4")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
