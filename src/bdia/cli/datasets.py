@@ -260,6 +260,8 @@ def run_many(args: argparse.Namespace, command: str) -> int:
     from ..runtime import torch_threads
 
     check_common(args)
+    if getattr(args, "upscale", 1) != 1:
+        raise ValueError("--upscale applies to single outputs (-o an image file), not to folders")
     with running(args, args.model or (DEFAULT_MODEL if command == "invert" else "")):
         editor = editor_for(args, command)
         with torch_threads(1 if editor.backend.family == "digits" else None):  # as running, once the model is known
