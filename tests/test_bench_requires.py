@@ -50,7 +50,7 @@ def test_finished_workloads_survive_a_later_failure(tmp_path, monkeypatch):
     assert list(saved["workloads"]) == ["analytic"] and saved["incomplete"] == ["flow"]
     assert "skipped" not in saved["workloads"]["analytic"]
     assert any("finished before are in" in line for line in lines)
-    assert not list(out.glob(".bdia-tmp-*"))  # written atomically: no temporary left behind
+    assert not list(out.glob(".bdia.*"))  # written atomically: no temporary left behind
     # the rest runs into the same folder; the finished workload is kept as it was
     monkeypatch.setattr(bdia.bench.flow, "run", real)
     run_bench(tiny(BenchConfig, workloads=("flow",)), out, overwrite=True, update=True, log=lambda *a: None)
