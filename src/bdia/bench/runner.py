@@ -92,7 +92,7 @@ def run_workloads(
     skip = skip or {}
     out: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    names = list(cfg.workloads)
+    names = list(cfg.workloads or ())
     for i, name in enumerate(names):
         if name in skip:
             out[name] = {"skipped": skip[name]}
@@ -204,7 +204,7 @@ def run_bench(
     out = Path(out_dir)
     previous = _previous(out, cfg) if update else None
     check_output_folder(out, overwrite)
-    skip = unavailable(cfg.workloads)  # before the first workload runs: nothing is lost to a missing module
+    skip = unavailable(cfg.workloads or ())  # before the first workload runs: nothing is lost to a missing module
     for name, note in skip.items():
         log(f"[{name}] skipped: {note}")
     env = environment()
