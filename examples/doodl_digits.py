@@ -6,11 +6,13 @@ proximity term keeping it near the original (bdia.optimize). Gradients run throu
 steps by reversal, in memory independent of the number of steps. BDIA pays one network evaluation per
 step, EDICT (the original DOODL) two; both rows are timed and their peak memory measured.
 
-    python examples/doodl_digits.py                 # writes docs/doodl.png
+    python examples/doodl_digits.py                 # writes doodl-out/doodl.png
     python examples/doodl_digits.py --quick --out /tmp/doodl.png
+    python examples/doodl_digits.py --docs          # regenerates the README's figure, docs/doodl.png
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -18,21 +20,31 @@ import bdia
 from bdia import digits
 from bdia.bench.reversible import peak_memory_mb
 from bdia.io import atomic_path
+from bdia.io.files import check_writable
 from bdia.optimize import classifier_objective, optimize
 
 EDITS = [(3, 8), (7, 1), (1, 7), (9, 4), (0, 6), (5, 9)]  # (class of the real digit, target class)
+DEFAULT_OUT = Path("doodl-out") / "doodl.png"  # a fresh folder: an example never writes into tracked files
+DOCS_FIGURE = Path(__file__).resolve().parents[1] / "docs" / "doodl.png"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/doodl.png")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the figure (default {DEFAULT_OUT})")
+    where.add_argument("--docs", action="store_true", help="regenerate docs/doodl.png (replaces it)")
     # 50 steps: EDICT's sampler saturates on this model at 20 steps or fewer, even from fresh noise
     ap.add_argument("--steps", type=int, default=50, help="sampling steps")
     ap.add_argument("--iterations", type=int, default=15, help="gradient steps on the latents")
     ap.add_argument("--proximity", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing figure at --out")
     args = ap.parse_args()
+    out, overwrite = (DOCS_FIGURE, True) if args.docs else (args.out, args.overwrite)
+    try:  # before minutes of work, not after
+        check_writable(out, overwrite)
+    except (OSError, ValueError) as e:
+        ap.error(str(e))
     steps, iterations, edits = (4, 2, EDITS[:2]) if args.quick else (args.steps, args.iterations, EDITS)
     torch.set_num_threads(1)
 
@@ -104,9 +116,10 @@ def main() -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    with atomic_path(args.out, args.overwrite) as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ g = torch.Generator().manual_seed(0)
 eps_model = GaussianMixture(torch.randn(4, 3, 4, 4, generator=g, dtype=torch.float64), 0.5, schedule=schedule)
 x0 = eps_model.sample_data(8, g)
 
-for solver in [bdia.DDIM(), bdia.EDICT(p=0.93), bdia.BDIA(gamma=1.0), bdia.BDIA(gamma=0.96), bdia.BDIA(gamma="belm")]:
+solvers = [bdia.DDIM(), bdia.EDICT(p=0.93), bdia.BDIA(gamma=1.0), bdia.BDIA(gamma=0.96), bdia.BDIA(gamma="belm")]
+width = max(len(repr(s)) for s in solvers)  # the columns stay aligned whatever the reprs say
+for solver in solvers:
     inv = solver.invert(eps_model, x0, grid)
     x0_again = solver.sample(eps_model, inv, grid)
     err = (x0_again - x0).abs().max().item()
-    print(f"{solver!r:45} NFE {inv.nfe:3d}  round-trip max error {err:.1e}")
+    print(f"{solver!r:{width}}  NFE {inv.nfe:3d}  round-trip max error {err:.1e}")

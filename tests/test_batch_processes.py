@@ -133,43 +133,80 @@ def test_two_processes_write_the_files_of_one(data, launcher, tmp_path):
     assert (again.done, again.skipped, again.failed) == (0, COUNT, 0)  # a second run does no work
 
 
-def _interrupt_twice(cmd, out: Path, reference, rng: random.Random, seed: int) -> bool:
-    """SIGINT, then SIGKILL, each once a random number of outputs exist. False when the run ended before
-    a signal could reach it (a starved polling loop on a loaded machine), so the attempt proves nothing."""
-    for sig, most in ((signal.SIGINT, COUNT - 3 * BATCH), (signal.SIGKILL, COUNT - BATCH)):
+# Runs `bdia ARGS` with the manifest writer stopping, for good, at one point of the write protocol: before
+# or after the k-th "writing" record (the output complete in its temporary file, not yet renamed) or before
+# the k-th "done" record (renamed, not yet recorded). It creates MARKER there and waits for a signal, so
+# the test signals a run in a known state whatever the machine's load, instead of racing it.
+STOPPING_CHILD = """
+import os, signal, sys
+from pathlib import Path
+import bdia.datasets.batch as batch
+from bdia.cli import main
+
+when, status = os.environ["STOP_WHERE"].split(":")
+stop_at, marker, seen = int(os.environ["STOP_AT"]), Path(os.environ["STOP_MARKER"]), [0]
+real = batch._ManifestWriter.append
+
+def stop():
+    marker.write_text("stopped")
+    while True:
+        signal.pause()
+
+def append(self, record):
+    hit = record.get("status") == status and seen[0] + 1 == stop_at
+    seen[0] += record.get("status") == status
+    if hit and when == "before":
+        stop()
+    real(self, record)
+    if hit and when == "after":
+        stop()
+
+batch._ManifestWriter.append = append
+sys.argv = ["bdia", *sys.argv[1:]]
+sys.exit(main())
+"""
+STOP_POINTS = ("before:writing", "after:writing", "before:done")
+
+
+def _interrupt_twice(
+    args: list[str], out: Path, reference, rng: random.Random, seed: int, tmp: Path, kill_at: str
+) -> None:
+    """SIGINT, then SIGKILL, each sent while the run waits at a random output: SIGINT at a random point of the
+    write protocol, SIGKILL at ``kill_at``."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
         have = len(_outputs(out))
-        wait_for = rng.randint(have + 1, most)
-        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if len(_outputs(out)) >= wait_for:
-                break
-            time.sleep(0.005)
-        if proc.poll() is not None:
-            proc.communicate(timeout=60)
-            return False
+        where = rng.choice(STOP_POINTS) if sig == signal.SIGINT else kill_at
+        stop_at = rng.randint(1, COUNT - have - 1)
+        marker = tmp / f"stopped-{sig.name}"
+        env = dict(_env(), STOP_WHERE=where, STOP_AT=str(stop_at), STOP_MARKER=str(marker))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STOPPING_CHILD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        while not marker.exists():  # a state, not a time: the run is now waiting at its stop
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                pytest.fail(f"seed {seed}: the run ended ({proc.returncode}) before {where} #{stop_at}: {err[-2000:]}")
+            time.sleep(0.01)
         proc.send_signal(sig)
-        proc.communicate(timeout=60)
-        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), f"seed {seed}"
+        proc.communicate(timeout=600)
+        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), f"seed {seed}, {where}"
         done = _outputs(out)
         assert len(done) < COUNT, f"seed {seed}"
+        if sig == signal.SIGKILL and where.endswith(":writing"):  # killed mid-write: the temporary is left
+            assert list(out.glob(".bdia.*")), f"seed {seed}, {where}"
         for p in done:  # every output present is complete and right
             assert p.read_bytes() == reference[p.name], f"seed {seed}: {p.name}"
-    return True
 
 
-def test_killed_runs_complete_on_rerun(data, tmp_path):
-    """Interrupted twice at random points (SIGINT, then SIGKILL), a run to the end completes the set."""
+@pytest.mark.parametrize("kill_at", STOP_POINTS)
+def test_killed_runs_complete_on_rerun(data, tmp_path, kill_at):
+    """Interrupted twice at random outputs (SIGINT, then SIGKILL at each point of the write protocol), a run to
+    the end completes the set."""
     root, editor, reference = data
     seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    for attempt in range(5):
-        out = tmp_path / f"out{attempt}"
-        cmd = [sys.executable, "-m", "bdia.cli", "invert", str(root / "in"), "-o", str(out)] + ARGS
-        if _interrupt_twice(cmd, out, reference, rng, seed):
-            break
-    else:
-        pytest.fail(f"seed {seed}: in 5 attempts every run finished before it could be interrupted")
+    out = tmp_path / "out"
+    args = ["invert", str(root / "in"), "-o", str(out)] + ARGS
+    _interrupt_twice(args, out, reference, random.Random(seed), seed, tmp_path, kill_at)
     summary = invert_files(editor, [root / "in"], out, batch_size=BATCH, num_steps=STEPS, progress=False)
     assert summary.failed == 0 and summary.done + summary.skipped == COUNT, f"seed {seed}"
     _check_complete(out, reference)

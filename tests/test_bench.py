@@ -45,6 +45,9 @@ TINY = dict(
     editing_strengths=(1.0,),
     editing_guidances=(2.0,),
     editing_methods=("ddim", "bdia-1"),
+    scene_editing_pairs=1,
+    scene_editing_steps=(3,),
+    scene_editing_methods=("ddim", "bdia-1"),
     extra={
         "rex_budgets": (10,),
         "rex_grids": ("karras",),
@@ -266,7 +269,7 @@ def test_update_replaces_one_workload_and_keeps_the_others(tmp_path, monkeypatch
     monkeypatch.setattr(
         runner,
         "run_workloads",
-        lambda cfg, log: {
+        lambda cfg, log, **kwargs: {
             "workloads": {"editing": {**first["workloads"]["editing"], "seconds": -1.0}},
             "seconds": {"editing": 0.5},
         },

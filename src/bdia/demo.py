@@ -46,7 +46,7 @@ def _strip(images) -> Any:
     import numpy as np
 
     b, _, h, w = images.shape
-    out = np.full((h, b * (w + 1) - 1), 40, dtype=np.uint8)  # light grey gaps (gray_r colour map)
+    out = np.full((h, b * (w + 1) - 1), 96, dtype=np.uint8)  # grey gaps between the black backgrounds
     for k in range(b):
         out[:, k * (w + 1) : k * (w + 1) + w] = images[k, 0].numpy()
     return out
@@ -65,7 +65,8 @@ def _figure(path: Path, originals, source, target, rows: list[dict[str, Any]], o
     for r, row in enumerate(rows):
         images = (originals, row["reconstructions"], row["edits"])
         for c, (ax, im) in enumerate(zip(axes[r], images)):
-            ax.imshow(_strip(im), cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+            # light digits on a dark background, as the model sees them and the image commands write them
+            ax.imshow(_strip(im), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -193,6 +194,10 @@ def _run(args: argparse.Namespace, solvers: dict[str, Any]) -> int:
             f"{100 * r['pixel_identical_fraction']:>12.2f}% {100 * r['edit_accuracy']:>8.0f}% "
             f"{r['seconds_round_trip']:>7.2f}"
         )
+    lines.append(
+        f"NFE and time s: inversion + reconstruction of all {len(originals)} digits (wall-clock seconds, "
+        f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''})"
+    )
     table = "\n".join(lines)
     print(table)
 

@@ -9,7 +9,18 @@ memory, precision), :mod:`.edm` (Euler, Heun and BDIA-EDM on Karras grids at equ
 :mod:`bdia.cli.bench`.
 """
 
-from .config import BenchConfig
-from .runner import WORKLOADS, run_bench
+from __future__ import annotations
+
+from typing import Any
+
+from .config import WORKLOADS, BenchConfig
 
 __all__ = ["BenchConfig", "WORKLOADS", "run_bench"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_bench":  # the runner imports torch: loaded on first use, so `bdia bench --help` stays light
+        from .runner import run_bench
+
+        return run_bench
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

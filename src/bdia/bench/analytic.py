@@ -25,6 +25,8 @@ from .config import BenchConfig
 from .methods import get_methods
 from .report import fmt, reference_tables, table
 
+REQUIRES: dict[str, str] = {}  # scipy and matplotlib: every run needs them (runner.REQUIRED)
+
 SD15_SCHEDULE = {
     "beta_schedule": "scaled_linear",
     "beta_start": 0.00085,

@@ -5,7 +5,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["BenchConfig"]
+__all__ = ["BenchConfig", "WORKLOADS"]
+
+# The workload modules of this package, in report order (the contract is in .runner). Here, in a module
+# that imports no torch, so that `bdia bench --help` can list them without loading anything.
+WORKLOADS: tuple[str, ...] = (
+    "analytic",
+    "digits",
+    "unet",
+    "edm",
+    "rex",
+    "flow",
+    "editing",
+    "scene_editing",
+    "reversible",
+    "throughput",
+)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ from .common import measure_method
 from .config import BenchConfig
 from .methods import get_methods
 from .report import reference_tables
+from .requires import DIGITS
+
+REQUIRES = DIGITS
 
 
 def fine_grid(schedule: Schedule, grids: dict[int, Grid], stride: int) -> Grid:

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 
 from .methods import get_methods
+from .requires import DIGITS
+
+REQUIRES = {**DIGITS, "pytorch_msssim": "the SSIM of the edits"}
 
 __all__ = ["run", "section", "plots"]
 

@@ -32,6 +32,8 @@ from .measures import fit_order
 from .methods import get_methods
 from .report import fmt, table
 
+REQUIRES: dict[str, str] = {}  # its digits part is optional: skipped without the digits model
+
 GRIDS = {"ve": "VE Karras grid in EDM's x, rho 7", "vp": "VP Karras grid over SD 1.5's schedule, rho 7"}
 
 
@@ -145,6 +147,12 @@ def round_trip(cfg: BenchConfig, log=print) -> dict[str, Any]:
 def digits_fd(cfg: BenchConfig, log=print) -> dict[str, Any]:
     if not cfg.edm_digits_per_class:
         return {"skipped": "edm_digits_per_class is 0"}
+    from .requires import DIGITS, missing_note
+
+    note = missing_note(DIGITS)
+    if note:
+        log(f"  edm: digits part skipped ({note})")
+        return {"skipped": f"the embedded digits model {note}"}
     try:
         from ..digits import NUM_CLASSES, eps_model, load_classifier, load_digits, load_model, to_model, to_uint8
         from ..digits.quality import features, frechet_distance

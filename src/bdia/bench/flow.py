@@ -31,6 +31,8 @@ from ..solvers import BDIA, DDIM, EDICT, NonFiniteError, Solver
 from .config import BenchConfig
 from .measures import error_stats
 
+REQUIRES: dict[str, str] = {}
+
 SD3_SCHEDULE = FlowSchedule.from_config({"shift": 3.0, "num_train_timesteps": 1000})
 FLUX_SCHEDULE = FlowSchedule.from_config({"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15})
 FLUX_MU = calculate_shift(4096)  # a 1024 x 1024 image: 64 x 64 packed latent tokens

@@ -28,6 +28,9 @@ from typing import Any
 import torch
 
 from .config import BenchConfig
+from .requires import DIGITS
+
+REQUIRES = DIGITS
 
 __all__ = ["peak_memory_mb", "run", "section", "plots"]
 

@@ -31,6 +31,8 @@ from .config import BenchConfig
 from .measures import error_stats
 from .methods import METHODS
 
+REQUIRES: dict[str, str] = {}  # its digits part is optional: skipped without the digits model
+
 __all__ = ["run", "section", "plots"]
 
 BUDGETS = (10, 20, 30, 50, 70, 100)
@@ -160,6 +162,12 @@ def run(cfg: BenchConfig, log=print) -> dict[str, Any]:
 
 def run_digits(cfg: BenchConfig, budgets, log=print) -> dict[str, Any] | None:
     """The same measures on the embedded digits model against bench.digits' fine Heun reference."""
+    from .requires import DIGITS, missing_note
+
+    note = missing_note(DIGITS)
+    if note:
+        log(f"  rex: digits skipped ({note})")
+        return None
     try:
         from .. import digits
 

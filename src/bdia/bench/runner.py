@@ -7,9 +7,14 @@ A workload is a module of this package that defines
 - ``section(results: dict) -> str``: its markdown section (starting with a ``##`` heading), from the
   dict ``run`` returned or its copy read back from results.json;
 - optionally ``plots(results: dict, out_dir: Path, overwrite: bool) -> list[str]``: the files it
-  wrote into ``out_dir``.
+  wrote into ``out_dir``;
+- optionally ``REQUIRES``: module -> what it is needed for (:mod:`.requires`). Every selected workload's
+  modules are checked before the first one runs; a workload that cannot run is skipped with a note.
 
-:data:`WORKLOADS` lists them in report order; adding a workload is adding its module's name there.
+results.json is rewritten (atomically) after every workload, so a failure loses only the workload that
+failed: ``--update --only`` reruns the rest into the same folder, ``--render`` writes the report.
+
+:data:`WORKLOADS` (in :mod:`.config`) lists them in report order; adding a workload is adding its module's name there.
 """
 
 from __future__ import annotations
@@ -21,29 +26,17 @@ import math
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..io.files import check_writable, write_text
-from .config import BenchConfig
+from .config import WORKLOADS, BenchConfig
 from .measures import finite_or_none
 from .report import render
-
-WORKLOADS: tuple[str, ...] = (
-    "analytic",
-    "digits",
-    "unet",
-    "edm",
-    "rex",
-    "flow",
-    "editing",
-    "scene_editing",
-    "reversible",
-    "throughput",
-)
+from .requires import missing_note
 
 REQUIRED = {"matplotlib": "the plots", "scipy": "the exact ODE references"}  # module -> what needs it
 
@@ -78,15 +71,38 @@ def check_requirements() -> None:
         raise ImportError(f"bdia bench needs {', '.join(missing)}; pip install 'bdia[bench]'")
 
 
-def run_workloads(cfg: BenchConfig, log: Callable = print) -> dict[str, Any]:
+def unavailable(names: Iterable[str]) -> dict[str, str]:
+    """Workload -> why it cannot run here (a missing optional module), for the workloads in ``names``."""
+    notes = {}
+    for name in names:
+        note = missing_note(getattr(workload(name), "REQUIRES", {}))
+        if note:
+            notes[name] = note
+    return notes
+
+
+def run_workloads(
+    cfg: BenchConfig,
+    log: Callable = print,
+    skip: dict[str, str] | None = None,
+    done: Callable[[dict[str, Any], list[str]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``cfg.workloads`` in order; ``skip`` (name -> reason) are recorded as skipped without running.
+    ``done(results_so_far, pending_names)`` is called after each workload, to save what is finished."""
+    skip = skip or {}
     out: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    assert cfg.workloads is not None  # run() resolves None to every workload first
-    for name in cfg.workloads:
+    names = list(cfg.workloads or ())
+    for i, name in enumerate(names):
+        if name in skip:
+            out[name] = {"skipped": skip[name]}
+            continue
         log(f"[{name}]")
         t0 = time.perf_counter()
         out[name] = workload(name).run(cfg, log=log)
         seconds[name] = time.perf_counter() - t0
+        if done is not None:
+            done({"workloads": dict(out), "seconds": dict(seconds)}, names[i + 1 :])
     return {"workloads": out, "seconds": seconds}
 
 
@@ -188,19 +204,49 @@ def run_bench(
     out = Path(out_dir)
     previous = _previous(out, cfg) if update else None
     check_output_folder(out, overwrite)
+    skip = unavailable(cfg.workloads or ())  # before the first workload runs: nothing is lost to a missing module
+    for name, note in skip.items():
+        log(f"[{name}] skipped: {note}")
+    env = environment()
+    saved = {"any": False}
+
+    def save(run: dict[str, Any], pending: list[str]) -> None:
+        """results.json with every workload finished so far (and the earlier run's, with ``update``)."""
+        c, r = _combine(cfg, previous, run)
+        results = {"config": c.to_dict(), "environment": env, **r}
+        if pending:
+            results["incomplete"] = pending
+        text = json.dumps(finite_or_none(results), indent=1, sort_keys=False, default=str) + "\n"
+        write_text(out / "results.json", text, overwrite or saved["any"])
+        saved["any"] = True
+
     torch.manual_seed(cfg.seed)
     with torch_threads(cfg.threads):
-        run = run_workloads(cfg, log)
-    if previous is not None:  # keep the other workloads' results, in registry order
-        kept = {**previous["workloads"], **run["workloads"]}
-        run = {
-            "workloads": {name: kept[name] for name in WORKLOADS if name in kept},
-            "seconds": {**previous.get("seconds", {}), **run["seconds"]},
-        }
-        cfg = replace(cfg, workloads=tuple(run["workloads"]))
-    results = {"config": cfg.to_dict(), "environment": environment(), **run}
+        try:
+            run = run_workloads(cfg, log, skip=skip, done=save)
+        except BaseException:
+            if saved["any"]:
+                log(f"bdia bench: stopped; the workloads finished before are in {out / 'results.json'}")
+            raise
+    cfg, run = _combine(cfg, previous, run)
+    results = {"config": cfg.to_dict(), "environment": env, **run}
     # The numbers first: a failure while plotting or rendering leaves them for `bdia bench --render`.
-    clean = finite_or_none(results)
-    write_text(out / "results.json", json.dumps(clean, indent=1, sort_keys=False, default=str) + "\n", overwrite)
+    save(run, [])
     results["files"] = ["results.json"] + write_outputs(results, out, overwrite)
     return results
+
+
+def _combine(
+    cfg: BenchConfig, previous: dict[str, Any] | None, run: dict[str, Any]
+) -> tuple[BenchConfig, dict[str, Any]]:
+    """With ``update``, keep the earlier run's other workloads' results, in registry order."""
+    if previous is None:
+        return cfg, run
+    # a workload skipped now (a module missing) keeps the earlier run's results
+    fresh = {k: v for k, v in run["workloads"].items() if "skipped" not in v or k not in previous["workloads"]}
+    kept = {**previous["workloads"], **fresh}
+    run = {
+        "workloads": {name: kept[name] for name in WORKLOADS if name in kept},
+        "seconds": {**previous.get("seconds", {}), **run["seconds"]},
+    }
+    return replace(cfg, workloads=tuple(run["workloads"])), run

@@ -26,7 +26,14 @@ import torch
 
 from .methods import get_methods
 
-__all__ = ["CONTROLS", "run", "section", "plots"]
+__all__ = ["CONTROLS", "REQUIRES", "run", "section", "plots"]
+
+REQUIRES = {
+    "safetensors": "the scenes model's weights",
+    "diffusers": "the scenes model's UNet",
+    "pytorch_msssim": "the SSIM of the edits",
+    "PIL": "the figure's stored images",
+}
 
 
 def _swap(pairs: list) -> dict[str, Any]:

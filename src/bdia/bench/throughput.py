@@ -26,6 +26,9 @@ from typing import Any
 import torch
 
 from .config import BenchConfig
+from .requires import DIGITS
+
+REQUIRES = {**DIGITS, "accelerate": "sharing batches between processes"}
 
 TARGET_PROCESSES = 1.6  # 2 processes against 1
 TARGET_BATCH = 5.0  # batch 64 against batch 1

@@ -36,6 +36,8 @@ from .measures import ZeroModel, error_stats, interleaved_times, median
 from .methods import METHODS
 from .report import fmt, table
 
+REQUIRES = {"diffusers": "SD 1.5's UNet2DConditionModel"}
+
 # Stable Diffusion 1.5's unet/config.json (runwayml/stable-diffusion-v1-5), written out.
 SD15_UNET: dict[str, Any] = {
     "sample_size": 64,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -68,9 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# The library's messages name both spellings of an option, "pass overwrite=True (--overwrite)"; on the
+# command line only the flag means anything.
+_KEYWORD_AND_FLAG = re.compile(r"\b\w+=True \((--[\w-]+)\)")
+
+
 def _fail(command: str, error: BaseException) -> int:
     """Bad input: one line, exit code 2 (the commands check what they can before any work)."""
     text = " ".join(str(error).split()) or type(error).__name__
+    text = _KEYWORD_AND_FLAG.sub(r"\1", text)
     print(f"bdia {command}: error: {text}", file=sys.stderr)
     return 2
 

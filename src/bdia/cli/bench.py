@@ -8,7 +8,7 @@ import sys
 import warnings
 from typing import Any
 
-from ..bench.runner import WORKLOADS
+from ..bench.config import WORKLOADS
 
 
 def register(subparsers: Any) -> None:

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..grids import GRID_KINDS
 from ..io.files import atomic_path, check_writable
 
 
@@ -28,6 +27,8 @@ class CommandError(ValueError):
 
 
 METHODS = ("bdia", "edict", "rex", "ddim")
+# bdia.grids.GRID_KINDS, written out so that parsing imports no torch (tests/test_cli_startup.py checks they agree)
+GRID_KINDS = ("diffusers", "leading", "trailing", "linspace", "karras", "logsnr")
 DEFAULT_MODEL = "digits"  # the embedded digits model (bdia.editing.backends.digits); needs no diffusers
 REX_BASES = ("euler", "midpoint", "heun", "ralston", "rk4")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -139,10 +140,33 @@ def add_solver_args(p: argparse.ArgumentParser, gamma: float, title: str = "solv
     p.set_defaults(default_gamma=gamma)
 
 
+upscale_type = number_type("--upscale", 1, 64, integer=True)
+
+
+def add_upscale_arg(p: argparse.ArgumentParser) -> None:
+    """For the commands that write images: the embedded models' 16x16 and 32x32 images are hard to look at."""
+    p.add_argument(
+        "--upscale",
+        type=upscale_type,
+        default=1,
+        metavar="N",
+        help="write images N times larger by nearest neighbour (each pixel an NxN block; default 1), e.g. "
+        "--upscale 16 makes the digits model's 16x16 images 256x256; the reported errors are of the images "
+        "before upscaling",
+    )
+
+
 def add_output_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-o", "--output", required=True, help=what)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the warnings and log messages of the libraries bdia uses (diffusers, transformers, "
+        "huggingface_hub, accelerate)",
+    )
 
 
 # ----- helpers ----------------------------------------------------------------------------------------------
@@ -153,7 +177,11 @@ def running(args: argparse.Namespace, model: str) -> Iterator[None]:
     from ..runtime import torch_threads
     from ..solvers import NonFiniteError
 
+    verbose = getattr(args, "verbose", False)
+
     def show(message, category, filename, lineno, file=None, line=None):
+        if not verbose and _third_party(filename):
+            return  # their deprecation notices are theirs to fix, not the user's (shown with --verbose)
         print(f"bdia: warning: {message}", file=sys.stderr)
 
     from ..runtime import choose_device
@@ -161,7 +189,7 @@ def running(args: argparse.Namespace, model: str) -> Iterator[None]:
     # "auto" is float16 for Stable Diffusion on CUDA only: hint at float32 only where it is not already.
     auto_half = model != DEFAULT_MODEL and choose_device(args.device).type == "cuda"
     low = args.dtype in ("float16", "bfloat16") or (args.dtype in (None, "auto") and auto_half)
-    with torch_threads(1 if model == DEFAULT_MODEL else None), warnings.catch_warnings():
+    with torch_threads(1 if model == DEFAULT_MODEL else None), warnings.catch_warnings(), _library_logs(verbose):
         warnings.showwarning = show
         try:
             yield
@@ -176,11 +204,55 @@ def running(args: argparse.Namespace, model: str) -> Iterator[None]:
             raise
 
 
+# What each kind of model needs beyond torch and numpy: (the extra that installs it, import names).
+# Every image command reads or writes images (Pillow) and safetensors files.
+_EMBEDDED_NEEDS = {
+    DEFAULT_MODEL: ("demo", ("safetensors", "PIL")),
+    "scenes": ("diffusers", ("safetensors", "PIL", "diffusers")),  # its network is diffusers' UNet2DConditionModel
+}
+_PIPELINE_NEEDS = ("diffusers", ("safetensors", "PIL", "diffusers", "transformers"))
+
+
+def require_model(model: str) -> None:
+    """Refuse, before anything loads, to run ``model`` without its optional packages: one line naming the
+    extra to install (``pip install "bdia[demo]"`` for the digits model, ``bdia[diffusers]`` otherwise)."""
+    from ..runtime import require
+
+    extra, modules = _EMBEDDED_NEEDS.get(model, _PIPELINE_NEEDS)
+    require(extra, *modules)
+
+
+THIRD_PARTY = ("diffusers", "transformers", "huggingface_hub", "accelerate")
+
+
+def _third_party(filename: str) -> bool:
+    parts = Path(filename).parts
+    return any(name in parts for name in THIRD_PARTY)
+
+
+@contextlib.contextmanager
+def _library_logs(verbose: bool) -> Iterator[None]:
+    """The libraries' own loggers at ERROR unless ``verbose`` (they print warnings through logging too)."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in THIRD_PARTY]
+    levels = [lg.level for lg in loggers]
+    if not verbose:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def check_common(args: argparse.Namespace) -> str:
     """Checks every command shares, before any model is loaded; returns the model name."""
     from ..runtime import choose_device
 
     model = args.model or DEFAULT_MODEL
+    require_model(model)  # for reconstruct/edit of a saved inversion: the base needs; its own model's when read
     choose_device(args.device)
     if model == DEFAULT_MODEL and (args.revision is not None or args.allow_pickle):
         flag = "--revision" if args.revision is not None else "--allow-pickle"
@@ -230,14 +302,19 @@ def output_paths(path: str, n: int, overwrite: bool) -> list[Path]:
     p = Path(path)
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"output {path!r} needs an image extension: {', '.join(IMAGE_SUFFIXES)}")
-    paths = [p] if n == 1 else [p.with_name(f"{p.stem}_{k}{p.suffix}") for k in range(n)]
+    width = len(str(n - 1))  # zero-padded, so that the names sort in order: NAME_02 before NAME_10
+    paths = [p] if n == 1 else [p.with_name(f"{p.stem}_{k:0{width}d}{p.suffix}") for k in range(n)]
     for q in paths:
         check_writable(q, overwrite)
     return paths
 
 
-def save_images(images: Sequence[Any], paths: Sequence[Path], overwrite: bool) -> None:
+def save_images(images: Sequence[Any], paths: Sequence[Path], overwrite: bool, upscale: int = 1) -> None:
     for im, q in zip(images, paths):
+        if upscale > 1:  # nearest neighbour: each pixel becomes an upscale x upscale block, nothing invented
+            from PIL import Image
+
+            im = im.resize((im.width * upscale, im.height * upscale), Image.Resampling.NEAREST)
         with atomic_path(q, overwrite) as tmp:
             im.save(tmp)  # the temporary keeps the extension, which picks the format
 
@@ -263,6 +340,7 @@ def editor_for_inversion(inv: Any, args: argparse.Namespace):
     model = args.model or inv.model.get("id")
     if not model:
         raise ValueError("the inversion does not record its model; pass --model")
+    require_model(model)
     own = model == inv.model.get("id")  # the inversion's dtype and revision apply to its own model only
     dtype = args.dtype or (inv.model.get("dtype") if own else None)
     revision = args.revision or (inv.model.get("revision") if own and model != DEFAULT_MODEL else None)

@@ -18,19 +18,33 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..datasets.batch import (
-    IMAGE_EXTENSIONS,
-    LIST_EXTENSIONS,
-    MANIFEST,
-    Summary,
-    find_inputs,
-)
-from ..editing.editor import (
-    load_editor,  # the package's one editor loader, used here and by callers of this module
-)
-from .common import DEFAULT_MODEL, check_common, running
+from .common import DEFAULT_MODEL, IMAGE_SUFFIXES, check_common, require_model, running
+
+if TYPE_CHECKING:
+    from ..datasets.batch import Summary
+
+# bdia.datasets.batch's IMAGE_EXTENSIONS, LIST_EXTENSIONS and MANIFEST, here without importing torch (parsing
+# the command line stays light); tests/test_cli_startup.py checks that they agree.
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
+LIST_EXTENSIONS = (".txt", ".csv", ".jsonl")
+MANIFEST = "manifest.jsonl"
+
+
+def load_editor(model: str, **kwargs: Any) -> Any:
+    """The package's one editor loader (:func:`bdia.editing.editor.load_editor`), used here and by callers of
+    this module; imported on first use."""
+    from ..editing.editor import load_editor as load
+
+    return load(model, **kwargs)
+
+
+def find_inputs(source: str, kind: str) -> Any:
+    from ..datasets.batch import find_inputs as find
+
+    return find(source, kind)
+
 
 __all__ = [
     "add_batch_arguments",
@@ -109,6 +123,7 @@ def editor_for(args: argparse.Namespace, command: str) -> Any:
     model = args.model or record.get("id")
     if not model:
         raise ValueError("the inversions do not record their model; pass --model")
+    require_model(model)
     own = model == record.get("id")  # the inversions' dtype and revision apply to their own model only
     return load_editor(
         model,
@@ -245,6 +260,8 @@ def run_many(args: argparse.Namespace, command: str) -> int:
     from ..runtime import torch_threads
 
     check_common(args)
+    if getattr(args, "upscale", 1) != 1:
+        raise ValueError("--upscale applies to single outputs (-o an image file), not to folders")
     with running(args, args.model or (DEFAULT_MODEL if command == "invert" else "")):
         editor = editor_for(args, command)
         with torch_threads(1 if editor.backend.family == "digits" else None):  # as running, once the model is known

@@ -14,6 +14,7 @@ from .common import (
     add_model_args,
     add_output_args,
     add_solver_args,
+    add_upscale_arg,
     check_common,
     check_images,
     check_prompts,
@@ -61,7 +62,11 @@ def register(subparsers: Any) -> None:
     g.add_argument("--size", type=size_type, help="resize to WIDTHxHEIGHT")
     add_model_args(p, f"the inversion's; for an image, {DEFAULT_MODEL}")
     add_solver_args(p, gamma=1.0, title="solver for inverting an image (refused with a saved inversion)")
-    add_output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...; a folder for many inputs")
+    add_output_args(
+        p,
+        "output image (.png); a batch writes NAME_0.png, NAME_1.png... (zero-padded); a folder for many inputs",
+    )
+    add_upscale_arg(p)
     add_batch_arguments(p)
     p.set_defaults(func=cmd_edit)
 
@@ -129,5 +134,5 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def _edit(editor: Any, inv: Any, args: argparse.Namespace, paths: Sequence[Path]) -> Any:
     negative = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
     res = editor.edit(inv, args.prompt, guidance_scale=args.guidance, progress=not args.quiet, **negative)
-    save_images(res.images, paths, args.overwrite)
+    save_images(res.images, paths, args.overwrite, args.upscale)
     return res

@@ -14,6 +14,7 @@ from .common import (
     add_model_args,
     add_output_args,
     add_solver_args,
+    add_upscale_arg,
     check_common,
     check_prompts,
     count_type,
@@ -60,7 +61,8 @@ def register(subparsers: Any) -> None:
     )
     add_model_args(p, DEFAULT_MODEL)
     add_solver_args(p, gamma=0.5)
-    add_output_args(p, "output image (.png); several images write NAME_0.png, NAME_1.png...")
+    add_output_args(p, "output image (.png); several images write NAME_0.png, NAME_1.png... (zero-padded)")
+    add_upscale_arg(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -95,7 +97,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     progress=not args.quiet,
                     **solver,
                 )
-                save_images(res.images, chunk, args.overwrite)
+                save_images(res.images, chunk, args.overwrite, args.upscale)
                 written += chunk
                 nfe += res.nfe
     except KeyboardInterrupt:

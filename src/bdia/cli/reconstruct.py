@@ -8,6 +8,7 @@ from typing import Any
 from .common import (
     add_model_args,
     add_output_args,
+    add_upscale_arg,
     check_common,
     check_images,
     editor_for_inversion,
@@ -37,7 +38,11 @@ def register(subparsers: Any) -> None:
         "--image", nargs="+", help="the original image(s): report the errors of the written files against them"
     )
     add_model_args(p, "the one the inversion was made with")
-    add_output_args(p, "output image (.png); a batch writes NAME_0.png, NAME_1.png...; a folder for many inputs")
+    add_output_args(
+        p,
+        "output image (.png); a batch writes NAME_0.png, NAME_1.png... (zero-padded); a folder for many inputs",
+    )
+    add_upscale_arg(p)
     add_batch_arguments(p)
     p.set_defaults(func=cmd_reconstruct)
 
@@ -60,9 +65,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     with running(args, args.model or inv.model.get("id") or ""):
         editor = editor_for_inversion(inv, args)
         rec = editor.reconstruct(inv, progress=not args.quiet)
-        save_images(rec.images, paths, args.overwrite)
+        save_images(rec.images, paths, args.overwrite, args.upscale)
         warn_lossy(paths)
-        report = round_trip_report(editor, args.image, inv, rec, None, written=paths)
+        # upscaled files are not the model's size: measure the reconstruction itself then
+        report = round_trip_report(editor, args.image, inv, rec, None, written=paths if args.upscale == 1 else ())
     print(
         f"reconstructed {inv.batch_size} image(s) with {format_solver(inv.solver)}, guidance {inv.guidance_scale}: "
         f"NFE {rec.nfe}, {rec.seconds:.2f} s; {report}"

@@ -33,7 +33,7 @@ import torch
 
 from ..io.images import pixel_errors, to_uint8
 from ..io.saved import ImageInversion, dtype_name
-from ..runtime import as_size, prompt_list, state_dtype_for
+from ..runtime import as_size, prompt_list, state_dtype_for, torch_threads
 from ..schedule import Grid, Schedule
 from ..solvers import Solver, make_solver
 from .backends import FAMILY_NAMES, Backend, backend_for_pipeline, load_backend, resolve_model_choice
@@ -91,10 +91,23 @@ class Editor:
             ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (:mod:`bdia.editing.backends.flow`).
         state_dtype: the solver state's dtype (float64 by default; float32 loses digits, see docs/math.md).
         progress: show a progress bar on the sampling loops (tqdm); each call may override it.
+        threads: torch CPU threads during the sampling loops, restored after each. Default "auto": one thread
+            for the embedded models (digits, scenes) on the CPU, which are so small that per-operation overhead
+            dominates and extra threads mostly wait (on a shared 2-core machine the default thread count ran one
+            digit 25x slower); torch's own setting otherwise. None: always torch's setting
+            (``torch.set_num_threads``).
     """
 
+    EMBEDDED_FAMILIES = ("digits", "scenes")
+
     def __init__(
-        self, backend: Any, *, state_dtype: torch.dtype = torch.float64, progress: bool = True, **pipeline_options: Any
+        self,
+        backend: Any,
+        *,
+        state_dtype: torch.dtype = torch.float64,
+        progress: bool = True,
+        threads: int | str | None = "auto",
+        **pipeline_options: Any,
     ):
         if not isinstance(backend, Backend):
             backend = backend_for_pipeline(backend, **pipeline_options)
@@ -105,6 +118,12 @@ class Editor:
         self.backend = backend
         self.state_dtype = state_dtype_for(backend.device, state_dtype)
         self.progress = progress
+        if threads == "auto":
+            tiny = backend.family in self.EMBEDDED_FAMILIES and torch.device(backend.device).type == "cpu"
+            threads = 1 if tiny else None
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be 'auto', None or a positive integer, got {threads!r}")
+        self.threads: int | None = threads
 
     @classmethod
     def from_pretrained(
@@ -126,9 +145,10 @@ class Editor:
         ``device`` defaults to CUDA, else MPS, else the CPU. Other keywords (``revision``,
         ``variant``, ``allow_pickle``...) go to :func:`~bdia.io.loading.load_pipeline`.
         """
+        threads = kwargs.pop("threads", "auto")
         choice = resolve_model_choice(model, dtype=torch_dtype, device=device, revision=kwargs.pop("revision", None))
         backend = load_backend(choice, progress=progress, **kwargs)
-        return cls(backend, state_dtype=state_dtype, progress=progress)
+        return cls(backend, state_dtype=state_dtype, progress=progress, threads=threads)
 
     # ----- what callers read ----------------------------------------------------------------------
     @property
@@ -168,9 +188,10 @@ class Editor:
     def _run(self, solver: Solver, model: Any, start: Any, grid: Grid, progress: bool | None, what: str) -> Any:
         bar = _Progress(self.progress if progress is None else progress, f"{solver.name} {what}", grid.num_steps)
         try:
-            if what == "inversion":
-                return solver.invert(model, start, grid, callback=bar)
-            return solver.solve(model, start, grid, callback=bar)
+            with torch_threads(self.threads):
+                if what == "inversion":
+                    return solver.invert(model, start, grid, callback=bar)
+                return solver.solve(model, start, grid, callback=bar)
         finally:
             bar.close()
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,10 @@ from typing import Any
 import torch
 
 __all__ = [
+    "NoNetworkError",
     "UnsafeWeightsError",
+    "hub_offline",
+    "hub_reachable",
     "absent_components",
     "load_pipeline",
     "model_family",
@@ -42,6 +46,54 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 class UnsafeWeightsError(ValueError):
     """A model's weights are pickles, and loading them was not explicitly allowed."""
+
+
+class NoNetworkError(ConnectionError):
+    """A hub id that cannot be fetched: no network, or HF_HUB_OFFLINE set and the model not in the cache."""
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set (read at each call: huggingface_hub reads it only when first imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub (HF_ENDPOINT, or the HTTPS proxy when one is set) accepts a connection within ``timeout``
+    seconds: checked once, so that a machine without network is told at once instead of after the download
+    library's retries."""
+    from urllib.parse import urlsplit
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlsplit(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if not url.hostname:
+        return True  # an address this check does not understand: let the download library try
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_config(name: str, revision: str | None) -> dict[str, Any]:
+    """A hub id's model_index.json: at once NoNetworkError without network, or from the cache only when offline."""
+    offline = hub_offline()
+    if not offline and not hub_reachable():
+        raise NoNetworkError(
+            f"no network to download {name!r}: pass a local folder, or set HF_HUB_OFFLINE=1 to use the copy "
+            "in the Hugging Face cache"
+        )
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(name, revision=revision, local_files_only=offline))
+    except OSError as e:
+        if offline:
+            raise NoNetworkError(
+                f"{name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set, so it cannot be "
+                "downloaded: pass a local folder (or unset HF_HUB_OFFLINE on a machine with network)"
+            ) from None
+        raise FileNotFoundError(f"could not read the model index of {name!r}: {' '.join(str(e).split())}") from None
 
 
 def _looks_like_hub_id(model: str) -> bool:
@@ -72,12 +124,7 @@ def model_index(model: str | os.PathLike, revision: str | None = None) -> dict[s
     name = resolve_model(model)
     if os.path.isdir(name):
         return json.loads(Path(name, "model_index.json").read_text(encoding="utf-8"))
-    from diffusers import DiffusionPipeline
-
-    try:
-        return dict(DiffusionPipeline.load_config(name, revision=revision))
-    except OSError as e:
-        raise FileNotFoundError(f"could not read the model index of {name!r}: {' '.join(str(e).split())}") from None
+    return _hub_config(name, revision)
 
 
 def model_family(model: str | os.PathLike, revision: str | None = None) -> str:
@@ -116,7 +163,8 @@ def _has_safety_checker(name: str, revision: str | None) -> bool:
     try:
         from diffusers import DiffusionPipeline
 
-        return "safety_checker" in DiffusionPipeline.load_config(name, revision=revision)
+        offline = hub_offline() and not os.path.isdir(name)
+        return "safety_checker" in DiffusionPipeline.load_config(name, revision=revision, local_files_only=offline)
     except Exception:  # let from_pretrained report what is wrong with the model
         return False
 
@@ -181,6 +229,10 @@ def load_pipeline(
         load_kwargs["revision"] = revision
     if variant is not None:
         load_kwargs["variant"] = variant
+    if not os.path.isdir(name):
+        _hub_config(name, revision)  # at once NoNetworkError without network, not after the downloader's retries
+        if hub_offline():
+            load_kwargs.setdefault("local_files_only", True)  # the cache only: no request, no retries
     if _has_safety_checker(name, revision):
         load_kwargs.setdefault("safety_checker", None)
         load_kwargs.setdefault("requires_safety_checker", False)
