@@ -143,6 +143,8 @@ from pathlib import Path
 import bdia.datasets.batch as batch
 from bdia.cli import main
 
+# a suite started in the background (`pytest &`) hands its children SIGINT ignored; this child must take it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 when, status = os.environ["STOP_WHERE"].split(":")
 stop_at, marker, seen = int(os.environ["STOP_AT"]), Path(os.environ["STOP_MARKER"]), [0]
 real = batch._ManifestWriter.append

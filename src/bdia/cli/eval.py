@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..grids import GRID_KINDS
 from .common import (
+    GRID_KINDS,
     REX_BASES,
     add_model_args,
     check_common,
