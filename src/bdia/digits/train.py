@@ -9,34 +9,21 @@ few steps.
 from __future__ import annotations
 
 import copy
-import json
-import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..schedule import Schedule
+from ..training import SCHEDULE_CONFIG, denoising_loss, lr_at, optimiser_step, print_line, save_weights
 from .classifier import DigitsClassifier
 from .data import NUM_CLASSES, load_digits
 from .unet import DigitsUNet
 
 __all__ = ["SCHEDULE_CONFIG", "UNET_DEFAULTS", "CLASSIFIER_DEFAULTS", "train_unet", "train_classifier", "save_weights"]
 
-# The noise schedule the UNet is trained with; stored beside the weights and read back by the loader.
-SCHEDULE_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "set_alpha_to_one": True,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-    "prediction_type": "epsilon",
-}
 
 UNET_DEFAULTS: dict[str, Any] = {
     "steps": 3000,
@@ -62,17 +49,6 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {
 Log = Callable[[str], None]
 
 
-def _print(line: str) -> None:
-    print(line, flush=True)
-
-
-def _lr_at(step: int, steps: int, lr: float, lr_min: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    frac = (step - warmup) / max(1, steps - warmup)
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * frac))
-
-
 def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each image by up to ``max_shift`` pixels (background -1 fills in)."""
     if max_shift <= 0:
@@ -95,7 +71,7 @@ def _setup(defaults: dict[str, Any], overrides: dict[str, Any], seed: int):
 
 
 def train_unet(
-    seed: int = 0, log: Log | None = _print, log_every: int = 100, **overrides: Any
+    seed: int = 0, log: Log | None = print_line, log_every: int = 100, **overrides: Any
 ) -> tuple[DigitsUNet, dict[str, Any]]:
     """Train the eps-prediction UNet on the training split; return the EMA model and a history.
 
@@ -108,28 +84,15 @@ def train_unet(
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     abar = Schedule.from_config(SCHEDULE_CONFIG).alphas_cumprod  # (T,) float64
-    T = abar.numel()
     curve: list[list[float]] = []
     running, count, t_start = 0.0, 0, time.time()
     for step in range(cfg["steps"]):
         idx = torch.randint(0, len(data), (cfg["batch_size"],), generator=gen)
         x0, y = x_all[idx], y_all[idx].clone()
         y[torch.rand(y.shape, generator=gen) < cfg["class_dropout"]] = NUM_CLASSES
-        t = torch.randint(0, T, (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = abar[t].sqrt().float()[:, None, None, None]
-        s = (1 - abar[t]).sqrt().float()[:, None, None, None]
-        loss = nn.functional.mse_loss(model(a * x0 + s * noise, t, y), noise)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg["steps"], cfg["lr"], cfg["lr_min"], cfg["warmup"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg["ema_decay"], (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
+        loss = denoising_loss(lambda z, t: model(z, t, y), x0, abar, gen)
+        lr = lr_at(step, cfg["steps"], cfg["lr"], cfg["lr_min"], cfg["warmup"])
+        optimiser_step(model, ema, opt, loss, lr, step=step, grad_clip=cfg["grad_clip"], ema_decay=cfg["ema_decay"])
         running, count = running + loss.item(), count + 1
         if (step + 1) % log_every == 0 or step + 1 == cfg["steps"]:
             curve.append([step + 1, running / count])
@@ -157,7 +120,7 @@ def _accuracy(model: DigitsClassifier, split: str) -> float:
 
 
 def train_classifier(
-    seed: int = 0, log: Log | None = _print, log_every: int = 100, **overrides: Any
+    seed: int = 0, log: Log | None = print_line, log_every: int = 100, **overrides: Any
 ) -> tuple[DigitsClassifier, dict[str, Any]]:
     """Train the judge classifier on the training split (cross-entropy, shifts of up to 1 pixel)."""
     cfg, gen, data = _setup(CLASSIFIER_DEFAULTS, overrides, seed)
@@ -171,11 +134,7 @@ def train_classifier(
         idx = torch.randint(0, len(data), (cfg["batch_size"],), generator=gen)
         x = _random_shift(x_all[idx], cfg["max_shift"], gen)
         loss = nn.functional.cross_entropy(model(x), y_all[idx])
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg["steps"], cfg["lr"], cfg["lr"] * 0.05, 50)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimiser_step(model, None, opt, loss, lr_at(step, cfg["steps"], cfg["lr"], cfg["lr"] * 0.05, 50), step=step)
         running, count = running + loss.item(), count + 1
         if (step + 1) % log_every == 0 or step + 1 == cfg["steps"]:
             curve.append([step + 1, running / count])
@@ -193,18 +152,3 @@ def train_classifier(
         "test_accuracy": _accuracy(model, "test"),
     }
     return model, history
-
-
-def save_weights(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s float32 tensors as safetensors, its config (and ``extra``) as JSON metadata."""
-    from safetensors.torch import save_file
-
-    from ..io.files import atomic_path
-
-    meta = {"config": json.dumps(model.config)}
-    for k, v in (extra or {}).items():
-        meta[k] = json.dumps(v)
-    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)

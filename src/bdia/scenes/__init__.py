@@ -14,13 +14,13 @@ encoder; :mod:`.classifier` and :mod:`.quality` judge samples. Weights ship in `
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..io.weights import read_weights
 from ..schedule import Schedule
 from .render import (
     EDIT_KINDS,
@@ -82,22 +82,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _read(path: str | Path | None, default: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    p = Path(path) if path is not None else WEIGHTS_DIR / default
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"scenes weights not found at {p}; they ship inside the bdia package: reinstall it "
-            "(pip install --force-reinstall bdia), or regenerate them with scripts/train_scenes.py"
-        )
-    try:
-        from safetensors import safe_open
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("loading the scenes weights needs safetensors: pip install 'bdia[demo]'") from e
-    with safe_open(str(p), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if "config" not in meta:
-        raise ValueError(f"{p} has no 'config' metadata; it is not a bdia scenes weights file")
-    return tensors, meta
+    return read_weights(WEIGHTS_DIR / default if path is None else path, "scenes", "scripts/train_scenes.py")
 
 
 def load_model(device: str | torch.device = "cpu", path: str | Path | None = None) -> Any:

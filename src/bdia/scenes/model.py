@@ -16,22 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..training import SCHEDULE_CONFIG  # the model's noise schedule, shared with the digits model
 from .render import IMAGE_SIZE
 from .text import MAX_LENGTH, VOCABULARY, SceneTokenizer, TextEncoder
 
 __all__ = ["DEFAULT_CONFIG", "SCHEDULE_CONFIG", "ScenesModel", "unet_config"]
 
-# The noise schedule the model is trained with (the digits model's), stored beside the weights.
-SCHEDULE_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "set_alpha_to_one": True,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-    "prediction_type": "epsilon",
-}
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "image_size": IMAGE_SIZE,

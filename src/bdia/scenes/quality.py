@@ -19,22 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..frechet import frechet_distance
 from .render import caption, held_out_scenes, is_held_out_caption, render
 
 __all__ = ["evaluate_sampler", "frechet_distance", "generate", "score"]
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) for feature rows ``a`` (n, d), ``b`` (m, d)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    return float(
-        ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(inner, 0, None)).sum()
-    )
 
 
 @torch.no_grad()

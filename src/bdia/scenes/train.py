@@ -9,11 +9,8 @@ call :func:`train_model` with a few steps.
 from __future__ import annotations
 
 import copy
-import json
-import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +18,7 @@ import torch
 from torch import nn
 
 from ..schedule import Schedule
+from ..training import SCHEDULE_CONFIG, denoising_loss, lr_at, optimiser_step, print_line, save_weights
 from .render import caption, iter_training_scenes, render_batch
 
 __all__ = ["MODEL_DEFAULTS", "save_weights", "to_model_input", "train_model"]
@@ -41,17 +39,6 @@ MODEL_DEFAULTS: dict[str, Any] = {
 Log = Callable[[str], None]
 
 
-def _print(line: str) -> None:
-    print(line, flush=True)
-
-
-def _lr_at(step: int, steps: int, lr: float, lr_min: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    frac = (step - warmup) / max(1, steps - warmup)
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * frac))
-
-
 def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 in [-1, 1]."""
     x = torch.as_tensor(np.asarray(images))
@@ -60,7 +47,7 @@ def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def train_model(
     seed: int = 0,
-    log: Log | None = _print,
+    log: Log | None = print_line,
     log_every: int = 100,
     checkpoint: Callable[[nn.Module, int], None] | None = None,
     checkpoint_every: int = 500,
@@ -72,7 +59,7 @@ def train_model(
     replaced by "" with probability ``caption_dropout`` (classifier-free guidance).
     ``checkpoint(ema, step)`` is called every ``checkpoint_every`` steps (a partial run stays usable).
     """
-    from .model import SCHEDULE_CONFIG, ScenesModel
+    from .model import ScenesModel
 
     cfg = {**MODEL_DEFAULTS, **overrides}
     unknown = set(cfg) - set(MODEL_DEFAULTS)
@@ -85,7 +72,6 @@ def train_model(
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     abar = model.schedule.alphas_cumprod  # (T,) float64
-    T = abar.numel()
     scenes = iter_training_scenes(0)
     curve: list[list[float]] = []
     running, count, t_start = 0.0, 0, time.time()
@@ -98,21 +84,10 @@ def train_model(
         texts = [caption(s) for s in batch]
         drop = torch.rand(len(texts), generator=gen) < cfg["caption_dropout"]
         texts = ["" if d else c for c, d in zip(texts, drop.tolist())]
-        t = torch.randint(0, T, (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = abar[t].sqrt().float()[:, None, None, None]
-        s = (1 - abar[t]).sqrt().float()[:, None, None, None]
-        loss = nn.functional.mse_loss(model(a * x0 + s * noise, t, model.tokenize(texts)), noise)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg["steps"], cfg["lr"], cfg["lr_min"], cfg["warmup"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg["ema_decay"], (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
+        tokens = model.tokenize(texts)
+        loss = denoising_loss(lambda z, t: model(z, t, tokens), x0, abar, gen)
+        lr = lr_at(step, cfg["steps"], cfg["lr"], cfg["lr_min"], cfg["warmup"])
+        optimiser_step(model, ema, opt, loss, lr, step=step, grad_clip=cfg["grad_clip"], ema_decay=cfg["ema_decay"])
         running, count = running + loss.item(), count + 1
         if (step + 1) % log_every == 0 or step + 1 == cfg["steps"]:
             curve.append([step + 1, running / count])
@@ -132,18 +107,3 @@ def train_model(
         "num_parameters": sum(p.numel() for p in ema.parameters()),
     }
     return ema.eval(), history
-
-
-def save_weights(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s float32 tensors as safetensors, its config (and ``extra``) as JSON metadata."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path
-
-    meta = {"config": json.dumps(model.config)}
-    for k, v in (extra or {}).items():
-        meta[k] = json.dumps(v)
-    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
