@@ -24,6 +24,11 @@ _EXPORTS = {
     "load_backend": ".backends",
     "register_backend": ".backends",
     "resolve_model_choice": ".backends",
+    "Control": ".controls",
+    "LocalBlend": ".controls",
+    "Mask": ".controls",
+    "MutualSelfAttention": ".controls",
+    "PromptToPrompt": ".controls",
 }
 
 __all__ = sorted(_EXPORTS)

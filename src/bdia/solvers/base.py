@@ -46,6 +46,10 @@ __all__ = [
 # (0 = noise end, N = clean end), sigma its EDM noise level sigma/alpha, state the solver's NamedTuple.
 Callback = Callable[[int, float, tuple], None]
 
+# between(index, state) -> state: called after every move, before the callback; it may return a changed state
+# (an editing control blending two branches). The returned state must be the solver's NamedTuple.
+Between = Callable[[int, tuple], tuple]
+
 # Finiteness is accumulated on the device and read back every this many model evaluations (and at the
 # end), so a GPU is not stalled by a host sync per step.
 FINITE_CHECK_EVERY = 10
@@ -225,9 +229,19 @@ def _flag(x: torch.Tensor, i: int, bad: torch.Tensor | None, first: torch.Tensor
 
 
 def drive(
-    solver: Solver, ev: Evaluator, state: tuple, grid: Grid, direction: str, callback: Callback | None = None
+    solver: Solver,
+    ev: Evaluator,
+    state: tuple,
+    grid: Grid,
+    direction: str,
+    callback: Callback | None = None,
+    between: Between | None = None,
 ) -> tuple:
-    """The one sampling loop: ``step`` from position ``warmup`` to N, or ``unstep`` from N back to ``warmup``."""
+    """The one sampling loop: ``step`` from position ``warmup`` to N, or ``unstep`` from N back to ``warmup``.
+
+    ``between(index, state)`` sees the whole state after each move and returns the state to go on with
+    (editing controls blend branches there); ``callback`` then sees that state.
+    """
     n = grid.num_steps
     lambdas = grid.lambdas.tolist()
     if direction == "generate":
@@ -238,11 +252,23 @@ def drive(
         raise ValueError(f"direction must be 'generate' or 'invert', got {direction!r}")
     for move, i, reached in moves:
         state = move(ev, state, grid, i)
+        if between is not None:
+            state = _checked_between(between(reached, state), state)
         ev.watch(state, reached)
         if callback is not None:
             callback(reached, lambdas[reached], state)
     ev.raise_if_not_finite()
     return state
+
+
+def _checked_between(new: Any, old: tuple) -> tuple:
+    """The state a ``between`` hook returned: the same NamedTuple type with tensors of the same shapes."""
+    if type(new) is not type(old) or any(a.shape != b.shape for a, b in zip(new, old)):
+        raise TypeError(
+            f"a between-steps hook must return the solver's {type(old).__name__} with unchanged shapes, "
+            f"got {type(new).__name__}"
+        )
+    return new
 
 
 def _check_tensor(x: Any, what: str) -> torch.Tensor:
@@ -387,12 +413,16 @@ class Solver(ABC):
         callback: Callback | None = None,
         backprop: str = "autograd",
         params: Sequence[torch.Tensor] | None = None,
+        between: Between | None = None,
     ) -> Solution:
         """Generate from noise ``start`` or regenerate from an :class:`Inversion`; returns state, sample and NFE.
 
-        ``backprop`` and ``params`` as in :meth:`invert`.
+        ``backprop`` and ``params`` as in :meth:`invert`; ``between(index, state) -> state`` runs after every
+        move (see :func:`drive`; plain autograd only).
         """
         _check_backprop(backprop, params)
+        if between is not None and backprop != "autograd":
+            raise ValueError("between= hooks run in the plain loop; use backprop='autograd' with them")
         grid = _check_grid(grid)
         self.check_grid(grid, inverting=False)
         if isinstance(start, Inversion):
@@ -405,7 +435,10 @@ class Solver(ABC):
             ev.watch(state, self.warmup)
             if callback is not None and self.warmup:
                 callback(self.warmup, float(grid.lambdas[self.warmup]), state)
-        state = self._drive(ev, state, grid, "generate", callback, backprop, params)
+        if between is not None:
+            state = drive(self, ev, state, grid, "generate", callback, between)
+        else:
+            state = self._drive(ev, state, grid, "generate", callback, backprop, params)
         return Solution(state, self.output(state), ev.nfe)
 
     def sample(
