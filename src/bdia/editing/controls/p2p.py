@@ -331,11 +331,12 @@ class PromptToPrompt(Control):
             alpha = self.cross_alpha[min(step, len(self.cross_alpha) - 1)]
             new = (self._replace_cross(base, mine) * alpha + (1 - alpha) * mine).to(probs.dtype)
         else:
-            new = base
+            alpha, new = None, base
         new = new.reshape(probs.shape)
         if self._stores(layer):
             self._accumulate(layer.name, 1, new)
-        self.applied.append((step, layer.name))
+        if alpha is None or bool(alpha != 0):  # an injection (not only the maps LocalBlend keeps)
+            self.applied.append((step, layer.name))
         result = out.clone()
         result[result.shape[0] - b :] = ex.output(new)
         return result
