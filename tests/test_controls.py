@@ -589,3 +589,42 @@ def test_cli_edit_help_explains_every_control_flag(bdia_cli):
         "--branches",
     ):
         assert flag in out, flag
+
+
+# ----- shared values on the flow transformers (SD3, Flux) ------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_shared_values_on_flow_transformers(kind):
+    from bdia.editing import SharedValues
+    from flow_fixtures import flow_model_dir
+
+    ed = Editor.from_pretrained(flow_model_dir(kind), device="cpu", progress=False)
+    net = ed.backend.pipe.transformer
+    before = dict(net.attn_processors)
+    inv = ed.invert(
+        make_image(ed.backend.default_size), "a cat", guidance_scale=2.0 if kind == "sd3" else 1.0, num_steps=5
+    )
+    rec = ed.reconstruct(inv)
+    plain = ed.edit(inv, "a dog")
+    shared = SharedValues(steps=3, layers=[0, 1])
+    out = ed.edit(inv, "a dog", control=shared)
+    assert (out.info["source_latents"] - rec.latents).abs().max() == 0
+    assert (out.latents - plain.latents).abs().max() > 1e-5  # the source's values do change the edit
+    names = list(net.attn_processors)
+    assert shared.applied == [(step, name) for step in (1, 2) for name in names]  # BDIA edits start at step 1
+    same = ed.edit(inv, "a cat", control=SharedValues(steps=5))
+    assert (same.latents - rec.latents).abs().max() < EXACT
+    assert all(net.attn_processors[k] is v for k, v in before.items())
+    for control in (PromptToPrompt(), MutualSelfAttention()):
+        with pytest.raises(ValueError, match="needs a UNet"):
+            ed.edit(inv, "a dog", control=control)
+    with pytest.raises(ValueError, match="go past the network's 2 attention layers"):
+        ed.edit(inv, "a dog", control=SharedValues(layers=[5]))
+    zero = ed.edit(inv, "a dog", mask=torch.zeros(8, 8))  # masks work on packed (Flux) and spatial (SD3) latents
+    assert (zero.latents - rec.latents).abs().max() < EXACT
+
+
+def test_shared_values_refused_on_unets(scenes, pair, inversions):
+    from bdia.editing import SharedValues
+
+    with pytest.raises(ValueError, match="joint attention of SD3 and Flux"):
+        scenes.edit(inversions["bdia"][0], pair.target_caption, control=SharedValues())

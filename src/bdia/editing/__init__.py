@@ -29,6 +29,7 @@ _EXPORTS = {
     "Mask": ".controls",
     "MutualSelfAttention": ".controls",
     "PromptToPrompt": ".controls",
+    "SharedValues": ".controls",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,6 +18,7 @@ _EXPORTS = {
     "LocalBlend": ".p2p",
     "PromptToPrompt": ".p2p",
     "MutualSelfAttention": ".masactrl",
+    "SharedValues": ".shared_values",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -90,10 +90,11 @@ class Control:
         hidden: torch.Tensor,
         encoder: torch.Tensor | None,
         captured: Any,
-        out: torch.Tensor,
-        original: Any,
-    ) -> torch.Tensor:
-        """The target branch's output rows given the pipeline processor's ``out`` for them."""
+        out: Any,
+        call: Any,
+    ) -> Any:
+        """The target branch's output given the pipeline processor's ``out`` for its rows; ``call(hidden, encoder)``
+        runs the pipeline's processor (with this call's other arguments) on other rows or keys and values."""
         return out
 
 
@@ -156,38 +157,38 @@ class _ControlledProcessor:
         self.original, self.layer, self.control, self.context = original, layer, control, context
         self.captured: Any = None
 
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = self.original(attn, hidden_states, *args, **kwargs)
         ctx = self.context
         if not self.control.active(self.layer, ctx.step):
             return out
-        if attention_mask is not None:
+        # diffusers passes (encoder_hidden_states, attention_mask, temb or image_rotary_emb) by position or name
+        encoder = args[0] if args else kwargs.get("encoder_hidden_states")
+        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+        if mask is not None:
             raise ValueError(f"{self.control.name} does not support attention masks (layer {self.layer.name})")
+        rest, named = args[1:], {k: v for k, v in kwargs.items() if k != "encoder_hidden_states"}
+
+        def call(hidden: torch.Tensor, enc: torch.Tensor | None) -> Any:
+            """The pipeline's processor on other rows (``enc``: their encoder states, or other keys and values)."""
+            return self.original(attn, hidden, enc, *rest, **named)
+
         if ctx.phase == "source":
-            self.captured = self.control.capture(self.layer, attn, hidden_states, encoder_hidden_states)
+            self.captured = self.control.capture(self.layer, attn, hidden_states, encoder)
             return out
         if ctx.phase == "target":
             captured, self.captured = self.captured, None
             if captured is None:
                 raise RuntimeError(f"layer {self.layer.name}: the target branch ran before the source branch")
-            return self.control.apply(
-                self.layer, attn, hidden_states, encoder_hidden_states, captured, out, self.original
-            )
+            return self.control.apply(self.layer, attn, hidden_states, encoder, captured, out, call)
         # "both": rows [source, target] inside each half
+        if not isinstance(out, torch.Tensor) or any(isinstance(a, torch.Tensor) for a in rest):
+            raise ValueError(f"{self.control.name} runs with branches='sequential' on this model")
         src, tgt = _branch_rows(hidden_states.shape[0], ctx.halves, ctx.batch, hidden_states.device)
-        enc_s = None if encoder_hidden_states is None else encoder_hidden_states[src]
-        enc_t = None if encoder_hidden_states is None else encoder_hidden_states[tgt]
+        enc_s = None if encoder is None else encoder[src]
+        enc_t = None if encoder is None else encoder[tgt]
         captured = self.control.capture(self.layer, attn, hidden_states[src], enc_s)
-        new = self.control.apply(self.layer, attn, hidden_states[tgt], enc_t, captured, out[tgt], self.original)
+        new = self.control.apply(self.layer, attn, hidden_states[tgt], enc_t, captured, out[tgt], call)
         out = out.clone()
         out[tgt] = new
         return out

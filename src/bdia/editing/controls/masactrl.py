@@ -76,13 +76,13 @@ class MutualSelfAttention(Control):
     def capture(self, layer: AttentionLayer, attn: Any, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
         return hidden
 
-    def apply(self, layer, attn, hidden, encoder, captured, out, original):  # type: ignore[no-untyped-def]
+    def apply(self, layer, attn, hidden, encoder, captured, out, call):  # type: ignore[no-untyped-def]
         b = self.context.batch
         src_halves = captured.shape[0] // b
         parts = []
         for k in range(hidden.shape[0] // b):
             mine = hidden[k * b : (k + 1) * b]
             theirs = captured[min(k, src_halves - 1) * b : (min(k, src_halves - 1) + 1) * b]
-            parts.append(original(attn, mine, theirs))
+            parts.append(call(mine, theirs))
         self.applied.append((self.context.step, layer.name))
         return torch.cat(parts)

@@ -318,7 +318,7 @@ class PromptToPrompt(Control):
             self._accumulate(layer.name, 0, probs)
         return probs
 
-    def apply(self, layer, attn, hidden, encoder, captured, out, original):  # type: ignore[no-untyped-def]
+    def apply(self, layer, attn, hidden, encoder, captured, out, call):  # type: ignore[no-untyped-def]
         b, step = self.context.batch, self.context.step
         ex = Explicit(attn, cond_rows(hidden, b), None if encoder is None else cond_rows(encoder, b))
         probs = ex.probs()
