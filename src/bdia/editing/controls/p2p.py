@@ -246,11 +246,12 @@ class PromptToPrompt(Control):
         self.length = length
         device = next(net.parameters()).device
         mappers, indices, alphas, equalizers = [], [], [], []
-        for src, tgt in zip(context.source_prompts, context.target_prompts):
-            mode = self.mode
-            if mode == "auto":
-                mode = "replace" if len(src.split(" ")) == len(tgt.split(" ")) else "refine"
-            self.resolved_mode = mode
+        pairs = list(zip(context.source_prompts, context.target_prompts))
+        mode = self.mode
+        if mode == "auto":  # one mapping for the whole batch: replace only when every pair can take it
+            mode = "replace" if all(len(s.split(" ")) == len(t.split(" ")) for s, t in pairs) else "refine"
+        self.resolved_mode = mode
+        for src, tgt in pairs:
             if mode == "replace":
                 mappers.append(replacement_mapper(src, tgt, tok, length))
             elif mode == "refine":
