@@ -568,6 +568,9 @@ def test_cli_edit_with_a_mask_and_control_errors(bdia_cli, tmp_path, digit_png):
         (("--control", "p2p", "--blend", "cat"), '--blend takes "SOURCE_WORDS,TARGET_WORDS"'),
         (("--mask", tmp_path / "missing.png"), "no mask file"),
         (("--branches", "batched"), "--branches applies to a two-branch edit"),
+        (("--control", "shared"), "the shared values control acts on attention layers"),
+        (("--shared-steps", "3"), "--shared-steps apply to --control shared"),
+        (("--control", "shared", "--shared-layers", "a-b"), "layers are indices"),
     ]
     for flags, message in bad:
         code, out, err = bdia_cli("edit", inv, "--prompt", "8", *flags, "-o", tmp_path / "x.png", "-q")
@@ -588,6 +591,8 @@ def test_cli_edit_help_explains_every_control_flag(bdia_cli):
         "--reweight",
         "--masa-step",
         "--masa-layer",
+        "--shared-steps",
+        "--shared-layers",
         "--mask",
         "--branches",
     ):

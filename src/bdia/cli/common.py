@@ -352,7 +352,7 @@ def invert_images(
 
 
 # ----- edit controls (bdia edit) ------------------------------------------------------------------------
-CONTROLS = ("none", "p2p", "masactrl")
+CONTROLS = ("none", "p2p", "masactrl", "shared")
 P2P_MODES = ("auto", "replace", "refine", "none")
 fraction_type = number_type("threshold", 0.0, 0.999999)
 step_index_type = number_type("step or layer index", 0, 100000, integer=True)
@@ -403,6 +403,21 @@ def reweight_type(value: str) -> dict[str, float]:
 
 P2P_FLAGS = ("mode", "cross_steps", "self_steps", "blend", "blend_threshold", "reweight")
 MASA_FLAGS = ("masa_step", "masa_layer")
+SHARED_FLAGS = ("shared_steps", "shared_layers")
+
+
+def layers_type(value: str) -> list[int]:
+    """Attention layer indices: I,J,K or START-END (inclusive)."""
+    out: list[int] = []
+    try:
+        for part in value.split(","):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers are indices I,J,K or a range START-END, got {value!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"layers are indices >= 0 (I,J,K or START-END), got {value!r}")
+    return out
 
 
 def add_control_args(p: argparse.ArgumentParser) -> None:
@@ -415,8 +430,8 @@ def add_control_args(p: argparse.ArgumentParser) -> None:
         "--control",
         choices=CONTROLS,
         default=None,
-        help="none: plain edit; p2p: Prompt-to-Prompt attention injection; "
-        "masactrl: the target reads the source's self-attention",
+        help="none: plain edit; p2p: Prompt-to-Prompt attention injection (UNets); masactrl: the target reads the "
+        "source's self-attention (UNets); shared: the target takes the source's attention values (SD3, Flux)",
     )
     g.add_argument(
         "--mode",
@@ -465,6 +480,19 @@ def add_control_args(p: argparse.ArgumentParser) -> None:
         help="masactrl: first self-attention layer reading the source (default: the last 6/16)",
     )
     g.add_argument(
+        "--shared-steps",
+        type=step_index_type,
+        default=None,
+        help="shared: the first steps in which the target takes the source's values (default 5)",
+    )
+    g.add_argument(
+        "--shared-layers",
+        type=layers_type,
+        default=None,
+        metavar="I,J|A-B",
+        help="shared: attention layers (execution order) sharing values (default: the second half)",
+    )
+    g.add_argument(
         "--mask",
         default=None,
         metavar="IMAGE",
@@ -487,6 +515,8 @@ def control_options(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(f"{', '.join(given(P2P_FLAGS))} apply to --control p2p")
     if kind != "masactrl" and given(MASA_FLAGS):
         raise CommandError(f"{', '.join(given(MASA_FLAGS))} apply to --control masactrl")
+    if kind != "shared" and given(SHARED_FLAGS):
+        raise CommandError(f"{', '.join(given(SHARED_FLAGS))} apply to --control shared")
     mask = getattr(args, "mask", None)
     if mask is not None and not Path(mask).is_file():
         raise CommandError(f"no mask file at {mask!r}")
@@ -494,7 +524,7 @@ def control_options(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, "branches", None) is not None:
             raise CommandError("--branches applies to a two-branch edit (--control p2p/masactrl or --mask)")
         return {}
-    from ..editing.controls import Mask, MutualSelfAttention, PromptToPrompt
+    from ..editing.controls import Mask, MutualSelfAttention, PromptToPrompt, SharedValues
 
     control: Any = None
     if kind == "p2p":
@@ -510,6 +540,13 @@ def control_options(args: argparse.Namespace) -> dict[str, Any]:
         if args.masa_layer is not None:
             kw["start_layer"] = args.masa_layer
         control = MutualSelfAttention(**kw)
+    elif kind == "shared":
+        kw = {}
+        if args.shared_steps is not None:
+            kw["steps"] = args.shared_steps
+        if args.shared_layers is not None:
+            kw["layers"] = args.shared_layers
+        control = SharedValues(**kw)
     try:
         mask_control = None if mask is None else Mask(mask)
     except (ValueError, TypeError) as e:

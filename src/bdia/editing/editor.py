@@ -461,7 +461,8 @@ class Editor:
         if attention and net is None:
             family = FAMILY_NAMES.get(self.backend.family, self.backend.family)
             raise ValueError(
-                f"{attention[0].name} acts on attention layers and {family} has none; use a mask (mask=...) instead"
+                f"the {attention[0].name} control acts on attention layers and {family} has none; "
+                "use a mask (mask=...) instead"
             )
         if len(attention) > 1:
             raise ValueError(f"one attention control at a time, got {', '.join(c.name for c in attention)}")
