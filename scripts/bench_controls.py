@@ -4,9 +4,10 @@ plain two-branch edit, on the embedded scenes model and on a UNet of SD 1.5's ar
     python scripts/bench_controls.py                      # scenes, 20 steps
     python scripts/bench_controls.py --sd15 --latent 32   # SD 1.5 UNet, 32x32 latents (256 px on SD), 4 steps
 
-Each variant runs in its own process so that its peak memory is its own: on CUDA the peak allocated GPU memory
-of the edit, on the CPU the process's peak resident memory (which includes the model and the inversion, the same
-for every variant). Numbers are printed only; nothing here asserts a target.
+Times are medians over repeats with the variants interleaved in one process (a busy machine slows all alike).
+Peak memory comes from one process per variant: on CUDA the peak allocated GPU memory of the edit, on the CPU the
+process's peak resident memory (which includes the model and the inversion, the same for every variant). Numbers
+are printed only; nothing here asserts a target.
 """
 
 from __future__ import annotations
@@ -49,19 +50,18 @@ def build_sd15(root: Path, latent: int) -> Path:
     return root
 
 
-def run_one(args: argparse.Namespace) -> dict:
+def setup(args: argparse.Namespace):
+    """The editor, the inversion, the target prompt and the controls of every variant."""
     import torch
 
     from bdia.editing import Control, Editor, Mask, MutualSelfAttention, PromptToPrompt
 
     torch.set_num_threads(args.threads)
-    cuda = args.device.startswith("cuda")
     if args.sd15:
         ed = Editor.from_pretrained(args.sd15_dir, device=args.device, progress=False)
-        size = ed.backend.default_size
         from PIL import Image
 
-        image = Image.new("RGB", size, (120, 90, 60))
+        image = Image.new("RGB", ed.backend.default_size, (120, 90, 60))
         source, target, blend = "a cat sat", "a dog sat", ("cat", "dog")
     else:
         import importlib
@@ -73,27 +73,53 @@ def run_one(args: argparse.Namespace) -> dict:
         blend = pair.changed_words
     inv = ed.invert(image, source, guidance_scale=args.guidance, num_steps=args.steps)
     controls = {
-        "plain": None,
-        "two-branch": Control(),
-        "p2p": PromptToPrompt(),
-        "p2p+blend": PromptToPrompt(blend=blend),
-        "masactrl": MutualSelfAttention(start_step=min(4, args.steps - 1)),
-        "mask": Mask(torch.ones(8, 8)),
+        "plain": lambda: None,
+        "two-branch": Control,
+        "p2p": PromptToPrompt,
+        "p2p+blend": lambda: PromptToPrompt(blend=blend),
+        "masactrl": lambda: MutualSelfAttention(start_step=min(4, args.steps - 1)),
+        "mask": lambda: Mask(torch.ones(8, 8)),
     }
-    control = controls[args.one]
-    ed.edit(inv, target, control=control)  # warm-up
-    if cuda:
+    return ed, inv, target, controls
+
+
+def sync(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_times(args: argparse.Namespace, variants: list[str]) -> dict[str, float]:
+    """Median seconds of each variant's edit, the variants interleaved so that a busy machine hits all alike."""
+    ed, inv, target, controls = setup(args)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for v in variants:
+        ed.edit(inv, target, control=controls[v]())  # warm-up
+    for _ in range(args.repeats):
+        for v in variants:
+            control = controls[v]()
+            sync(args)
+            start = time.perf_counter()
+            ed.edit(inv, target, control=control)
+            sync(args)
+            times[v].append(time.perf_counter() - start)
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def run_memory(args: argparse.Namespace, variant: str) -> int:
+    """Peak memory of one variant's edit: allocated GPU memory on CUDA, else this process's peak RSS."""
+    import torch
+
+    ed, inv, target, controls = setup(args)
+    if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        ed.edit(inv, target, control=control)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"variant": args.one, "seconds": statistics.median(times), "peak_bytes": peak}
+    ed.edit(inv, target, control=controls[variant]())
+    sync(args)
+    if args.device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main() -> None:
@@ -112,7 +138,7 @@ def main() -> None:
     if args.steps is None:
         args.steps = 4 if args.sd15 else 20
     if args.one:
-        print(json.dumps(run_one(args)))
+        print(json.dumps(run_memory(args, args.one)))
         return
     import tempfile
 
@@ -120,29 +146,24 @@ def main() -> None:
         extra = []
         if args.sd15:
             extra = ["--sd15", "--sd15-dir", str(build_sd15(Path(tmp) / "sd15", args.latent))]
+        variants = args.variants.split(",")
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        common = ["--steps", str(args.steps), "--guidance", str(args.guidance), "--device", args.device]
+        common += ["--threads", str(args.threads), *extra]
         rows = []
-        for variant in args.variants.split(","):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--one",
-                variant,
-                "--steps",
-                str(args.steps),
-                "--guidance",
-                str(args.guidance),
-                "--repeats",
-                str(args.repeats),
-                "--device",
-                args.device,
-                "--threads",
-                str(args.threads),
-                *extra,
-            ]
+        for variant in variants:  # each in its own process: its peak memory is its own
+            cmd = [sys.executable, __file__, "--one", variant, *common]
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
             if out.returncode != 0:
                 raise SystemExit(f"{variant} failed:\n{out.stderr[-2000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append({"variant": variant, "peak_bytes": json.loads(out.stdout.strip().splitlines()[-1])})
+        if args.sd15:
+            args.sd15_dir = extra[-1]
+        seconds = run_times(args, variants)
+        for r in rows:
+            r["seconds"] = seconds[r["variant"]]
     model = f"SD 1.5 UNet, {args.latent}x{args.latent} latents" if args.sd15 else "scenes model, 32x32"
     memory = "peak GPU memory" if args.device.startswith("cuda") else "peak process RSS"
     print(f"{model}, {args.steps} steps, guidance {args.guidance}, {args.device}, {args.threads} thread(s)")
