@@ -508,7 +508,7 @@ class Editor:
             out = solver.solve(model, doubled, grid, callback=bar, between=between)
         finally:
             bar.close()
-            if originals is not None:
+            if originals is not None and net is not None:
                 net.set_attn_processor(originals)
             for c in installed:
                 c.remove()

@@ -276,8 +276,11 @@ class PromptToPrompt(Control):
         self.self_window = step_window(self.self_steps, n)
         # LocalBlend resolution: latent/4 (16x16 for SD at 512), else the network's coarsest cross-attention grid
         h, w = context.latent_shape[-2:]
-        grids = {_layer_grid(name, (h, w), net) for name in net.attn_processors if ".attn2." in name}
-        grids.discard(None)
+        grids: set[tuple[int, int]] = set()
+        for name in net.attn_processors:
+            grid = _layer_grid(name, (h, w), net)
+            if grid is not None and ".attn2." in name:
+                grids.add(grid)
         want = (h // 4, w // 4)
         self.res = want if want in grids else (min(grids, key=lambda g: g[0] * g[1]) if grids else want)
         self.grids = {name: _layer_grid(name, (h, w), net) for name in net.attn_processors}
@@ -346,7 +349,7 @@ class PromptToPrompt(Control):
         """The source maps carried to the target's tokens (then reweighted): (B, heads, queries, tokens)."""
         if self.mapper is not None:
             base = torch.einsum("bhpw,bwn->bhpn", base, self.mapper.to(base.dtype))
-        elif self.index is not None:
+        elif self.index is not None and self.alphas is not None:
             picked = torch.stack([base[k][..., self.index[k]] for k in range(base.shape[0])])
             base = picked * self.alphas + mine * (1 - self.alphas)
         if self.equalizer is not None:
@@ -356,7 +359,8 @@ class PromptToPrompt(Control):
     def _accumulate(self, name: str, branch: int, probs: torch.Tensor) -> None:
         """Running sum over steps of one branch's maps at one layer (what LocalBlend reads)."""
         slot = self.store.setdefault(name, [None, None])
-        slot[branch] = probs.detach().clone() if slot[branch] is None else slot[branch] + probs
+        held = slot[branch]
+        slot[branch] = probs.detach().clone() if held is None else held + probs
 
     # ----- LocalBlend --------------------------------------------------------------------------------
     def after_step(self, step: int, state: tuple) -> tuple:
@@ -371,9 +375,7 @@ class PromptToPrompt(Control):
         h, w = self.res
         masks = []
         for branch in (0, 1):
-            maps = [
-                s[branch].reshape(b, -1, 1, h, w, self.length) for s in self.store.values() if s[branch] is not None
-            ]
+            maps = [m.reshape(b, -1, 1, h, w, self.length) for s in self.store.values() if (m := s[branch]) is not None]
             cat = torch.cat(maps, dim=1)
             m = (cat * self.blend_alpha[branch]).sum(-1).mean(1)
             m = F.max_pool2d(m, (3, 3), (1, 1), padding=(1, 1))
