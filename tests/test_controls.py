@@ -636,3 +636,23 @@ def test_shared_values_refused_on_unets(scenes, pair, inversions):
 
     with pytest.raises(ValueError, match="joint attention of SD3 and Flux"):
         scenes.edit(inversions["bdia"][0], pair.target_caption, control=SharedValues())
+
+
+@pytest.mark.parametrize("kind", ["sd", "sd-v", "sdxl"])
+def test_stable_diffusion_families(kind):
+    ed = Editor.from_pretrained(model_dir(kind), device="cpu", progress=False)
+    net = ed.backend.pipe.unet
+    classic(net)
+    inv = ed.invert(make_image((32, 32)), "a cat sat", guidance_scale=4.0, num_steps=STEPS)
+    rec = ed.reconstruct(inv)
+    plain = ed.edit(inv, "a dog sat")
+    before = dict(net.attn_processors)
+    for control in (PromptToPrompt(blend=("cat", "dog")), PromptToPrompt("refine"), MutualSelfAttention(start_step=1)):
+        out = ed.edit(inv, "a dog sat", control=control)
+        assert (out.info["source_latents"] - rec.latents).abs().max() < EXACT
+        assert (out.latents - plain.latents).abs().max() > 1e-4
+        same_control = PromptToPrompt(blend=("cat", "cat")) if getattr(control, "blend", None) else control
+        assert (ed.edit(inv, "a cat sat", control=same_control).latents - rec.latents).abs().max() < EXACT
+        assert all(net.attn_processors[k] is v for k, v in before.items())
+    zero = ed.edit(inv, "a dog sat", mask=torch.zeros(32, 32))
+    assert (zero.latents - rec.latents).abs().max() < EXACT
