@@ -268,9 +268,8 @@ class Editor:
         default unconditional branch).
 
         With ``control`` (a :class:`~bdia.editing.controls.Control` such as ``PromptToPrompt()`` or
-        ``MutualSelfAttention()`` for UNets, ``SharedValues()`` for SD3/Flux, or a list of them; ``Control()`` alone is the
-        plain two-branch edit) or
-        ``mask`` (a :class:`~bdia.editing.controls.Mask`, or what it takes: an image path, PIL image, array or
+        ``MutualSelfAttention()`` for UNets, ``SharedValues()`` for SD3/Flux, or a list of them; ``Control()``
+        alone is the plain two-branch edit) or ``mask`` (a :class:`~bdia.editing.controls.Mask`, or what it takes: an image path, PIL image, array or
         tensor; 1 = edit), the edit runs two branches: the source branch (the inversion's prompt and guidance;
         it walks the inversion's states back, exactly for BDIA, EDICT and Rex) and the target branch (``prompt``),
         from the same latents; the controls see both (docs/editing.md). ``info["source_latents"]`` holds the
