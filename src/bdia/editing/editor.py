@@ -269,14 +269,14 @@ class Editor:
 
         With ``control`` (a :class:`~bdia.editing.controls.Control` such as ``PromptToPrompt()`` or
         ``MutualSelfAttention()`` for UNets, ``SharedValues()`` for SD3/Flux, or a list of them; ``Control()``
-        alone is the plain two-branch edit) or ``mask`` (a :class:`~bdia.editing.controls.Mask`, or what it takes: an image path, PIL image, array or
-        tensor; 1 = edit), the edit runs two branches: the source branch (the inversion's prompt and guidance;
-        it walks the inversion's states back, exactly for BDIA, EDICT and Rex) and the target branch (``prompt``),
-        from the same latents; the controls see both (docs/editing.md). ``info["source_latents"]`` holds the
-        source branch's result. ``branches``: "sequential" (the source branch's network calls are a
-        reconstruction's, exact to the bit) or "batched" (both branches in one network call per evaluation:
-        cheaper on a GPU, the source branch exact only to float rounding since matrix kernels are not
-        batch-invariant).
+        alone is the plain two-branch edit) or ``mask`` (a :class:`~bdia.editing.controls.Mask`, or what it
+        takes: an image path, PIL image, array or tensor; 1 = edit), the edit runs two branches: the source
+        branch (the inversion's prompt and guidance; it walks the inversion's states back, exactly for BDIA,
+        EDICT and Rex) and the target branch (``prompt``), from the same latents; the controls see both
+        (docs/editing.md). ``info["source_latents"]`` holds the source branch's result. ``branches``:
+        "sequential" (the source branch's network calls are a reconstruction's, exact to the bit) or "batched"
+        (both branches in one network call per evaluation: cheaper on a GPU, the source branch exact only to
+        float rounding since matrix kernels are not batch-invariant).
         """
         negative = inv.negative_prompt if negative_prompt is SAME else negative_prompt
         scale = inv.guidance_scale if guidance_scale is None else float(guidance_scale)
