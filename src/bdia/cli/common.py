@@ -427,3 +427,206 @@ def invert_images(
         f"strength {strength}, guidance {guidance}: NFE {inv.inversion.nfe}, {inv.info['seconds']:.2f} s"
     )
     return inv
+
+
+# ----- edit controls (bdia edit) ------------------------------------------------------------------------
+CONTROLS = ("none", "p2p", "masactrl", "shared")
+P2P_MODES = ("auto", "replace", "refine", "none")
+fraction_type = number_type("threshold", 0.0, 0.999999)
+step_index_type = number_type("step or layer index", 0, 100000, integer=True)
+
+
+def window_type(value: str) -> float | tuple[float, float]:
+    """A step window as a fraction F (steps 0..F) or START:END, fractions of the edit's steps."""
+    parts = value.split(":")
+    try:
+        nums = [float(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a step window is a fraction F or START:END in [0, 1], got {value!r}"
+        ) from None
+    if len(nums) not in (1, 2) or not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in nums):
+        raise argparse.ArgumentTypeError(f"a step window is a fraction F or START:END in [0, 1], got {value!r}")
+    if len(nums) == 2 and nums[0] > nums[1]:
+        raise argparse.ArgumentTypeError(f"a step window START:END needs START <= END, got {value!r}")
+    return nums[0] if len(nums) == 1 else (nums[0], nums[1])
+
+
+def blend_type(value: str) -> tuple[list[str], list[str]]:
+    """LocalBlend words: SOURCE_WORDS,TARGET_WORDS (each one or more words separated by spaces)."""
+    parts = value.split(",")
+    if len(parts) != 2 or not any(p.split() for p in parts):
+        raise argparse.ArgumentTypeError(f'--blend takes "SOURCE_WORDS,TARGET_WORDS" (e.g. "cat,dog"), got {value!r}')
+    return parts[0].split(), parts[1].split()
+
+
+def reweight_type(value: str) -> dict[str, float]:
+    """Attention reweighting: WORD=FACTOR[,WORD=FACTOR...]."""
+    out: dict[str, float] = {}
+    for item in value.split(","):
+        word, sep, factor = item.partition("=")
+        word = word.strip()
+        try:
+            x = float(factor)
+        except ValueError:
+            x = math.nan
+        if not sep or not word or " " in word or not (math.isfinite(x) and 0 <= x <= 100):
+            raise argparse.ArgumentTypeError(
+                f'--reweight takes WORD=FACTOR pairs separated by commas (factor 0..100), e.g. "smiling=2", '
+                f"got {value!r}"
+            )
+        out[word] = x
+    return out
+
+
+P2P_FLAGS = ("mode", "cross_steps", "self_steps", "blend", "blend_threshold", "reweight")
+MASA_FLAGS = ("masa_step", "masa_layer")
+SHARED_FLAGS = ("shared_steps", "shared_layers")
+
+
+def layers_type(value: str) -> list[int]:
+    """Attention layer indices: I,J,K or START-END (inclusive)."""
+    out: list[int] = []
+    try:
+        for part in value.split(","):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers are indices I,J,K or a range START-END, got {value!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"layers are indices >= 0 (I,J,K or START-END), got {value!r}")
+    return out
+
+
+def add_control_args(p: argparse.ArgumentParser) -> None:
+    """bdia edit's controls: a two-branch edit whose source branch reproduces the inversion (docs/editing.md)."""
+    g = p.add_argument_group(
+        "edit controls (a two-branch edit: the source branch walks the inversion back, the target branch follows "
+        "--prompt; see docs/editing.md)"
+    )
+    g.add_argument(
+        "--control",
+        choices=CONTROLS,
+        default=None,
+        help="none: plain edit; p2p: Prompt-to-Prompt attention injection (UNets); masactrl: the target reads the "
+        "source's self-attention (UNets); shared: the target takes the source's attention values (SD3, Flux)",
+    )
+    g.add_argument(
+        "--mode",
+        choices=P2P_MODES,
+        default=None,
+        help="p2p word mapping: replace (same word count), refine (token alignment), none, auto (default)",
+    )
+    g.add_argument(
+        "--cross-steps",
+        type=window_type,
+        default=None,
+        metavar="F|A:B",
+        help="p2p: fraction of steps (or window A:B) with cross-attention injection (default 0.8)",
+    )
+    g.add_argument(
+        "--self-steps",
+        type=window_type,
+        default=None,
+        metavar="F|A:B",
+        help="p2p: fraction of steps (or window A:B) with self-attention injection (default 0.4)",
+    )
+    g.add_argument(
+        "--blend",
+        type=blend_type,
+        default=None,
+        metavar="SRC,TGT",
+        help='p2p LocalBlend: edit only where these words attend, e.g. "cat,dog" (source word, target word)',
+    )
+    g.add_argument(
+        "--blend-threshold", type=fraction_type, default=None, help="p2p LocalBlend threshold in [0, 1) (default 0.3)"
+    )
+    g.add_argument(
+        "--reweight",
+        type=reweight_type,
+        default=None,
+        metavar="WORD=F,...",
+        help='p2p: scale target words\' cross-attention, e.g. "smiling=2"',
+    )
+    g.add_argument(
+        "--masa-step", type=step_index_type, default=None, help="masactrl: first step reading the source (default 4)"
+    )
+    g.add_argument(
+        "--masa-layer",
+        type=step_index_type,
+        default=None,
+        help="masactrl: first self-attention layer reading the source (default: the last 6/16)",
+    )
+    g.add_argument(
+        "--shared-steps",
+        type=step_index_type,
+        default=None,
+        help="shared: the first steps in which the target takes the source's values (default 5)",
+    )
+    g.add_argument(
+        "--shared-layers",
+        type=layers_type,
+        default=None,
+        metavar="I,J|A-B",
+        help="shared: attention layers (execution order) sharing values (default: the second half)",
+    )
+    g.add_argument(
+        "--mask",
+        default=None,
+        metavar="IMAGE",
+        help="edit only where this image is white (gray: partly); elsewhere keep the source, for every model",
+    )
+    g.add_argument(
+        "--branches",
+        choices=("sequential", "batched"),
+        default=None,
+        help="sequential: exact source branch (default); batched: one network call for both (exact to rounding)",
+    )
+
+
+def control_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``control``/``mask``/``branches`` keywords of ``Editor.edit`` from bdia edit's flags (checked)."""
+    kind = getattr(args, "control", None) or "none"
+    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    given = lambda names: [flag(k) for k in names if getattr(args, k, None) is not None]  # noqa: E731
+    if kind != "p2p" and given(P2P_FLAGS):
+        raise CommandError(f"{', '.join(given(P2P_FLAGS))} apply to --control p2p")
+    if kind != "masactrl" and given(MASA_FLAGS):
+        raise CommandError(f"{', '.join(given(MASA_FLAGS))} apply to --control masactrl")
+    if kind != "shared" and given(SHARED_FLAGS):
+        raise CommandError(f"{', '.join(given(SHARED_FLAGS))} apply to --control shared")
+    mask = getattr(args, "mask", None)
+    if mask is not None and not Path(mask).is_file():
+        raise CommandError(f"no mask file at {mask!r}")
+    if kind == "none" and mask is None:
+        if getattr(args, "branches", None) is not None:
+            raise CommandError("--branches applies to a two-branch edit (--control p2p/masactrl or --mask)")
+        return {}
+    from ..editing.controls import Mask, MutualSelfAttention, PromptToPrompt, SharedValues
+
+    control: Any = None
+    if kind == "p2p":
+        kw: dict[str, Any] = {}
+        for name in ("cross_steps", "self_steps", "reweight", "blend", "blend_threshold"):
+            if getattr(args, name) is not None:
+                kw[name] = getattr(args, name)
+        control = PromptToPrompt(args.mode or "auto", **kw)
+    elif kind == "masactrl":
+        kw = {}
+        if args.masa_step is not None:
+            kw["start_step"] = args.masa_step
+        if args.masa_layer is not None:
+            kw["start_layer"] = args.masa_layer
+        control = MutualSelfAttention(**kw)
+    elif kind == "shared":
+        kw = {}
+        if args.shared_steps is not None:
+            kw["steps"] = args.shared_steps
+        if args.shared_layers is not None:
+            kw["layers"] = args.shared_layers
+        control = SharedValues(**kw)
+    try:
+        mask_control = None if mask is None else Mask(mask)
+    except (ValueError, TypeError) as e:
+        raise CommandError(str(e)) from None
+    return {"control": control, "mask": mask_control, "branches": getattr(args, "branches", None) or "sequential"}

@@ -11,6 +11,8 @@ from typing import Any
 
 from .common import (
     DEFAULT_MODEL,
+    CommandError,
+    add_control_args,
     add_model_args,
     add_output_args,
     add_solver_args,
@@ -18,6 +20,7 @@ from .common import (
     check_common,
     check_images,
     check_prompts,
+    control_options,
     editor_for_inversion,
     format_solver,
     guidance_type,
@@ -62,6 +65,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--size", type=size_type, help="resize to WIDTHxHEIGHT")
     add_model_args(p, f"the inversion's; for an image, {DEFAULT_MODEL}")
     add_solver_args(p, gamma=1.0, title="solver for inverting an image (refused with a saved inversion)")
+    add_control_args(p)
     add_output_args(
         p,
         "output image (.png); a batch writes NAME_0.png, NAME_1.png... (zero-padded); a folder for many inputs",
@@ -90,7 +94,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from ..io.saved import load_inversion
 
     if wants_many(args, "edit"):
+        if control_options(args):
+            raise CommandError("--control, --mask and --branches apply to one input; edit many inputs without them")
         return run_many(args, "edit")
+    control_options(args)  # refuse bad control flags before any model loads
     model = check_common(args)
     if not os.path.isfile(args.source):
         raise FileNotFoundError(f"no file at {args.source!r} (expected an inversion .safetensors or an image)")
@@ -123,9 +130,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
             )
             res = _edit(editor, inv, args, paths)
     scale = inv.guidance_scale if args.guidance is None else args.guidance
+    controls = f", controls {', '.join(res.info['controls'])}" if res.info.get("controls") else ""
     print(
         f"edited {inv.batch_size} image(s) {inv.prompt[0]!r} -> {args.prompt!r} with {format_solver(inv.solver)}, "
-        f"guidance {scale}: NFE {res.nfe}, {res.seconds:.2f} s"
+        f"guidance {scale}{controls}: NFE {res.nfe}, {res.seconds:.2f} s"
     )
     print("wrote " + ", ".join(map(str, paths)))
     return 0
@@ -133,6 +141,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def _edit(editor: Any, inv: Any, args: argparse.Namespace, paths: Sequence[Path]) -> Any:
     negative = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
-    res = editor.edit(inv, args.prompt, guidance_scale=args.guidance, progress=not args.quiet, **negative)
+    controls = control_options(args)
+    res = editor.edit(inv, args.prompt, guidance_scale=args.guidance, progress=not args.quiet, **negative, **controls)
     save_images(res.images, paths, args.overwrite, args.upscale)
     return res

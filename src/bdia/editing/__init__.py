@@ -23,6 +23,12 @@ _EXPORTS = {
     "load_backend": ".backends",
     "register_backend": ".backends",
     "resolve_model_choice": ".backends",
+    "Control": ".controls",
+    "LocalBlend": ".controls",
+    "Mask": ".controls",
+    "MutualSelfAttention": ".controls",
+    "PromptToPrompt": ".controls",
+    "SharedValues": ".controls",
 }
 
 __all__ = sorted(_EXPORTS)

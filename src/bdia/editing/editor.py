@@ -23,6 +23,7 @@ new backend registered there, not a new editor.
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ import torch
 
 from ..io.images import pixel_errors, to_uint8
 from ..io.saved import ImageInversion, dtype_name
+from ..models import ClassifierFreeGuidance, _cat, _expand, model_dtype
 from ..runtime import as_size, prompt_list, state_dtype_for, torch_threads
 from ..schedule import Grid, Schedule
 from ..solvers import Solver, make_solver
@@ -278,15 +280,34 @@ class Editor:
         negative_prompt: Any = SAME,
         guidance_scale: float | None = None,
         progress: bool | None = None,
+        control: Any = None,
+        mask: Any = None,
+        branches: str = "sequential",
     ) -> EditResult:
         """Regenerate the inverted images under ``prompt``: an edit.
 
         ``guidance_scale`` and ``negative_prompt`` default to the inversion's (None: the model's
         default unconditional branch).
+
+        With ``control`` (a :class:`~bdia.editing.controls.Control` such as ``PromptToPrompt()`` or
+        ``MutualSelfAttention()`` for UNets, ``SharedValues()`` for SD3/Flux, or a list of them; ``Control()``
+        alone is the plain two-branch edit) or ``mask`` (a :class:`~bdia.editing.controls.Mask`, or what it
+        takes: an image path, PIL image, array or tensor; 1 = edit), the edit runs two branches: the source
+        branch (the inversion's prompt and guidance; it walks the inversion's states back, exactly for BDIA,
+        EDICT and Rex) and the target branch (``prompt``), from the same latents; the controls see both
+        (docs/editing.md). ``info["source_latents"]`` holds the source branch's result. ``branches``:
+        "sequential" (the source branch's network calls are a reconstruction's, exact to the bit) or "batched"
+        (both branches in one network call per evaluation: cheaper on a GPU, the source branch exact only to
+        float rounding since matrix kernels are not batch-invariant).
         """
         negative = inv.negative_prompt if negative_prompt is SAME else negative_prompt
         scale = inv.guidance_scale if guidance_scale is None else float(guidance_scale)
-        return self._regenerate(inv, prompt, negative, scale, progress, "edit")
+        controls = _controls(control, mask)
+        if controls is None:
+            if branches not in BRANCH_MODES:
+                raise ValueError(f"branches must be one of {BRANCH_MODES}, got {branches!r}")
+            return self._regenerate(inv, prompt, negative, scale, progress, "edit")
+        return self._two_branches(inv, prompt, negative, scale, progress, controls, branches)
 
     @torch.no_grad()
     def generate(
@@ -432,6 +453,168 @@ class Editor:
         out = self._run(solver, model, core, grid, progress, what)
         images = self.backend.to_images(self.backend.decode(out.x, (w, h)))
         return EditResult(images, out.x, out.nfe, time.perf_counter() - start)
+
+    def _two_branches(
+        self,
+        inv: ImageInversion,
+        prompt: Prompt,
+        negative_prompt: Prompt | None,
+        guidance_scale: float,
+        progress: bool | None,
+        controls: list[Any],
+        branches: str,
+    ) -> EditResult:
+        """The source and target branches advanced together; see :meth:`edit`."""
+        from .controls.base import EditContext, attention_network, install_processors
+
+        if branches not in BRANCH_MODES:
+            raise ValueError(f"branches must be one of {BRANCH_MODES}, got {branches!r}")
+        grid = self.check(inv)
+        solver = inv.make_solver()
+        if "between" not in inspect.signature(solver.solve).parameters:
+            raise ValueError(f"edit controls need a float solver; {type(solver).__name__} has no between-steps hook")
+        b = inv.batch_size
+        w, h = inv.image_size
+        source_prompts = prompt_list(inv.prompt, b, "prompt")
+        target_prompts, _, (cond_t, uncond_t) = self._conditions(prompt, negative_prompt, b, h, w)
+        _, _, (cond_s, uncond_s) = self._conditions(source_prompts, inv.negative_prompt, b, h, w)
+        attention = [c for c in controls if getattr(c, "attention", False)]
+        net = attention_network(self.backend)
+        if attention and net is None:
+            family = FAMILY_NAMES.get(self.backend.family, self.backend.family)
+            raise ValueError(
+                f"the {attention[0].name} control acts on attention layers and {family} has none; "
+                "use a mask (mask=...) instead"
+            )
+        if len(attention) > 1:
+            raise ValueError(f"one attention control at a time, got {', '.join(c.name for c in attention)}")
+        start = time.perf_counter()
+        source = self.backend.guided(cond_s, uncond_s, inv.guidance_scale)
+        target = self.backend.guided(cond_t, uncond_t, guidance_scale)
+        context = EditContext(
+            self.backend,
+            grid.num_steps,
+            b,
+            source_prompts,
+            target_prompts,
+            tuple(inv.inversion.latents[0].shape),
+            (w, h),
+        )
+        model = _TwoBranches(source, target, context, branches)
+        core = inv.inversion
+        doubled = type(core)(
+            tuple(torch.cat([z, z]).to(self.device) for z in core.latents),
+            core.nfe,
+            core.solver,
+            core.grid,
+            core.input_dtype,
+            core.metadata,
+        )
+
+        def between(index: int, state: tuple) -> tuple:
+            for c in controls:
+                state = c.after_step(index - 1, state)
+            context.step = index
+            return state
+
+        context.step = solver.warmup
+        installed: list[Any] = []
+        originals = None
+        bar = _Progress(self.progress if progress is None else progress, f"{solver.name} edit", grid.num_steps)
+        try:
+            for c in controls:
+                c.install(self.backend, context)
+                installed.append(c)
+            if attention:
+                originals = install_processors(net, attention[0], context)
+            out = solver.solve(model, doubled, grid, callback=bar, between=between)
+        finally:
+            bar.close()
+            if originals is not None and net is not None:
+                net.set_attn_processor(originals)
+            for c in installed:
+                c.remove()
+        source_x, target_x = out.x[:b], out.x[b:]
+        images = self.backend.to_images(self.backend.decode(target_x, (w, h)))
+        info = {"source_latents": source_x, "controls": [repr(c) for c in controls], "branches": branches}
+        return EditResult(images, target_x, out.nfe, time.perf_counter() - start, info=info)
+
+
+BRANCH_MODES = ("sequential", "batched")
+
+
+def _controls(control: Any, mask: Any) -> list[Any] | None:
+    """The edit's controls (a list), or None for a plain one-branch edit."""
+    from .controls.base import Control
+
+    if control is None and mask is None:
+        return None
+    items = [] if control is None else list(control) if isinstance(control, (list, tuple)) else [control]
+    for c in items:
+        if not isinstance(c, Control):
+            raise TypeError(
+                f"control must be a bdia.editing Control (PromptToPrompt(), MutualSelfAttention(), Mask(...)) "
+                f"or a list of them, got {type(c).__name__}"
+            )
+    if mask is not None:
+        if isinstance(mask, Control):
+            items.append(mask)
+        else:
+            from .controls.mask import Mask
+
+            items.append(Mask(mask))
+    return items
+
+
+def _halves(guided: Any) -> int:
+    """2 when ``guided`` calls its network on one [unconditional, conditional] batch, else 1."""
+    return 2 if isinstance(guided, ClassifierFreeGuidance) and guided.batched and guided.scale not in (0.0, 1.0) else 1
+
+
+class _TwoBranches:
+    """``model(x, t)`` over the two-branch state (rows [source B, target B]): each branch under its own guided
+    model, one after the other ("sequential") or in one network call ("batched")."""
+
+    def __init__(self, source: Any, target: Any, context: Any, mode: str):
+        self.source, self.target, self.context, self.mode = source, target, context, mode
+        if mode == "batched":
+            same = (
+                isinstance(source, ClassifierFreeGuidance)
+                and isinstance(target, ClassifierFreeGuidance)
+                and source.model is target.model
+                and _halves(source) == _halves(target)
+                and (source.scale == target.scale or _halves(source) == 2)
+            )
+            if not same:
+                raise ValueError(
+                    "branches='batched' needs both branches guided alike (both with or both without an "
+                    "unconditional half, one network); use branches='sequential'"
+                )
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return model_dtype(self.source)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, ctx = self.context.batch, self.context
+        if self.mode == "sequential":
+            ctx.phase, ctx.halves = "source", _halves(self.source)
+            e_s = self.source(x[:b], t[:b])
+            ctx.phase, ctx.halves = "target", _halves(self.target)
+            e_t = self.target(x[b:], t[b:])
+            return torch.cat([e_s, e_t])
+        src, tgt = self.source, self.target
+        cond = _cat(_expand(src.cond, b), _expand(tgt.cond, b))
+        ctx.phase, ctx.halves = "both", _halves(src)
+        if ctx.halves == 1:
+            if src.scale == 0.0:
+                cond = _cat(_expand(src.uncond, b), _expand(tgt.uncond, b))
+            return src.model(x, t, cond)
+        uncond = _cat(_expand(src.uncond, b), _expand(tgt.uncond, b))
+        e_u, e_c = src.model(torch.cat([x, x]), torch.cat([t, t]), _cat(uncond, cond)).chunk(2)
+        e_s = e_u[:b] + src.scale * (e_c[:b] - e_u[:b])
+        e_t = e_u[b:] + tgt.scale * (e_c[b:] - e_u[b:])
+        return torch.cat([e_s, e_t])
 
 
 def load_editor(

@@ -50,6 +50,10 @@ Callback = Callable[[int, float, Any], None]
 # The NamedTuple a solver's moves carry (BDIAState, EDICTState, ...): ``Solver[StateT]`` ties a solver to it.
 StateT = TypeVar("StateT", bound=tuple[Any, ...])
 
+# between(index, state) -> state: called after every move, before the callback; it may return a changed state
+# (an editing control blending two branches). The returned state must be the solver's NamedTuple.
+Between = Callable[[int, Any], Any]
+
 # Finiteness is accumulated on the device and read back every this many model evaluations (and at the
 # end), so a GPU is not stalled by a host sync per step.
 FINITE_CHECK_EVERY = 10
@@ -238,8 +242,13 @@ def drive(
     grid: Grid,
     direction: str,
     callback: Callback | None = None,
+    between: Between | None = None,
 ) -> StateT:
-    """The one sampling loop: ``step`` from position ``warmup`` to N, or ``unstep`` from N back to ``warmup``."""
+    """The one sampling loop: ``step`` from position ``warmup`` to N, or ``unstep`` from N back to ``warmup``.
+
+    ``between(index, state)`` sees the whole state after each move and returns the state to go on with
+    (editing controls blend branches there); ``callback`` then sees that state.
+    """
     n = grid.num_steps
     lambdas = grid.lambdas.tolist()
     if direction == "generate":
@@ -250,11 +259,23 @@ def drive(
         raise ValueError(f"direction must be 'generate' or 'invert', got {direction!r}")
     for move, i, reached in moves:
         state = move(ev, state, grid, i)
+        if between is not None:
+            state = _checked_between(between(reached, state), state)
         ev.watch(state, reached)
         if callback is not None:
             callback(reached, lambdas[reached], state)
     ev.raise_if_not_finite()
     return state
+
+
+def _checked_between(new: Any, old: StateT) -> StateT:
+    """The state a ``between`` hook returned: the same NamedTuple type with tensors of the same shapes."""
+    if type(new) is not type(old) or any(a.shape != b.shape for a, b in zip(new, old)):
+        raise TypeError(
+            f"a between-steps hook must return the solver's {type(old).__name__} with unchanged shapes, "
+            f"got {type(new).__name__}"
+        )
+    return new
 
 
 def _check_tensor(x: Any, what: str) -> torch.Tensor:
@@ -403,12 +424,16 @@ class Solver(ABC, Generic[StateT]):
         callback: Callback | None = None,
         backprop: str = "autograd",
         params: Sequence[torch.Tensor] | None = None,
+        between: Between | None = None,
     ) -> Solution:
         """Generate from noise ``start`` or regenerate from an :class:`Inversion`; returns state, sample and NFE.
 
-        ``backprop`` and ``params`` as in :meth:`invert`.
+        ``backprop`` and ``params`` as in :meth:`invert`; ``between(index, state) -> state`` runs after every
+        move (see :func:`drive`; plain autograd only).
         """
         _check_backprop(backprop, params)
+        if between is not None and backprop != "autograd":
+            raise ValueError("between= hooks run in the plain loop; use backprop='autograd' with them")
         grid = _check_grid(grid)
         self.check_grid(grid, inverting=False)
         if isinstance(start, Inversion):
@@ -421,7 +446,10 @@ class Solver(ABC, Generic[StateT]):
             ev.watch(state, self.warmup)
             if callback is not None and self.warmup:
                 callback(self.warmup, float(grid.lambdas[self.warmup]), state)
-        state = self._drive(ev, state, grid, "generate", callback, backprop, params)
+        if between is not None:
+            state = drive(self, ev, state, grid, "generate", callback, between)
+        else:
+            state = self._drive(ev, state, grid, "generate", callback, backprop, params)
         return Solution(state, self.output(state), ev.nfe)
 
     def sample(
