@@ -48,6 +48,7 @@ TINY = dict(
     scene_editing_pairs=1,
     scene_editing_steps=(3,),
     scene_editing_methods=("ddim", "bdia-1"),
+    scene_editing_controls=("swap", "mask"),
     extra={
         "rex_budgets": (10,),
         "rex_grids": ("karras",),

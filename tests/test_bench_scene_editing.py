@@ -38,12 +38,20 @@ def test_measures_against_an_independent_computation():
 
 
 def test_scene_editing_workload_tiny(tmp_path):
-    cfg = BenchConfig.quick(scene_editing_pairs=1, scene_editing_steps=(4,), scene_editing_methods=("ddim", "bdia-1"))
+    cfg = BenchConfig.quick(
+        scene_editing_pairs=1,
+        scene_editing_steps=(4,),
+        scene_editing_methods=("ddim", "bdia-1"),
+        scene_editing_controls=("swap", "p2p-blend", "mask"),
+    )
     res = scene_editing.run(cfg, log=lambda *a: None)
-    assert set(res["runs"]) == {"ddim/swap/4", "bdia-1/swap/4"}
+    assert set(res["runs"]) == {f"{m}/{c}/4" for m in ("ddim", "bdia-1") for c in ("swap", "p2p-blend", "mask")}
     bdia, ddim = res["runs"]["bdia-1/swap/4"], res["runs"]["ddim/swap/4"]
     assert bdia["reconstruction_identical"] == 1.0 and ddim["reconstruction_identical"] < 1.0
     assert bdia["nfe_edit"] == 3 and len(bdia["psnr_gt"]) == 6  # N - 1 evaluations from BDIA's pair
+    # the true mask keeps the exact method's reconstruction outside the edit region, to the last 8-bit level
+    masked = res["runs"]["bdia-1/mask/4"]
+    assert all(math.isinf(v) for v in masked["psnr_outside_reconstruction"])
     md = scene_editing.section(res)
     assert "| BDIA gamma=1 | prompt swap | 4 |" in md and "Targets" in md
     files = scene_editing.plots(res, tmp_path, False)

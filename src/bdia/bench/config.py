@@ -92,7 +92,7 @@ class BenchConfig:
     scene_editing_pairs: int = 2  # per edit kind (six kinds)
     scene_editing_steps: tuple[int, ...] = (10, 20)
     scene_editing_guidance: float = 3.0
-    scene_editing_controls: tuple[str, ...] = ("swap",)
+    scene_editing_controls: tuple[str, ...] = ("swap", "p2p", "p2p-blend", "masactrl", "mask")
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -122,8 +122,8 @@ class BenchConfig:
             editing_steps=25,
             editing_strengths=(0.5, 0.75, 1.0),
             editing_guidances=(1.0, 2.0, 4.0),
-            scene_editing_pairs=5,
-            scene_editing_steps=(20, 50),
+            scene_editing_pairs=3,
+            scene_editing_steps=(10, 25),
         )
         return replace(base, **overrides)
 
