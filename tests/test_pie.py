@@ -483,3 +483,26 @@ def test_an_unchanged_prompt_gives_back_the_source_with_an_exact_method(tmp_path
     )
     ddim = pie.run_pie(editor, data, tmp_path / "ddim", pie.PieSettings(method="ddim", steps=4), log=lambda s: None)
     assert math.isfinite(ddim["summary"]["psnr_unedit_part"]["mean"])
+
+
+def test_controls_reach_the_edit_and_the_pie_mask_keeps_the_rest(tmp_path, capsys):
+    """--use-mask keeps the source outside each entry's mask: with BDIA on the scenes model (no VAE) the unedited
+    part is the source pixel for pixel; --control p2p --blend runs Prompt-to-Prompt with LocalBlend on the
+    entry's blended_word; a control that cannot apply is refused before any work."""
+    from bdia.cli import main
+
+    data = pie.make_scenes_pie(tmp_path / "data", 2)
+    out = tmp_path / "masked"
+    args = ["eval", "pie", str(data), "-o", str(out), "--steps", "4", "-q", "--use-mask", "--control", "p2p"]
+    assert main([*args, "--blend"]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["summary"]["psnr_unedit_part"]["infinite"] == 2
+    item = next(iter(pie.read_pie(data)))
+    settings = pie.PieSettings(edit_options={"control": "p2p", "blend": True, "mask": False})
+    keywords = pie.edit_keywords(item, np.zeros((32, 32)), settings, 3.0)
+    assert keywords["control"].blend.source_words == [item.blended_word[0]] and "mask" not in keywords
+    capsys.readouterr()
+    assert main(["eval", "pie", str(data), "-o", str(tmp_path / "x"), "--blend"]) == 2
+    assert "--blend is Prompt-to-Prompt's LocalBlend" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="null-text inversion here runs the plain edit"):
+        pie.PieSettings(method="nulltext", edit_options={"control": "masactrl"})

@@ -29,6 +29,7 @@ from .common import (
     zeta_type,
 )
 
+PIE_CONTROLS = ("none", "p2p", "masactrl")
 DEFAULT_EVAL_MODEL = "scenes"  # the embedded text-to-image model; PIE-Bench itself needs a Stable Diffusion model
 
 
@@ -86,6 +87,15 @@ def register(subparsers: Any) -> None:
         default=None,
         help="inversion guidance (default: 1 for ddim, else the edit's)",
     )
+    c = q.add_argument_group("edit control (docs/editing.md)")
+    c.add_argument(
+        "--control",
+        default="none",
+        choices=PIE_CONTROLS,
+        help="none (plain prompt swap), p2p (Prompt-to-Prompt, default windows) or masactrl (mutual self-attention)",
+    )
+    c.add_argument("--blend", action="store_true", help="with p2p: LocalBlend on each entry's blended_word")
+    c.add_argument("--use-mask", action="store_true", help="keep the source outside each entry's PIE mask")
     m = q.add_argument_group("metric networks (local paths; a metric without its network is NaN)")
     m.add_argument("--dino", metavar="PATH", help="DINO ViT-B/8 as a transformers ViTModel folder (structure distance)")
     m.add_argument("--clip", metavar="PATH", help="CLIP ViT-L/14 as a transformers CLIPModel+CLIPProcessor folder")
@@ -95,9 +105,10 @@ def register(subparsers: Any) -> None:
 
 
 def edit_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keywords for ``Editor.edit`` that come from the command line (none yet): command-line edit controls
-    (--control) go here, and per-item ones in :func:`bdia.evaluation.pie.edit_keywords`."""
-    return {}
+    """The edit control the command line asks for; :func:`bdia.evaluation.pie.edit_keywords` builds it per entry."""
+    if args.blend and args.control != "p2p":
+        raise ValueError("--blend is Prompt-to-Prompt's LocalBlend: use it with --control p2p")
+    return {"control": args.control, "blend": bool(args.blend), "mask": bool(args.use_mask)}
 
 
 def _settings(args: argparse.Namespace):

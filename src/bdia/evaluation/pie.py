@@ -309,8 +309,8 @@ class PieSettings:
     (``method``/``gamma``/``p``/``grid``: :func:`bdia.cli.common.solver_options`; a ready Rex solver goes in
     ``solver["method"]``); empty means the method's defaults. ``guidance``: the edit's guidance scale (None: the
     model's default); ``inversion_guidance``: the inversion's (None: 1 for DDIM, as DDIM inversion is done in
-    Prompt-to-Prompt and PIE-Bench's ddim runs, else the edit's). ``edit_options``: more keywords for
-    ``Editor.edit`` (see :func:`edit_keywords`).
+    Prompt-to-Prompt and PIE-Bench's ddim runs, else the edit's). ``edit_options``: the edit control
+    (see :func:`edit_keywords`).
     """
 
     method: str = "bdia"
@@ -325,6 +325,9 @@ class PieSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        options = {"control": "none", "mask": False, **self.edit_options}
+        if self.method == "nulltext" and (options["control"] != "none" or options["mask"]):
+            raise ValueError("null-text inversion here runs the plain edit; leave out --control and --use-mask")
         if not self.label:
             params = {k: v for k, v in self.solver.items() if k in ("gamma", "p") and v is not None}
             self.label = self.method + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
@@ -345,12 +348,29 @@ class PieSettings:
 
 
 def edit_keywords(item: PieItem, mask: np.ndarray, settings: PieSettings, guidance: float) -> dict[str, Any]:
-    """EDIT OPTIONS: the one place where the keywords of ``Editor.edit`` are built for an item.
+    """The keywords of ``Editor.edit`` for one entry: the guidance and the edit control of
+    ``settings.edit_options`` (``control``: "none", "p2p" or "masactrl"; ``blend``: Prompt-to-Prompt's LocalBlend
+    on the entry's ``blended_word``; ``mask``: keep the source outside the entry's PIE mask)."""
+    options = {"control": "none", "blend": False, "mask": False, **settings.edit_options}
+    out: dict[str, Any] = {"guidance_scale": guidance}
+    if options["control"] == "p2p":
+        from ..editing.controls import PromptToPrompt
 
-    Per-item edit controls belong here: an attention control (Prompt-to-Prompt with ``item.blended_word`` for
-    LocalBlend, mutual self-attention, or the item's ``mask``) is built from the item and ``settings.edit_options``
-    and passed on as further keywords."""
-    return {"guidance_scale": guidance, **settings.edit_options}
+        blend = None
+        if options["blend"]:
+            if not item.blended_word:
+                raise ValueError(f"entry {item.key} has no blended_word for LocalBlend; leave out --blend")
+            blend = ([item.blended_word[0]], [item.blended_word[1]])
+        out["control"] = PromptToPrompt(blend=blend)
+    elif options["control"] == "masactrl":
+        from ..editing.controls import MutualSelfAttention
+
+        out["control"] = MutualSelfAttention()
+    elif options["control"] != "none":
+        raise ValueError(f"control must be none, p2p or masactrl, got {options['control']!r}")
+    if options["mask"]:
+        out["mask"] = mask.astype(np.float32)
+    return out
 
 
 def _read_rgb(path: Path) -> np.ndarray:
