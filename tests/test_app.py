@@ -206,6 +206,14 @@ def test_client_api_inverts_edits_and_refuses_bad_input(app_url, scene_png, pair
         client.predict(handle_file(str(tmp_path / "huge.png")), pair.source_caption, api_name="/invert")
     again, _, _ = client.predict(pair.target_caption, 3.0, api_name="/edit")
     assert np.array_equal(pixels(again), pixels(edited))  # the same inversion, the same edit
+    # an edit control: a Prompt-to-Prompt edit differs from the plain one; bad LocalBlend words are a message
+    old, new = pair.changed_words
+    controlled, report_p2p, _ = client.predict(
+        pair.target_caption, 3.0, "Prompt-to-Prompt", f"{' '.join(old)}, {' '.join(new)}", 0.8, 0.4, api_name="/edit"
+    )
+    assert "edited to" in report_p2p and not np.array_equal(pixels(controlled), pixels(edited))
+    with pytest.raises(AppError, match="LocalBlend words"):
+        client.predict(pair.target_caption, 3.0, "Prompt-to-Prompt", "a, b, c", 0.8, 0.4, api_name="/edit")
 
     # A saved inversion comes back as the same session state; another browser session sees none of it.
     reloaded = client.predict(handle_file(inv_file), api_name="/load_inversion")
@@ -317,3 +325,16 @@ def test_workbench_over_a_stable_diffusion_pipeline(tmp_path, single_thread):
     outcome = bench.edit(entry, "a painting", edit_options(guidance_scale=3.0))
     assert outcome.image.size == (64, 64) and outcome.changed > 0
     assert bench.load(SessionCache(), entry.file).mismatches == 0
+
+
+def test_edit_options_build_the_controls():
+    from bdia.app.work import UserError, edit_options
+    from bdia.editing.controls import MutualSelfAttention, PromptToPrompt
+
+    assert edit_options(2.0) == {"guidance_scale": 2.0}
+    p2p = edit_options(3.0, "Prompt-to-Prompt", "red, blue", 0.5, 0.2)["control"]
+    assert isinstance(p2p, PromptToPrompt) and p2p.blend.source_words == ["red"] and p2p.blend.target_words == ["blue"]
+    assert isinstance(edit_options(3.0, "MasaCtrl")["control"], MutualSelfAttention)
+    for args, message in ((("none", "red, blue"), "apply to the Prompt-to-Prompt"), (("P2P",), "unknown control")):
+        with pytest.raises(UserError, match=message):
+            edit_options(3.0, *args)

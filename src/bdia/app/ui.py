@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from ..grids import GRID_KINDS
-from .work import METHODS, Sample, SessionCache, UserError, Workbench, describe_inversion, edit_options
+from .work import CONTROL_CHOICES, METHODS, Sample, SessionCache, UserError, Workbench, describe_inversion, edit_options
 
 __all__ = ["build_app", "launch"]
 
@@ -134,6 +134,10 @@ def build_app(
         cache: SessionCache | None,
         target: str,
         guidance: float,
+        control: str,
+        blend_words: str,
+        cross_steps: float,
+        self_steps: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
     ) -> tuple:
@@ -142,7 +146,7 @@ def build_app(
             outcome = bench.edit(
                 cache.active,
                 target,
-                edit_options(guidance_scale=guidance),
+                edit_options(guidance, control, blend_words, cross_steps, self_steps),
                 folder=bench.session_folder(request.session_hash or "api"),
                 notes=notes,
             )
@@ -208,6 +212,17 @@ def build_app(
                         0, 10, value=1.0, step=0.5, label="Guidance", elem_id="edit-guidance", scale=2
                     )
                     edit_button = gr.Button("Edit", variant="primary", elem_id="edit", scale=1)
+                with gr.Accordion("Edit control (the source branch retraces the inversion exactly)", open=False):
+                    with gr.Row():
+                        control = gr.Dropdown(
+                            list(CONTROL_CHOICES), value="none", label="Control", elem_id="edit-control"
+                        )
+                        blend_words = gr.Textbox(
+                            value="",
+                            label="LocalBlend words: source, target (Prompt-to-Prompt)", elem_id="blend-words"
+                        )
+                        cross_steps = gr.Slider(0, 1, value=0.8, step=0.05, label="Cross-attention steps (P2P)")
+                        self_steps = gr.Slider(0, 1, value=0.4, step=0.05, label="Self-attention steps (P2P)")
                 edit_report = gr.Markdown(label="Edit report", elem_id="edit-report")
                 with gr.Row():
                     inversion_file = gr.DownloadButton(
@@ -244,12 +259,11 @@ def build_app(
             load, [cache, saved], shown, api_name="load_inversion", concurrency_id="model", concurrency_limit=1
         )
         edited = [cache, edit_view, edit_report, edit_file]
-        edit_button.click(
-            edit, [cache, target, edit_guidance], edited, api_name="edit", concurrency_id="model", concurrency_limit=1
-        )
+        edit_inputs = [cache, target, edit_guidance, control, blend_words, cross_steps, self_steps]
+        edit_button.click(edit, edit_inputs, edited, api_name="edit", concurrency_id="model", concurrency_limit=1)
         target.submit(
             edit,
-            [cache, target, edit_guidance],
+            edit_inputs,
             edited,
             api_visibility="private",
             concurrency_id="model",

@@ -43,6 +43,7 @@ __all__ = [
     "default_model",
     "describe_inversion",
     "edit_options",
+    "CONTROL_CHOICES",
     "embedded_samples",
 ]
 
@@ -68,15 +69,43 @@ def default_model() -> str:
 
 
 # ----- edit options: the one place that builds Editor.edit's keywords ----------------------------------
-def edit_options(guidance_scale: float) -> dict[str, Any]:
-    """Keyword arguments of :meth:`Editor.edit` from the edit panel's values.
+CONTROL_CHOICES = ("none", "Prompt-to-Prompt", "MasaCtrl")
 
-    WIRE CONTROLS HERE. The attention controls (``bdia.editing.controls``: PromptToPrompt,
-    MutualSelfAttention, Mask) and a painted mask reach ``Editor.edit(inv, prompt, control=..., mask=...)``
-    through this function only: add their UI values as parameters, build the control objects here, and
-    pass the new inputs to it from ``bdia.app.ui`` (the edit button's ``inputs``).
-    """
-    return {"guidance_scale": float(guidance_scale)}
+
+def edit_options(
+    guidance_scale: float,
+    control: str = "none",
+    blend_words: str = "",
+    cross_steps: float = 0.8,
+    self_steps: float = 0.4,
+) -> dict[str, Any]:
+    """Keyword arguments of :meth:`Editor.edit` from the edit panel's values: the guidance and an edit control
+    (``bdia.editing.controls``, docs/editing.md). ``blend_words`` is "source words, target words" for
+    Prompt-to-Prompt's LocalBlend (empty: none)."""
+    options: dict[str, Any] = {"guidance_scale": float(guidance_scale)}
+    if control in (None, "", "none"):
+        if blend_words.strip():
+            raise UserError("LocalBlend words apply to the Prompt-to-Prompt control: choose it, or clear the words")
+        return options
+    from ..editing.controls import MutualSelfAttention, PromptToPrompt
+
+    if control == "MasaCtrl":
+        options["control"] = MutualSelfAttention()
+    elif control == "Prompt-to-Prompt":
+        blend = None
+        if blend_words.strip():
+            parts = [p.split() for p in blend_words.split(",")]
+            if len(parts) != 2 or not (parts[0] or parts[1]):
+                raise UserError('LocalBlend words: give "source words, target words", e.g. "red, blue"')
+            blend = (parts[0], parts[1])
+        try:
+            p2p = PromptToPrompt(cross_steps=float(cross_steps), self_steps=float(self_steps), blend=blend)
+            options["control"] = p2p
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    else:
+        raise UserError(f"unknown control {control!r}; choose one of {', '.join(CONTROL_CHOICES)}")
+    return options
 
 
 @dataclass
