@@ -17,7 +17,7 @@ from bdia.cli import build_parser, main  # noqa: E402
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-SMALL = ["--num-images", "2", "--steps", "8", "--quiet"]
+SMALL = ["--num-images", "2", "--steps", "8", "--quiet", "--scene-steps", "0"]
 
 
 def _demo(out, *extra):
@@ -94,3 +94,17 @@ def test_demo_restores_the_thread_count(tmp_path):
 
 def test_demo_is_listed_in_help():
     assert "demo" in build_parser().format_help()
+
+
+def test_demo_shows_scene_edits_with_and_without_controls(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--num-images", "1", "--steps", "4", "--scene-steps", "6", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "P2P + LocalBlend" in printed and "true mask" in printed
+    assert (out / "scenes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {(r["method"], r["control"]): r for r in json.loads((out / "results.json").read_text())["scenes"]["rows"]}
+    assert len(rows) == 6 and rows[("BDIA", "prompt swap")]["reconstruction_identical"] == 1.0
+    # the true mask keeps BDIA's exact reconstruction (the source itself) outside the edit region
+    assert all(v == float("inf") for v in rows[("BDIA", "true mask")]["psnr_outside_edit"])
+    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "results.json", "scenes.png"]

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     require("demo", "matplotlib", "PIL", "safetensors", "tqdm", "sklearn")
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if not 0 <= args.scene_steps <= 1000 or args.scene_steps == 1:
+        raise ValueError(f"--scene-steps must be 0 (no scenes) or between 2 and 1000, got {args.scene_steps}")
     if not 1 <= args.num_images <= 100:
         raise ValueError(f"--num-images must be between 1 and 100, got {args.num_images}")
     solvers = {name: _solver(name, args) for name in METHODS}
@@ -217,7 +219,17 @@ def _run(args: argparse.Namespace, solvers: dict[str, Any]) -> int:
         "inversion plus reconstruction",
         "methods": [{k: v for k, v in r.items() if k not in ("reconstructions", "edits")} for r in rows],
     }
+    from . import demo_scenes
+
+    written = [out / "figure.png"]
+    why_not = "--scene-steps 0" if args.scene_steps == 0 else demo_scenes.missing()
+    if why_not:
+        log(f"skipped: {why_not}")
+    else:
+        log(f"bdia demo: held-out scene edits, {args.scene_steps} steps, guidance 3")
+        results["scenes"] = demo_scenes.run(out, args.scene_steps, args.overwrite, log)
+        written.append(out / "scenes.png")
     with atomic_path(out / "results.json", overwrite=args.overwrite) as tmp:
         tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out / 'figure.png'} and {out / 'results.json'}")
+    print(f"wrote {', '.join(map(str, written))} and {out / 'results.json'}")
     return 0

@@ -218,8 +218,7 @@ def build_app(
                             list(CONTROL_CHOICES), value="none", label="Control", elem_id="edit-control"
                         )
                         blend_words = gr.Textbox(
-                            value="",
-                            label="LocalBlend words: source, target (Prompt-to-Prompt)", elem_id="blend-words"
+                            value="", label="LocalBlend words: source, target (Prompt-to-Prompt)", elem_id="blend-words"
                         )
                         cross_steps = gr.Slider(0, 1, value=0.8, step=0.05, label="Cross-attention steps (P2P)")
                         self_steps = gr.Slider(0, 1, value=0.4, step=0.05, label="Self-attention steps (P2P)")

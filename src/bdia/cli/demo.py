@@ -52,6 +52,12 @@ def register(subparsers: Any) -> None:
         default=1,
         help="torch CPU threads (default 1: the model is tiny, and more threads mostly add overhead)",
     )
+    p.add_argument(
+        "--scene-steps",
+        type=int,
+        default=25,
+        help="steps of the held-out scene edits (default 25; 0 leaves the scenes part out)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
 
