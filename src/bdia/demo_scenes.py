@@ -41,7 +41,8 @@ def run(out: Path, steps: int, overwrite: bool, log: Any) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from .bench.scene_editing import _masked_mse, _psnr
+    from .bench.measures import finite_or_none
+    from .bench.scene_editing import _masked_mse, _mean, _psnr
     from .datasets.batch import split_inversion
     from .editing import Editor
     from .scenes import held_out_edit_pairs, to_uint8
@@ -78,15 +79,15 @@ def run(out: Path, steps: int, overwrite: bool, log: Any) -> dict[str, Any]:
                     "method": label,
                     "control": name,
                     "reconstruction_identical": float((rec == source).float().mean()),
-                    "psnr_to_target": [float(v) for v in psnr_target],
-                    "psnr_outside_edit": [float(v) for v in psnr_outside],
+                    # null: identical images (infinite PSNR; JSON has no inf)
+                    "psnr_to_target": finite_or_none([float(v) for v in psnr_target]),
+                    "psnr_outside_edit": finite_or_none([float(v) for v in psnr_outside]),
                 }
             )
     header = f"{'method':<15} {'control':<17} {'PSNR to target':>15} {'PSNR outside edit':>18}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        mean_t = np.mean([min(v, 100.0) for v in r["psnr_to_target"]])
-        mean_o = np.mean([min(v, 100.0) for v in r["psnr_outside_edit"]])
+        mean_t, mean_o = _mean(r["psnr_to_target"]), _mean(r["psnr_outside_edit"])
         lines.append(f"{r['method']:<15} {r['control']:<17} {mean_t:>12.2f} dB {mean_o:>15.2f} dB")
     lines.append(
         "scenes: 3 held-out edits (colour, shape, background); PSNR in dB on 8-bit pixels, means clipped at 100 "
