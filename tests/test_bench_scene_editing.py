@@ -37,6 +37,16 @@ def test_measures_against_an_independent_computation():
         assert np.isclose(got["psnr_outside_source"][k], 10 * np.log10(255**2 / d[:, outside].mean()))
 
 
+def test_blend_measures_by_hand():
+    pairs = held_out_edit_pairs(6)
+    full = [torch.ones(1, 1, 32, 32) for _ in pairs]  # no blending: the whole image may change
+    got = scene_editing.blend_measures(full, pairs)
+    assert got["blend_coverage"] == [1.0] * 6
+    assert np.allclose(got["blend_iou"], [p.region.mean() for p in pairs])
+    exact = [torch.from_numpy(p.region).float()[None, None] for p in pairs]
+    assert scene_editing.blend_measures(exact, pairs)["blend_iou"] == [1.0] * 6
+
+
 def test_scene_editing_workload_tiny(tmp_path):
     cfg = BenchConfig.quick(
         scene_editing_pairs=1,
@@ -52,8 +62,12 @@ def test_scene_editing_workload_tiny(tmp_path):
     # the true mask keeps the exact method's reconstruction outside the edit region, to the last 8-bit level
     masked = res["runs"]["bdia-1/mask/4"]
     assert all(math.isinf(v) for v in masked["psnr_outside_reconstruction"])
+    blend = res["runs"]["bdia-1/p2p-blend/4"]
+    assert len(blend["blend_coverage"]) == 6 and all(0 <= v <= 1 for v in blend["blend_coverage"] + blend["blend_iou"])
+    assert "blend_coverage" not in res["runs"]["bdia-1/swap/4"]
     md = scene_editing.section(res)
     assert "| BDIA gamma=1 | prompt swap | 4 |" in md and "Targets" in md
+    assert "BDIA gamma=1 with LocalBlend: its last mask lets the edit change" in md
     files = scene_editing.plots(res, tmp_path, False)
     assert files == ["scene_editing_tradeoff.png", "scene_edits.png"]
     assert all((tmp_path / f).stat().st_size > 1000 for f in files)

@@ -545,6 +545,11 @@ def test_p2p_matches_a_transcription_of_the_reference(tiny_sd, source, target, s
     if blend is not None:  # LocalBlend kept part of the source: its last mask is neither empty nor full
         kept = (out.latents == out.info["source_latents"]).all(dim=1)
         assert 0 < kept.double().mean() < 1
+        mask = control.last_blend_mask  # the last step's mask: where it is 0 the edit is the source exactly
+        assert mask is not None and mask.shape == (kept.shape[0], 1, *kept.shape[1:])
+        assert 0 < float(mask.mean()) < 1 and bool(kept[mask[:, 0] == 0].all())
+    else:
+        assert control.last_blend_mask is None
 
 
 # ----- the command line ------------------------------------------------------------------------------------------

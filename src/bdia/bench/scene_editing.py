@@ -132,6 +132,17 @@ def measure(edit: torch.Tensor, pairs: list, reconstruction: torch.Tensor, class
     }
 
 
+def blend_measures(masks: list, pairs: list) -> dict[str, list[float]]:
+    """LocalBlend's last mask per edit against the true edit region: the fraction of the image it lets the
+    edit change (1: no blending at all) and its intersection over union with the region."""
+    cover, iou = [], []
+    for mask, p in zip(masks, pairs):
+        m = mask[0, 0].bool().cpu().numpy()
+        cover.append(float(m.mean()))
+        iou.append(float((m & p.region).sum() / max((m | p.region).sum(), 1)))
+    return {"blend_coverage": cover, "blend_iou": iou}
+
+
 def _png(image: torch.Tensor) -> str:
     """A uint8 (3, H, W) image as base64 PNG text (the figure is redrawn from results.json by ``--render``)."""
     import base64
@@ -176,7 +187,7 @@ def run(cfg: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     sources = [p.source_image for p in pairs]
     source_u8 = torch.from_numpy(np.stack(sources)).permute(0, 3, 1, 2)
     results: dict[str, Any] = {
-        "settings": {**s, "kinds": kinds},
+        "settings": {**s, "kinds": kinds, "region_fraction": [float(p.region.mean()) for p in pairs]},
         "figure_pairs": {
             kind: {
                 "source": _png(source_u8[k]),
@@ -205,14 +216,18 @@ def run(cfg: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
                 if batched:
                     res = editor.edit(inv, [p.target_caption for p in pairs], **options(pairs))
                     edits, nfe = to_uint8(res.latents), res.nfe
+                    blends = []
                 else:
-                    done = [
-                        editor.edit(one, p.target_caption, **options([p]))
-                        for one, p in zip(split_inversion(inv), pairs)
-                    ]
+                    done, blends = [], []
+                    for one, p in zip(split_inversion(inv), pairs):
+                        kwargs = options([p])
+                        done.append(editor.edit(one, p.target_caption, **kwargs))
+                        blends.append(getattr(kwargs.get("control"), "last_blend_mask", None))
                     edits, nfe = torch.cat([to_uint8(r.latents) for r in done]), done[0].nfe
                 seconds = time.perf_counter() - start
                 row = measure(edits, pairs, rec, judge)
+                if blends and all(b is not None for b in blends):
+                    row.update(blend_measures(blends, pairs))
                 row.update(
                     method=method.key,
                     method_label=method.label,
@@ -332,6 +347,15 @@ def _verdicts(results: dict[str, Any]) -> list[str]:
             out.append(
                 f"- N={row['steps']}, {row['method_label']} with the true mask: PSNR outside the mask against its "
                 f"reconstruction, worst edit {shown} ({'met' if worst >= 40 else 'NOT met'}: >= 40 dB)."
+            )
+    for row in results["runs"].values():
+        if "blend_coverage" in row and row["steps"] == s["steps"][-1]:
+            region = float(np.mean(s.get("region_fraction", [math.nan])))
+            out.append(
+                f"- N={row['steps']}, {row['method_label']} with LocalBlend: its last mask lets the edit change "
+                f"{100 * np.mean(row['blend_coverage']):.0f}% of the image "
+                f"(the true edit region: {100 * region:.0f}%), "
+                f"intersection over union with the region {np.mean(row['blend_iou']):.2f}."
             )
     return [
         "Targets (an exact inversion beats every approximate one with the same control; the true mask keeps the "

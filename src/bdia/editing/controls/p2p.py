@@ -224,6 +224,9 @@ class PromptToPrompt(Control):
             blend = LocalBlend(*blend, threshold=blend_threshold)
         self.blend = blend
         self.applied: list[tuple[int, str]] = []
+        # LocalBlend's mask of the last step, (B, 1, H, W) in {0, 1} (None without blend): to look at what it
+        # keeps, e.g. a diffuse attention map gives a mask of all ones and so no blending at all
+        self.last_blend_mask: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return (
@@ -241,6 +244,7 @@ class PromptToPrompt(Control):
                 f"1.x/2.x/XL, scenes); this {getattr(backend, 'family', '?')} model has none"
             )
         self.applied = []
+        self.last_blend_mask = None
         n, batch = context.num_steps, context.batch
         length = int(tok.model_max_length)
         self.length = length
@@ -376,6 +380,7 @@ class PromptToPrompt(Control):
         if self.blend is None or not self.store:
             return state
         mask = self.blend_mask(state[0].shape[2:])
+        self.last_blend_mask = mask
         return blend_state(state, self.context.batch, mask, reference_rule=True)
 
     def blend_mask(self, size: Sequence[int]) -> torch.Tensor:
