@@ -216,7 +216,7 @@ def run(cfg: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
                 if batched:
                     res = editor.edit(inv, [p.target_caption for p in pairs], **options(pairs))
                     edits, nfe = to_uint8(res.latents), res.nfe
-                    blends = []
+                    blends: list[Any] = []
                 else:
                     done, blends = [], []
                     for one, p in zip(split_inversion(inv), pairs):
