@@ -213,12 +213,12 @@ def run(cfg: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
             for control in s["controls"]:
                 label, options, batched = CONTROLS[control]
                 start = time.perf_counter()
+                blends: list[Any] = []  # LocalBlend's last masks, per edit (controls run one pair at a time)
                 if batched:
                     res = editor.edit(inv, [p.target_caption for p in pairs], **options(pairs))
                     edits, nfe = to_uint8(res.latents), res.nfe
-                    blends: list[Any] = []
                 else:
-                    done, blends = [], []
+                    done = []
                     for one, p in zip(split_inversion(inv), pairs):
                         kwargs = options([p])
                         done.append(editor.edit(one, p.target_caption, **kwargs))
