@@ -51,11 +51,14 @@ def test_scene_editing_workload_tiny(tmp_path):
     cfg = BenchConfig.quick(
         scene_editing_pairs=1,
         scene_editing_steps=(4,),
-        scene_editing_methods=("ddim", "bdia-1"),
-        scene_editing_controls=("swap", "p2p-blend", "mask"),
+        scene_editing_methods=("ddim", "nulltext", "bdia-1"),
+        scene_editing_controls=("swap", "p2p", "p2p-blend", "mask"),
     )
     res = scene_editing.run(cfg, log=lambda *a: None)
-    assert set(res["runs"]) == {f"{m}/{c}/4" for m in ("ddim", "bdia-1") for c in ("swap", "p2p-blend", "mask")}
+    methods, controls = ("ddim", "nulltext", "bdia-1"), ("swap", "p2p", "p2p-blend", "mask")
+    assert set(res["runs"]) == {f"{m}/{c}/4" for m in methods for c in controls}
+    null = res["runs"]["nulltext/p2p/4"]
+    assert null["method_label"] == "null-text" and null["nfe_invert"] > res["runs"]["ddim/p2p/4"]["nfe_invert"]
     bdia, ddim = res["runs"]["bdia-1/swap/4"], res["runs"]["ddim/swap/4"]
     assert bdia["reconstruction_identical"] == 1.0 and ddim["reconstruction_identical"] < 1.0
     assert bdia["nfe_edit"] == 3 and len(bdia["psnr_gt"]) == 6  # N - 1 evaluations from BDIA's pair
@@ -68,6 +71,7 @@ def test_scene_editing_workload_tiny(tmp_path):
     md = scene_editing.section(res)
     assert "| BDIA gamma=1 | prompt swap | 4 |" in md and "Targets" in md
     assert "BDIA gamma=1 with LocalBlend: its last mask lets the edit change" in md
+    assert "P2P: BDIA gamma=1" in md and "against null-text" in md
     files = scene_editing.plots(res, tmp_path, False)
     assert files == ["scene_editing_tradeoff.png", "scene_edits.png"]
     assert all((tmp_path / f).stat().st_size > 1000 for f in files)

@@ -19,8 +19,9 @@ model ``model(x, t, cond)`` is differentiable in ``cond``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ from .schedule import Grid
 from .solvers import DDIM, ddim_transition
 from .solvers.ddim import DDIMState
 
-__all__ = ["NullTextInversion", "null_text_invert"]
+__all__ = ["NullTextInversion", "PerStepUncond", "null_text_invert"]
 
 
 @dataclass
@@ -48,12 +49,12 @@ class NullTextInversion:
     losses: list[float] = field(default_factory=list)
     state_dtype: torch.dtype = torch.float64
 
-    def guided_model(self, guided: ClassifierFreeGuidance) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def guided_model(self, guided: ClassifierFreeGuidance) -> PerStepUncond:
         """``guided`` with its uncond replaced, step by step, by the optimised ones (an eps model).
 
         Pass ``guided.with_cond(other)`` to edit.
         """
-        return _PerStepUncond(guided, self.uncond, self.grid["timesteps"])
+        return PerStepUncond(guided, self.uncond, self.grid["timesteps"])
 
     def sample(self, guided: ClassifierFreeGuidance, grid: Grid) -> torch.Tensor:
         """DDIM generation from ``noise`` with the per-step unconds: the reconstruction (or an edit)."""
@@ -62,23 +63,25 @@ class NullTextInversion:
         return DDIM(state_dtype=self.state_dtype).sample(self.guided_model(guided), self.noise, grid)
 
 
-class _PerStepUncond:
-    """Classifier-free guidance whose unconditional condition depends on the grid step."""
+class PerStepUncond(ClassifierFreeGuidance):
+    """Classifier-free guidance whose unconditional condition is the grid step's own: ``unconds[i]`` at
+    ``timesteps[i]`` (null-text inversion's optimised embeddings). Any other timestep is refused."""
 
-    def __init__(self, guided: ClassifierFreeGuidance, unconds: list[torch.Tensor], timesteps: list[float]):
-        self.guided, self.unconds = guided, unconds
-        self.index = {float(t): i for i, t in enumerate(timesteps)}
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return model_dtype(self.guided.model)
+    def __init__(self, guided: ClassifierFreeGuidance, unconds: Sequence[torch.Tensor], timesteps: Sequence[float]):
+        super().__init__(guided.model, guided.cond, guided.uncond, guided.scale, guided.batched)
+        if len(unconds) != len(timesteps):
+            raise ValueError(f"{len(unconds)} null embeddings for a grid of {len(timesteps)} steps; give one per step")
+        self.unconds, self.timesteps = list(unconds), [float(t) for t in timesteps]
+        self.index = {t: i for i, t in enumerate(self.timesteps)}
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         i = self.index.get(float(t.reshape(-1)[0]))
         if i is None:
             raise ValueError(f"timestep {float(t.reshape(-1)[0]):g} is not on the grid this null-text inversion used")
-        g = self.guided
-        return ClassifierFreeGuidance(g.model, g.cond, self.unconds[i], g.scale, g.batched)(x, t)
+        return ClassifierFreeGuidance(self.model, self.cond, self.unconds[i], self.scale, self.batched)(x, t)
+
+    def with_cond(self, cond: Any, scale: float | None = None) -> PerStepUncond:
+        return PerStepUncond(super().with_cond(cond, scale), self.unconds, self.timesteps)
 
 
 def null_text_invert(

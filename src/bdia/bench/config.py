@@ -88,7 +88,7 @@ class BenchConfig:
     editing_strengths: tuple[float, ...] = (0.6, 1.0)
     editing_guidances: tuple[float, ...] = (1.0, 3.0)
     # Editing with ground truth on the scenes model: held-out edit pairs, every method x control.
-    scene_editing_methods: tuple[str, ...] = ("ddim", "edict", "bdia-1", "belm", "rex")
+    scene_editing_methods: tuple[str, ...] = ("ddim", "nulltext", "edict", "bdia-1", "belm", "rex")
     scene_editing_pairs: int = 2  # per edit kind (six kinds)
     scene_editing_steps: tuple[int, ...] = (10, 20)
     scene_editing_guidance: float = 3.0

@@ -275,6 +275,7 @@ def split_inversion(inv: ImageInversion) -> list[ImageInversion]:
                 negative_prompt=None if inv.negative_prompt is None else [inv.negative_prompt[k]],
                 clean=None if inv.clean is None else inv.clean[k : k + 1].clone(),
                 info={},
+                null_embeddings=None if inv.null_embeddings is None else inv.null_embeddings[:, k : k + 1].clone(),
             )
         )
     return out
@@ -298,6 +299,7 @@ def _compat_key(d: dict[str, Any]) -> str:
     key = {k: d.get(k) for k in keep}
     key["latent_shape"] = list(d.get("latent_shape", [0]))[1:]
     key["negative"] = d.get("negative_prompt") is not None
+    key["null_text"] = list(d["null_text"])[2:] if "null_text" in d else None
     return json.dumps(key, sort_keys=True, default=str)
 
 
@@ -325,6 +327,9 @@ def stack_inversions(invs: Sequence[ImageInversion]) -> ImageInversion:
         else [p for inv in invs for p in inv.negative_prompt or ()],
         clean=None if any(c is None for c in cleans) else torch.cat([c for c in cleans if c is not None]),
         info={},
+        null_embeddings=None
+        if first.null_embeddings is None
+        else torch.cat([inv.null_embeddings for inv in invs if inv.null_embeddings is not None], dim=1),
     )
 
 

@@ -37,7 +37,7 @@ from ..io.saved import ImageInversion, dtype_name
 from ..models import ClassifierFreeGuidance, _cat, _expand, model_dtype
 from ..runtime import as_size, prompt_list, state_dtype_for, torch_threads
 from ..schedule import Grid, Schedule
-from ..solvers import Solver, make_solver
+from ..solvers import Inversion, Solver, make_solver
 from .backends import FAMILY_NAMES, Backend, backend_for_pipeline, load_backend, resolve_model_choice
 
 __all__ = ["Backend", "Editor", "EditResult", "compare_pixels", "load_editor"]
@@ -251,6 +251,82 @@ class Editor:
         )
 
     @torch.no_grad()
+    def null_text_invert(
+        self,
+        image: Any,
+        prompt: Prompt = "",
+        *,
+        negative_prompt: Prompt | None = None,
+        guidance_scale: float | None = None,
+        num_steps: int = 50,
+        strength: float = 1.0,
+        inner_steps: int = 10,
+        size: int | Sequence[int] | None = None,
+        grid: str = "diffusers",
+    ) -> ImageInversion:
+        """Null-text inversion (Mokady et al. 2023; :func:`bdia.nulltext.null_text_invert`), image by image.
+
+        The result is a DDIM inversion at guidance 1 (the pivot) plus, per grid step and image, an
+        unconditional embedding optimised so that guided DDIM at ``guidance_scale`` (default: the model's)
+        retraces the pivot (``inv.null_embeddings``, shape (steps, batch, ...)). ``reconstruct`` and ``edit``
+        use them in place of the negative prompt's embedding on every branch, controls included: close to
+        the image, not exact, at up to ``2 * inner_steps + 2`` network passes (forward or backward) a step.
+        """
+        from ..nulltext import null_text_invert
+
+        scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        solver = make_solver("ddim", state_dtype=self.state_dtype)
+        pixels = self.backend.load_images(image, as_size(size))
+        batch, _, height, width = pixels.shape
+        run_grid = self.backend.grid(num_steps, strength, (width, height), grid)
+        if run_grid.prediction != "epsilon":
+            raise ValueError("null-text inversion runs DDIM on eps models; this flow-matching model has none")
+        prompts, negatives, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
+        guided = self.backend.guided(cond, uncond, scale)
+        if not isinstance(guided, ClassifierFreeGuidance) or not isinstance(guided.uncond, torch.Tensor):
+            raise ValueError(
+                "null-text inversion optimises the unconditional text embedding; this model's conditions are not "
+                "one tensor (e.g. SDXL's added conditions): use another method"
+            )
+        start = time.perf_counter()
+        clean = self.backend.encode(pixels)
+        noise, embeddings, nfe, losses = [], [], 0, []
+        with torch_threads(self.threads):
+            for k in range(batch):
+                one = ClassifierFreeGuidance(
+                    guided.model, _expand(guided.cond, batch)[k : k + 1], _expand(guided.uncond, batch)[k : k + 1],
+                    scale, guided.batched,
+                )  # fmt: skip
+                nt = null_text_invert(
+                    one, clean[k : k + 1].to(self.state_dtype), run_grid, inner_steps=inner_steps,
+                    state_dtype=self.state_dtype,
+                )  # fmt: skip
+                noise.append(nt.noise)
+                embeddings.append(torch.stack(nt.uncond))
+                nfe += nt.nfe
+                losses.append(nt.losses)
+        core = Inversion(
+            (torch.cat(noise),), nfe, solver.config(), run_grid.fingerprint(), input_dtype=self.state_dtype
+        )
+        return ImageInversion(
+            inversion=core,
+            prompt=prompts,
+            negative_prompt=negatives,
+            guidance_scale=scale,
+            num_steps=int(num_steps),
+            strength=float(strength),
+            image_size=(int(width), int(height)),
+            schedule=self.backend.schedule_record(),
+            model=self.backend.record(),
+            state_dtype=self.state_dtype,
+            clean=clean,
+            info={"seconds": time.perf_counter() - start, "null_text_losses": losses},
+            family=self.backend.family,
+            grid_kind=grid,
+            null_embeddings=torch.cat(embeddings, dim=1),
+        )
+
+    @torch.no_grad()
     def reconstruct(self, inv: ImageInversion, *, progress: bool | None = None) -> EditResult:
         """Regenerate the inverted images with the same prompt and guidance (exact for BDIA and EDICT).
 
@@ -300,6 +376,10 @@ class Editor:
         (both branches in one network call per evaluation: cheaper on a GPU, the source branch exact only to
         float rounding since matrix kernels are not batch-invariant).
         """
+        if inv.null_embeddings is not None and negative_prompt is not SAME:
+            raise ValueError(
+                "a null-text inversion's optimised embeddings replace the negative prompt; leave negative_prompt out"
+            )
         negative = inv.negative_prompt if negative_prompt is SAME else negative_prompt
         scale = inv.guidance_scale if guidance_scale is None else float(guidance_scale)
         controls = _controls(control, mask)
@@ -417,6 +497,11 @@ class Editor:
             raise ValueError(
                 f"this inversion's latents have shape {shape}, but this model makes {expected} for {w}x{h} images"
             )
+        if inv.null_embeddings is not None and tuple(inv.null_embeddings.shape[:2]) != (grid.num_steps, shape[0]):
+            raise ValueError(
+                f"this null-text inversion holds embeddings of shape {tuple(inv.null_embeddings.shape)}; its grid and "
+                f"batch need ({grid.num_steps}, {shape[0]}, ...): one per step and image"
+            )
         if inv.model.get("dtype") not in (None, dtype_name(self.backend.dtype)):
             warnings.warn(
                 f"this inversion was made with the model in {inv.model['dtype']} and it now runs in "
@@ -424,6 +509,16 @@ class Editor:
                 stacklevel=3,
             )
         return grid
+
+    def _guided(self, inv: ImageInversion, grid: Grid, cond: Any, uncond: Any, scale: float) -> Any:
+        """The backend's guided model; for a null-text inversion, with its per-step unconditional embeddings."""
+        guided = self.backend.guided(cond, uncond, scale)
+        if inv.null_embeddings is None:
+            return guided
+        from ..nulltext import PerStepUncond
+
+        embeddings = inv.null_embeddings.to(self.device)
+        return PerStepUncond(guided, list(embeddings), grid.timesteps.tolist())
 
     def _regenerate(
         self,
@@ -439,7 +534,7 @@ class Editor:
         w, h = inv.image_size
         _, _, (cond, uncond) = self._conditions(prompt, negative_prompt, inv.batch_size, h, w)
         start = time.perf_counter()
-        model = self.backend.guided(cond, uncond, guidance_scale)
+        model = self._guided(inv, grid, cond, uncond, guidance_scale)
         core = inv.inversion
         if any(z.device != self.device for z in core.latents):
             core = type(core)(
@@ -469,6 +564,8 @@ class Editor:
 
         if branches not in BRANCH_MODES:
             raise ValueError(f"branches must be one of {BRANCH_MODES}, got {branches!r}")
+        if branches == "batched" and inv.null_embeddings is not None:
+            raise ValueError("a null-text inversion's branches use per-step embeddings; use branches='sequential'")
         grid = self.check(inv)
         solver = inv.make_solver()
         if "between" not in inspect.signature(solver.solve).parameters:
@@ -489,8 +586,8 @@ class Editor:
         if len(attention) > 1:
             raise ValueError(f"one attention control at a time, got {', '.join(c.name for c in attention)}")
         start = time.perf_counter()
-        source = self.backend.guided(cond_s, uncond_s, inv.guidance_scale)
-        target = self.backend.guided(cond_t, uncond_t, guidance_scale)
+        source = self._guided(inv, grid, cond_s, uncond_s, inv.guidance_scale)
+        target = self._guided(inv, grid, cond_t, uncond_t, guidance_scale)
         context = EditContext(
             self.backend,
             grid.num_steps,
@@ -527,7 +624,8 @@ class Editor:
                 installed.append(c)
             if attention:
                 originals = install_processors(net, attention[0], context)
-            out = solver.solve(model, doubled, grid, callback=bar, between=between)
+            with torch_threads(self.threads):  # as the reconstruction runs: the source branch must match it
+                out = solver.solve(model, doubled, grid, callback=bar, between=between)
         finally:
             bar.close()
             if originals is not None and net is not None:

@@ -76,6 +76,9 @@ class ImageInversion:
     info: dict[str, Any] = field(default_factory=dict)  # timings and other figures (not checked)
     family: str | None = None  # one of FAMILIES (None: a file from before families)
     grid_kind: str = "diffusers"  # how the grid was made (bdia.grids.make_grid's kinds; flow models: "diffusers")
+    # null-text inversion (Editor.null_text_invert): the optimised unconditional embedding per grid step and
+    # image, shape (steps, batch, ...); reconstruct and edit guide with them
+    null_embeddings: torch.Tensor | None = None
 
     @property
     def latents(self) -> tuple[torch.Tensor, ...]:
@@ -116,7 +119,7 @@ class ImageInversion:
             "info": self.info,
             "family": self.family,
             "grid_kind": self.grid_kind,
-        }
+        } | ({} if self.null_embeddings is None else {"null_text": list(self.null_embeddings.shape)})
 
     def __repr__(self) -> str:
         return (
@@ -163,6 +166,8 @@ def save_inversion(inv: ImageInversion, path: str | os.PathLike, overwrite: bool
     tensors = {f"latent.{k}": z.detach().cpu().contiguous() for k, z in enumerate(inv.inversion.latents)}
     if inv.clean is not None:
         tensors["clean"] = inv.clean.detach().cpu().contiguous()
+    if inv.null_embeddings is not None:
+        tensors["null_embeddings"] = inv.null_embeddings.detach().cpu().contiguous()
     description = json.dumps(inv.describe(), sort_keys=True, default=_jsonable)
     metadata = {
         "format": FORMAT,
@@ -228,7 +233,7 @@ _FIELDS = {
     "state_dtype",
     "latent_shape",
 }
-_OPTIONAL_FIELDS = {"info", "family", "grid_kind"}  # absent from files written before they existed
+_OPTIONAL_FIELDS = {"info", "family", "grid_kind", "null_text"}  # absent from files written before they existed
 FAMILIES = ("digits", "scenes", "sd", "sd3", "flux")
 FLOW_FAMILIES = ("sd3", "flux")  # flow-matching models: velocity grids from a FlowSchedule
 
@@ -312,14 +317,26 @@ def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | tor
     solver = _check_solver(d["solver"], state_dtype, grid)
 
     names = [f"latent.{k}" for k in range(solver.num_latents)]
-    expected = set(names) | ({"clean"} & set(tensors))
+    null_shape = d.get("null_text")
+    if null_shape is not None:
+        _need(solver.name == "ddim", f"a null-text inversion is a DDIM inversion, this file's solver is {solver.name}")
+        _need(
+            isinstance(null_shape, list)
+            and len(null_shape) >= 3
+            and all(_is_int(n) and n > 0 for n in null_shape)
+            and null_shape[:2] == [grid.num_steps, batch],
+            f"null_text must be the embeddings' shape [{grid.num_steps} steps, {batch} images, ...], "
+            f"got {_short_repr(null_shape)}",
+        )
+    expected = set(names) | ({"clean"} & set(tensors)) | ({"null_embeddings"} if null_shape is not None else set())
     _need(
         set(tensors) == expected,
         f"a {solver.name} inversion holds tensors {sorted(expected)}, this file {sorted(tensors)}",
     )
     for name, t in tensors.items():
+        want = null_shape if name == "null_embeddings" else shape
         _need(t.is_floating_point(), f"tensor {name!r} is {dtype_name(t.dtype)}, expected a floating-point dtype")
-        _need(list(t.shape) == shape, f"tensor {name!r} has shape {list(t.shape)}, latent_shape says {shape}")
+        _need(list(t.shape) == want, f"tensor {name!r} has shape {list(t.shape)}, the metadata says {want}")
         _need(bool(torch.isfinite(t).all()), f"tensor {name!r} holds NaN or inf")
     grid_kind = d.get("grid_kind", "diffusers")
     _need(grid_kind in GRID_KINDS, f"grid_kind {_short_repr(grid_kind)} is not one of {', '.join(GRID_KINDS)}")
@@ -346,6 +363,7 @@ def _parse(description: str, tensors: dict[str, torch.Tensor], device: str | tor
         info=d.get("info", {}),
         family=family,
         grid_kind=grid_kind,
+        null_embeddings=None if null_shape is None else tensors["null_embeddings"].to(device),
     )
 
 
