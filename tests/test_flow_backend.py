@@ -207,3 +207,9 @@ def test_flux_true_cfg_with_a_negative_prompt_through_the_editor(single_thread):
     assert not torch.equal(plain.noise, inv.noise)
     with pytest.raises(ValueError, match="true_cfg_scale"):
         Editor(_backend("flux")).reconstruct(inv, progress=False)
+
+
+def test_null_text_inversion_is_refused_on_flow_models_before_any_work():
+    for kind in ("sd3", "flux"):
+        with pytest.raises(ValueError, match="flow-matching model has none"):
+            Editor(_backend(kind).pipe, model_id="tiny").null_text_invert(torch.rand(1, 3, H, W), "a cat", num_steps=3)

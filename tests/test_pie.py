@@ -440,8 +440,8 @@ def test_eval_pie_end_to_end(tmp_path, networks, capsys):
     assert "input folder" in capsys.readouterr().err
     # Other methods, one image each, pixel metrics only.
     others = (["--method", "ddim"], ["--method", "bdia", "--gamma", "belm"], ["--method", "edict"], ["--method", "rex"])
-    for method in (*others, ["--method", "nulltext"]):
-        target = tmp_path / f"out-{method[-1]}"
+    for method in (*others, ["--method", "nulltext"], ["--method", "nulltext", "--control", "p2p", "--blend"]):
+        target = tmp_path / f"out-{'-'.join(method)}"
         code = run_cli("eval", "pie", data, "--steps", 3, "--limit", 1, "-o", target, "-q", "--device", "cpu", *method)
         assert code == 0, capsys.readouterr().err
         r = json.loads((target / "results.json").read_text())
@@ -504,5 +504,3 @@ def test_controls_reach_the_edit_and_the_pie_mask_keeps_the_rest(tmp_path, capsy
     capsys.readouterr()
     assert main(["eval", "pie", str(data), "-o", str(tmp_path / "x"), "--blend"]) == 2
     assert "--blend is Prompt-to-Prompt's LocalBlend" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="null-text inversion here runs the plain edit"):
-        pie.PieSettings(method="nulltext", edit_options={"control": "masactrl"})

@@ -8,6 +8,7 @@ inversions reload exactly and are refused with another model, grid, or when modi
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -271,3 +272,19 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         Editor.from_pretrained(tmp_path / "empty")
+
+
+def test_null_text_inversion_on_stable_diffusion_and_sdxl():
+    """Null-text optimises the empty prompt's token states per step (SDXL: its pooled embedding and time ids
+    are kept); the edit and the reconstruction guide with them."""
+    for kind, size in (("sd", 32), ("sdxl", 64)):
+        ed = editor(kind)
+        inv = ed.null_text_invert(make_image((size, size)), "a cat", num_steps=3, guidance_scale=4.0, inner_steps=2)
+        assert inv.null_embeddings.shape[:2] == (3, 1) and inv.solver["name"] == "ddim"
+        plain = ed.null_text_invert(make_image((size, size)), "a cat", num_steps=3, guidance_scale=4.0, inner_steps=0)
+        assert not torch.equal(inv.null_embeddings, plain.null_embeddings), kind  # it optimised
+        assert math.isfinite(ed.reconstruct(inv).latent_error)
+        assert ed.edit(inv, "a dog").latents.shape == inv.noise.shape
+    digits = Editor.from_pretrained("digits", progress=False)
+    with pytest.raises(ValueError, match="has none: use another method"):
+        digits.null_text_invert(torch.zeros(1, 1, 16, 16), "3", num_steps=3)

@@ -19,7 +19,7 @@ model ``model(x, t, cond)`` is differentiable in ``cond``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from .schedule import Grid
 from .solvers import DDIM, ddim_transition
 from .solvers.ddim import DDIMState
 
-__all__ = ["NullTextInversion", "PerStepUncond", "null_text_invert"]
+__all__ = ["NullTextInversion", "PerStepUncond", "null_text_invert", "text_part", "with_text"]
 
 
 @dataclass
@@ -63,6 +63,22 @@ class NullTextInversion:
         return DDIM(state_dtype=self.state_dtype).sample(self.guided_model(guided), self.noise, grid)
 
 
+# In a dict condition (Stable Diffusion's), the entry null-text optimises: the text encoder's token states.
+# SDXL's pooled embedding and time ids stay as they are.
+TEXT_KEY = "encoder_hidden_states"
+
+
+def text_part(uncond: Any) -> torch.Tensor | None:
+    """The float tensor null-text optimises in ``uncond`` (itself, or its ``TEXT_KEY`` entry), else None."""
+    part = uncond.get(TEXT_KEY) if isinstance(uncond, Mapping) else uncond
+    return part if isinstance(part, torch.Tensor) and part.is_floating_point() else None
+
+
+def with_text(uncond: Any, part: torch.Tensor) -> Any:
+    """``uncond`` with its optimised part replaced by ``part``."""
+    return {**uncond, TEXT_KEY: part} if isinstance(uncond, Mapping) else part
+
+
 class PerStepUncond(ClassifierFreeGuidance):
     """Classifier-free guidance whose unconditional condition is the grid step's own: ``unconds[i]`` at
     ``timesteps[i]`` (null-text inversion's optimised embeddings). Any other timestep is refused."""
@@ -78,7 +94,8 @@ class PerStepUncond(ClassifierFreeGuidance):
         i = self.index.get(float(t.reshape(-1)[0]))
         if i is None:
             raise ValueError(f"timestep {float(t.reshape(-1)[0]):g} is not on the grid this null-text inversion used")
-        return ClassifierFreeGuidance(self.model, self.cond, self.unconds[i], self.scale, self.batched)(x, t)
+        uncond = with_text(self.uncond, self.unconds[i])
+        return ClassifierFreeGuidance(self.model, self.cond, uncond, self.scale, self.batched)(x, t)
 
     def with_cond(self, cond: Any, scale: float | None = None) -> PerStepUncond:
         return PerStepUncond(super().with_cond(cond, scale), self.unconds, self.timesteps)
@@ -98,7 +115,8 @@ def null_text_invert(
 
     Args:
         guided: the guided model to reconstruct under; its ``uncond`` (a float tensor, e.g. the
-            empty-prompt embedding) is the initial value of every step's optimisation.
+            empty-prompt embedding, or a dict whose ``encoder_hidden_states`` is one: only that entry is
+            optimised) is the initial value of every step's optimisation.
         inner_steps: Adam iterations per step at most (the paper's N = 10).
         lr: Adam's learning rate at the first step, decayed linearly to half at the last
             (the paper's 1e-2 * (1 - i / 100) over 50 steps).
@@ -107,10 +125,10 @@ def null_text_invert(
     """
     if not isinstance(guided, ClassifierFreeGuidance):
         raise TypeError(f"null-text inversion needs a bdia.ClassifierFreeGuidance, got {type(guided).__name__}")
-    if not isinstance(guided.uncond, torch.Tensor) or not guided.uncond.is_floating_point():
+    if text_part(guided.uncond) is None:
         raise TypeError(
             "null-text inversion optimises the unconditional condition, so guided.uncond must be a "
-            "float tensor (a text embedding); a class label cannot be optimised"
+            f"float tensor (a text embedding) or a dict holding one as {TEXT_KEY!r}; a class label cannot be optimised"
         )
     if not isinstance(inner_steps, int) or inner_steps < 0:
         raise ValueError(f"inner_steps must be a non-negative int, got {inner_steps!r}")
@@ -131,7 +149,8 @@ def null_text_invert(
 
     # 2. Walk the pivot from the noise end, optimising the uncond of each step.
     z = pivot[0]
-    u = guided.uncond.detach().clone()
+    base = guided.uncond
+    u = text_part(base).detach().clone()  # type: ignore[union-attr]
     unconds, losses = [], []
     for i in range(n):
         b = z.shape[0]
@@ -146,7 +165,7 @@ def null_text_invert(
         loss_value = float("nan")
         with torch.enable_grad():
             for _ in range(inner_steps):
-                e_u = model(x_in, t, _expand(u, b))
+                e_u = model(x_in, t, _expand(with_text(base, u), b))
                 e = (e_u + scale * (e_c - e_u)).to(state_dtype)
                 loss = torch.nn.functional.mse_loss(ddim_transition(z, e, grid, i, i + 1), pivot[i + 1])
                 opt.zero_grad()
@@ -158,7 +177,7 @@ def null_text_invert(
                     break
         u = u.detach()
         with torch.no_grad():
-            e_u = model(x_in, t, _expand(u, b))
+            e_u = model(x_in, t, _expand(with_text(base, u), b))
             nfe += 1
             e = (e_u + scale * (e_c - e_u)).to(state_dtype)
             z = ddim_transition(z, e, grid, i, i + 1)

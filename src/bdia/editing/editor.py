@@ -250,6 +250,21 @@ class Editor:
             grid_kind=grid_kind,
         )
 
+    def check_null_text(self) -> None:
+        """Refuse (ValueError) a model whose unconditional condition null-text inversion cannot optimise."""
+        if self.backend.family in ("sd3", "flux"):
+            raise ValueError("null-text inversion runs DDIM on eps models; this flow-matching model has none")
+        from ..nulltext import text_part
+
+        w, h = self.backend.default_size
+        cond, uncond = self.backend.conditions([""], None, h, w)
+        guided = self.backend.guided(cond, uncond, 2.0)
+        if not isinstance(guided, ClassifierFreeGuidance) or text_part(guided.uncond) is None:
+            raise ValueError(
+                "null-text inversion optimises the unconditional text embedding, and this model's unconditional "
+                "branch has none: use another method"
+            )
+
     @torch.no_grad()
     def null_text_invert(
         self,
@@ -271,32 +286,27 @@ class Editor:
         retraces the pivot (``inv.null_embeddings``, shape (steps, batch, ...)). ``reconstruct`` and ``edit``
         use them in place of the negative prompt's embedding on every branch, controls included: close to
         the image, not exact, at up to ``2 * inner_steps + 2`` network passes (forward or backward) a step.
+        Stable Diffusion: the token states of the empty prompt are optimised (SDXL's pooled embedding and
+        time ids are kept); flow models (SD3, Flux) are refused.
         """
         from ..nulltext import null_text_invert
 
+        self.check_null_text()
         scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
         solver = make_solver("ddim", state_dtype=self.state_dtype)
         pixels = self.backend.load_images(image, as_size(size))
         batch, _, height, width = pixels.shape
         run_grid = self.backend.grid(num_steps, strength, (width, height), grid)
-        if run_grid.prediction != "epsilon":
-            raise ValueError("null-text inversion runs DDIM on eps models; this flow-matching model has none")
         prompts, negatives, (cond, uncond) = self._conditions(prompt, negative_prompt, batch, height, width)
         guided = self.backend.guided(cond, uncond, scale)
-        if not isinstance(guided, ClassifierFreeGuidance) or not isinstance(guided.uncond, torch.Tensor):
-            raise ValueError(
-                "null-text inversion optimises the unconditional text embedding; this model's conditions are not "
-                "one tensor (e.g. SDXL's added conditions): use another method"
-            )
+        assert isinstance(guided, ClassifierFreeGuidance)  # check_null_text made sure
         start = time.perf_counter()
         clean = self.backend.encode(pixels)
         noise, embeddings, nfe, losses = [], [], 0, []
         with torch_threads(self.threads):
             for k in range(batch):
-                one = ClassifierFreeGuidance(
-                    guided.model, _expand(guided.cond, batch)[k : k + 1], _expand(guided.uncond, batch)[k : k + 1],
-                    scale, guided.batched,
-                )  # fmt: skip
+                cond_k, uncond_k = (_row(_expand(c, batch), k) for c in (guided.cond, guided.uncond))
+                one = ClassifierFreeGuidance(guided.model, cond_k, uncond_k, scale, guided.batched)
                 nt = null_text_invert(
                     one, clean[k : k + 1].to(self.state_dtype), run_grid, inner_steps=inner_steps,
                     state_dtype=self.state_dtype,
@@ -662,6 +672,11 @@ def _controls(control: Any, mask: Any) -> list[Any] | None:
 
             items.append(Mask(mask))
     return items
+
+
+def _row(cond: Any, k: int) -> Any:
+    """Image ``k`` of a batched condition (a tensor or a dict of them)."""
+    return {key: _row(v, k) for key, v in cond.items()} if isinstance(cond, dict) else cond[k : k + 1]
 
 
 def _halves(guided: Any) -> int:

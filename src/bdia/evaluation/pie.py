@@ -325,9 +325,6 @@ class PieSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        options = {"control": "none", "mask": False, **self.edit_options}
-        if self.method == "nulltext" and (options["control"] != "none" or options["mask"]):
-            raise ValueError("null-text inversion here runs the plain edit; leave out --control and --use-mask")
         if not self.label:
             params = {k: v for k, v in self.solver.items() if k in ("gamma", "p") and v is not None}
             self.label = self.method + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
@@ -379,57 +376,28 @@ def _read_rgb(path: Path) -> np.ndarray:
     return np.asarray(read_image(path).convert("RGB"))
 
 
-def _check_nulltext(editor: Any) -> None:
-    """Refuse, before any work, a backend whose guided model null-text inversion cannot optimise."""
-    import torch
-
-    from ..models import ClassifierFreeGuidance
-
-    backend = editor.backend
-    if backend.family in ("sd3", "flux"):
-        raise ValueError("null-text inversion runs DDIM on eps models; this flow-matching model has none")
-    w, h = backend.default_size
-    cond, uncond = backend.conditions([""], None, h, w)
-    guided = backend.guided(cond, uncond, 1.0)
-    if not isinstance(guided, ClassifierFreeGuidance) or not isinstance(guided.uncond, torch.Tensor):
-        raise ValueError(
-            "null-text inversion optimises the unconditional text embedding; this model's conditions are not one "
-            "tensor (e.g. SDXL's added conditions): use another method"
-        )
-
-
-def _nulltext_edit(editor: Any, path: Path, item: PieItem, settings: PieSettings, guidance: float) -> tuple[Any, dict]:
-    """Null-text inversion (DDIM, per-step optimised null embeddings) and its DDIM edit, through the backend."""
-    from ..nulltext import null_text_invert
-
-    backend = editor.backend
-    pixels = backend.load_images(str(path))
-    _, _, h, w = pixels.shape
-    grid = editor.grid(settings.steps, settings.strength, (w, h), settings.solver.get("grid", "diffusers"))
-    start = time.perf_counter()
-    cond, uncond = backend.conditions([item.source_prompt], None, h, w)
-    guided = backend.guided(cond, uncond, guidance)
-    inv = null_text_invert(guided, backend.encode(pixels).to(editor.state_dtype), grid, state_dtype=editor.state_dtype)
-    target, _ = backend.conditions([item.target_prompt], None, h, w)
-    x = inv.sample(guided.with_cond(target), grid)
-    image = backend.to_images(backend.decode(x, (w, h)))[0]
-    return image, {"nfe_inversion": inv.nfe, "nfe_edit": grid.num_steps, "seconds": time.perf_counter() - start}
-
-
 def _edit_one(
     editor: Any, path: Path, item: PieItem, mask: np.ndarray, settings: PieSettings, inv_g: float, edit_g: float
 ):
     if settings.method == "nulltext":
-        return _nulltext_edit(editor, path, item, settings, edit_g)
-    inv = editor.invert(
-        str(path),
-        item.source_prompt,
-        guidance_scale=inv_g,
-        num_steps=settings.steps,
-        strength=settings.strength,
-        progress=False,
-        **(settings.solver or {"method": settings.method}),
-    )
+        inv = editor.null_text_invert(
+            str(path),
+            item.source_prompt,
+            guidance_scale=edit_g,
+            num_steps=settings.steps,
+            strength=settings.strength,
+            grid=settings.solver.get("grid", "diffusers"),
+        )
+    else:
+        inv = editor.invert(
+            str(path),
+            item.source_prompt,
+            guidance_scale=inv_g,
+            num_steps=settings.steps,
+            strength=settings.strength,
+            progress=False,
+            **(settings.solver or {"method": settings.method}),
+        )
     res = editor.edit(inv, item.target_prompt, progress=False, **edit_keywords(item, mask, settings, edit_g))
     info = {"nfe_inversion": inv.inversion.nfe, "nfe_edit": res.nfe, "seconds": inv.info["seconds"] + res.seconds}
     return res.images[0], info
@@ -540,7 +508,7 @@ def run_pie(
     check_folders([root], [], out)
     inv_g, edit_g = settings.resolved(editor.default_guidance)
     if settings.method == "nulltext":
-        _check_nulltext(editor)
+        editor.check_null_text()  # before any work: a model whose embeddings cannot be optimised is refused
     metrics = metrics if metrics is not None else PieMetrics()
     for metric, why in metrics.skipped.items():
         log(f"note: {metric} {why}")
