@@ -233,22 +233,8 @@ class Editor:
         clean = self.backend.encode(pixels)
         model = self.backend.guided(cond, uncond, guidance_scale)
         core = self._run(solver, model, clean.to(self.state_dtype), run_grid, progress, "inversion")
-        return ImageInversion(
-            inversion=core,
-            prompt=prompts,
-            negative_prompt=negatives,
-            guidance_scale=float(guidance_scale),
-            num_steps=int(num_steps),
-            strength=float(strength),
-            image_size=(int(width), int(height)),
-            schedule=self.backend.schedule_record(),
-            model=self.backend.record(),
-            state_dtype=self.state_dtype,
-            clean=clean,
-            info={"seconds": time.perf_counter() - start},
-            family=self.backend.family,
-            grid_kind=grid_kind,
-        )
+        settings = (guidance_scale, num_steps, strength, (width, height))
+        return self._inversion(core, prompts, negatives, *settings, clean, grid_kind, start)
 
     def check_null_text(self) -> None:
         """Refuse (ValueError) a model whose unconditional condition null-text inversion cannot optimise."""
@@ -318,22 +304,41 @@ class Editor:
         core = Inversion(
             (torch.cat(noise),), nfe, solver.config(), run_grid.fingerprint(), input_dtype=self.state_dtype
         )
+        settings = (scale, num_steps, strength, (width, height))
+        inv = self._inversion(core, prompts, negatives, *settings, clean, grid, start)
+        inv.info["null_text_losses"] = losses
+        inv.null_embeddings = torch.cat(embeddings, dim=1)
+        return inv
+
+    def _inversion(
+        self,
+        core: Inversion,
+        prompts: list[str],
+        negatives: list[str] | None,
+        guidance_scale: float,
+        num_steps: int,
+        strength: float,
+        size: tuple[int, int],
+        clean: torch.Tensor,
+        grid_kind: str,
+        start: float,
+    ) -> ImageInversion:
+        """The :class:`ImageInversion` of ``core``: what a later reconstruct or edit needs beside the latents."""
         return ImageInversion(
             inversion=core,
             prompt=prompts,
             negative_prompt=negatives,
-            guidance_scale=scale,
+            guidance_scale=float(guidance_scale),
             num_steps=int(num_steps),
             strength=float(strength),
-            image_size=(int(width), int(height)),
+            image_size=(int(size[0]), int(size[1])),
             schedule=self.backend.schedule_record(),
             model=self.backend.record(),
             state_dtype=self.state_dtype,
             clean=clean,
-            info={"seconds": time.perf_counter() - start, "null_text_losses": losses},
+            info={"seconds": time.perf_counter() - start},
             family=self.backend.family,
-            grid_kind=grid,
-            null_embeddings=torch.cat(embeddings, dim=1),
+            grid_kind=grid_kind,
         )
 
     @torch.no_grad()

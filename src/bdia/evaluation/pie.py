@@ -379,25 +379,18 @@ def _read_rgb(path: Path) -> np.ndarray:
 def _edit_one(
     editor: Any, path: Path, item: PieItem, mask: np.ndarray, settings: PieSettings, inv_g: float, edit_g: float
 ):
-    if settings.method == "nulltext":
-        inv = editor.null_text_invert(
-            str(path),
-            item.source_prompt,
-            guidance_scale=edit_g,
-            num_steps=settings.steps,
-            strength=settings.strength,
-            grid=settings.solver.get("grid", "diffusers"),
-        )
+    if settings.method == "nulltext":  # DDIM with per-step optimised embeddings, for the edit's guidance
+        invert, options = editor.null_text_invert, {"grid": settings.solver.get("grid", "diffusers")}
     else:
-        inv = editor.invert(
-            str(path),
-            item.source_prompt,
-            guidance_scale=inv_g,
-            num_steps=settings.steps,
-            strength=settings.strength,
-            progress=False,
-            **(settings.solver or {"method": settings.method}),
-        )
+        invert, options = editor.invert, {"progress": False, **(settings.solver or {"method": settings.method})}
+    inv = invert(
+        str(path),
+        item.source_prompt,
+        guidance_scale=edit_g if settings.method == "nulltext" else inv_g,
+        num_steps=settings.steps,
+        strength=settings.strength,
+        **options,
+    )
     res = editor.edit(inv, item.target_prompt, progress=False, **edit_keywords(item, mask, settings, edit_g))
     info = {"nfe_inversion": inv.inversion.nfe, "nfe_edit": res.nfe, "seconds": inv.info["seconds"] + res.seconds}
     return res.images[0], info
